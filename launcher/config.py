@@ -1,0 +1,330 @@
+"""Typed run configuration: defaults -> YAML file -> dotted overrides -> explicit flags.
+
+One dataclass per section; each component receives only its own section. This module is
+imported on login nodes and must stay free of TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line: what, where, what to do."""
+
+
+BACKENDS = ("mirrored", "multiworker", "horovod")
+GPU_STYLES = ("gres", "gpus-per-node", "constraint")
+DATA_SOURCES = ("demo", "tfrecord", "folder", "synthetic")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cyclic_decay", "smooth_decay", "cosine", "step")
+PRECISIONS = ("float32", "bfloat16", "float16")
+CLUSTERS = ("auto", "slurm", "local")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched."""
+
+    source: str = "demo"  # demo | tfrecord | folder | synthetic
+    data_dir: str = ""  # TFRecord shard folder, or class-folder root with train/ and val/
+    train_split: str = "train"  # shard prefix (tfrecord) or sub-folder (folder) of training data
+    val_split: str = "validation"  # shard prefix or sub-folder of validation data
+    label_offset: int = 0  # subtracted from stored labels; 1 for the standard ImageNet shards
+    num_classes: int = 0  # 0 = read from labels.json next to the shards
+    image_size: int = 224  # square model input side, pixels
+    batch_size: int = 256  # global batch, summed over all replicas
+    shuffle_buffer: int = 10000  # examples
+    min_crop_area: float = 0.08  # random-resized crop: smallest fraction of the image kept
+    val_crop_fraction: float = 0.875  # centre crop kept before resizing, eval only
+    synthetic_examples: int = 12800  # examples per epoch in synthetic mode
+    synthetic_classes: int = 1000
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation layers inside the model (run on the accelerator, training only). 0 disables."""
+
+    flip: bool = True  # random horizontal flip
+    rotation: float = 0.0  # max rotation, fraction of a full turn
+    zoom: float = 0.0  # max zoom in/out, fraction of the side
+    translation: float = 0.0  # max shift, fraction of the side
+    brightness: float = 0.0  # max brightness change, fraction of the value range
+    contrast: float = 0.0  # max contrast factor change
+    saturation: float = 0.0  # max colour saturation change, fraction
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, pretrained weights, head and input preprocessing."""
+
+    name: str = "vgg19"  # registry name: vgg16, vgg19, resnet50, resnet101, mobilenetv2, efficientnetb0, small_cnn
+    weights: str | None = None  # "imagenet", a path to an .h5 file, or null for random init
+    head_units: list[int] = field(default_factory=lambda: [1024])  # dense layers before the classifier
+    dropout: float = 0.5  # dropout before each head layer
+    trainable_layers: int = -1  # -1 trains every layer; N trains only the top N base layers
+    channel_order: str = "bgr"  # rgb | bgr: order the base network expects
+    mean: list[float] = field(default_factory=lambda: [103.939, 116.779, 123.68])  # per channel, 0..255 scale
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # per channel divisor after mean
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and the base learning rate."""
+
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1  # peak learning rate at base_batch_size
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # adamw decoupled decay
+    scale_lr: bool = True  # linear scaling: lr * global_batch / base_batch_size
+    base_batch_size: int = 256  # batch the lr was tuned for
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over steps; epochs here are converted to steps once at start-up."""
+
+    name: str = "cosine"  # constant | cyclic_decay | smooth_decay | cosine | step
+    warmup_epochs: float = 0.0  # linear warmup from 0 to the peak lr
+    min_lr_fraction: float = 0.0  # floor of the schedule, fraction of the peak lr
+    decay_rate: float = 0.5  # smooth_decay: factor per decay_epochs; cyclic_decay: factor per cycle
+    decay_epochs: float = 10.0  # smooth_decay period
+    cycle_epochs: float = 4.0  # cyclic_decay: length of one triangular cycle
+    step_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])  # step: boundaries
+    step_factor: float = 0.1  # step: multiplier applied at each boundary
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, numerics, checkpoint and logging cadence."""
+
+    epochs: int = 90
+    steps_per_epoch: int = 0  # 0 = examples / global batch
+    validation_steps: int = 0  # 0 = the whole validation split
+    seed: int = 42  # each worker uses seed + rank
+    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    jit_compile: bool = False  # XLA
+    log_every_steps: int = 50  # TensorBoard scalar cadence, steps
+    checkpoint_every_steps: int = 0  # 0 = end of each epoch only
+    target_accuracy: float = 0.0  # reported in the summary; 0 = none
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the job runs."""
+
+    backend: str = "mirrored"  # mirrored | multiworker | horovod
+    cluster: str = "auto"  # auto (slurm when sbatch is on PATH) | slurm | local
+    run_root: str = "./runs"  # shared folder that holds one sub-folder per run
+    run_name: str = ""  # "" = <config name>-<timestamp>
+    python: str = ""  # interpreter on the compute nodes; "" = the one running launch
+    port: int = 29500  # first worker port; rank r listens on port + r
+    cpu_devices: int = 0  # split the CPU into N logical devices when no GPU is present (tests)
+    worker_timeout_s: int = 120  # a lost worker ends the job within this many seconds
+
+
+@dataclass
+class SlurmConfig:
+    """sbatch request. Site differences (GPU style, partition) belong here, not in templates."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    gpu_type: str = ""  # e.g. a100; "" = any
+    gpu_style: str = "gres"  # gres | gpus-per-node | constraint
+    cpus_per_task: int = 8
+    mem: str = ""  # per node, sbatch syntax (e.g. 64G); "" = site default
+    time_min: int = 60  # wall-clock limit, minutes
+    signal_lead_s: int = 300  # SIGUSR1 this many seconds before the limit: checkpoint and requeue
+    max_requeues: int = 3
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""  # extra node features, ANDed with the GPU type in constraint style
+    job_name: str = ""  # "" = run name
+    exclusive: bool = False
+    setup: list[str] = field(default_factory=list)  # shell lines run before training (module load ...)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("data", "source"): DATA_SOURCES,
+    ("optimizer", "name"): OPTIMIZERS,
+    ("schedule", "name"): SCHEDULES,
+    ("train", "precision"): PRECISIONS,
+    ("runtime", "backend"): BACKENDS,
+    ("runtime", "cluster"): CLUSTERS,
+    ("slurm", "gpu_style"): GPU_STYLES,
+    ("model", "channel_order"): ("rgb", "bgr"),
+}
+# (section, key) -> smallest allowed value
+_MINIMUM = {
+    ("slurm", "nodes"): 1,
+    ("slurm", "gpus_per_node"): 0,
+    ("slurm", "cpus_per_task"): 1,
+    ("slurm", "time_min"): 1,
+    ("slurm", "signal_lead_s"): 0,
+    ("slurm", "max_requeues"): 0,
+    ("data", "batch_size"): 1,
+    ("data", "image_size"): 8,
+    ("train", "epochs"): 1,
+    ("runtime", "cpu_devices"): 0,
+    ("runtime", "worker_timeout_s"): 1,
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the annotated type `tp`; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. mem: 64 or gpu_type: 100 written without quotes
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise ConfigError(
+            f"unknown section '{section}' in {source}; valid sections: {', '.join(sections)}")
+    sec = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sec))
+    if key not in hints:
+        raise ConfigError(
+            f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': {', '.join(hints)}")
+    where = f"{section}.{key} in {source}"
+    value = _coerce(value, hints[key], where)
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    minimum = _MINIMUM.get((section, key))
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {minimum}")
+    setattr(sec, key, value)
+
+
+def _apply_mapping(cfg: Config, data: Any, source: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"section '{section}' in {source}: expected a mapping of keys")
+        for key, value in values.items():
+            _set(cfg, str(section), str(key), value, source)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Splits `section.key=value`; the value is parsed as YAML (so 0.05, true, [1, 2] work)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config (see configs/)")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                flags: dict[str, Any] | None = None) -> Config:
+    """Builds the resolved config. Later layers win: defaults, file, overrides, flags.
+
+    Args:
+        path: YAML file with one mapping per section, or None for defaults only.
+        overrides: dotted `section.key=value` strings from the command line.
+        flags: `{"section.key": value}` from explicit command-line flags; None values are skipped.
+    """
+    cfg = Config()
+    if path is not None:
+        _apply_mapping(cfg, load_yaml(path), str(path))
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _set(cfg, section, key, value, f"override '{text}'")
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            flag = "--" + key.replace("_", "-")
+            _set(cfg, section, key, value, f"flag {flag}")
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    """Cross-field rules that no single key can enforce."""
+    if cfg.runtime.backend == "mirrored" and cfg.slurm.nodes > 1:
+        raise ConfigError(
+            f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
+            "use --backend multiworker or horovod for several nodes")
+    if cfg.slurm.gpu_type and cfg.slurm.gpus_per_node == 0:
+        raise ConfigError(f"--gpu-type {cfg.slurm.gpu_type} needs --gpus N (GPUs per node) above 0")
+    if cfg.data.source in ("tfrecord", "folder") and not cfg.data.data_dir:
+        raise ConfigError(f"data.source {cfg.data.source} needs data.data_dir; set it in the config or "
+                          "as data.data_dir=/path")
+    if len(cfg.model.mean) != 3 or len(cfg.model.std) != 3:
+        raise ConfigError("model.mean and model.std need three values, one per channel")
+
+
+def from_dict(data: dict[str, Any], source: str = "resolved config") -> Config:
+    """Rebuilds a Config from `Config.to_dict()` output (e.g. a run's config.yaml)."""
+    cfg = Config()
+    _apply_mapping(cfg, data, source)
+    return cfg
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Compute-node side: data, models, data-parallel backends and the training loop."""
