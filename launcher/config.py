@@ -6,6 +6,7 @@ imported on login nodes and must stay free of TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +221,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _reject_control_characters(value: Any, where: str) -> None:
+    """Strings end up in the sbatch script and its #SBATCH lines, where a newline starts a new
+    directive or command; no legitimate value needs one, so refuse them all at load time."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and (bad := _CONTROL.search(text)):
+            raise ConfigError(f"{where}: contains the control character {bad.group()!r}; "
+                              "write the value on one line without tabs or newlines")
+
+
 def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     if section not in sections:
@@ -232,6 +245,7 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
             f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': {', '.join(hints)}")
     where = f"{section}.{key} in {source}"
     value = _coerce(value, hints[key], where)
+    _reject_control_characters(value, where)
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
