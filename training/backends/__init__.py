@@ -1,0 +1,141 @@
+"""Data-parallel backends behind one small interface.
+
+A backend owns the process group and the device placement; the loop asks it for the
+distribution strategy, the input context of this process, how to wrap the optimizer, extra
+callbacks, and whether any worker wants to stop. Nothing else in the loop depends on which
+backend runs.
+"""
+from __future__ import annotations
+
+import os
+
+from launcher.config import RuntimeConfig
+from training.cluster import ClusterSpec, cluster_from_env
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot start here; one line saying what to do."""
+
+
+class Backend:
+    """Common shape. Subclasses set `strategy`, `num_replicas` and override hooks."""
+
+    name = "base"
+
+    def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
+        self.spec = spec
+        self.runtime = runtime
+        self.strategy = None
+        self.num_replicas = 1
+
+    @property
+    def rank(self) -> int:
+        return self.spec.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.spec.world_size
+
+    @property
+    def is_chief(self) -> bool:
+        """Only the chief writes checkpoints, logs, plots and reports."""
+        return self.spec.is_chief
+
+    def per_replica_batch(self, global_batch_size: int) -> int:
+        if global_batch_size % self.num_replicas:
+            raise BackendError(
+                f"data.batch_size {global_batch_size} does not divide evenly over {self.num_replicas} "
+                f"replicas; pick a multiple of {self.num_replicas}")
+        return global_batch_size // self.num_replicas
+
+    def distribute(self, dataset_fn):
+        """Turns `dataset_fn(input_context) -> per-replica-batched dataset` into what fit takes."""
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def wrap_optimizer(self, optimizer):
+        return optimizer
+
+    def callbacks(self) -> list:
+        return []
+
+    def any_worker(self, flag: bool) -> bool:
+        """True on every worker when `flag` is true on at least one (a collective: all must call)."""
+        return flag
+
+    def all_save(self) -> bool:
+        """Whether every worker must take part in saving (reads of synced variables are collective)."""
+        return False
+
+
+def _use_logical_cpus(count: int) -> None:
+    """Splits the CPU into `count` logical devices when there is no GPU (tests, demo)."""
+    from training.keras_compat import tf
+
+    if count > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+class MirroredBackend(Backend):
+    """One process, all GPUs of the node (or logical CPU devices when none)."""
+
+    name = "mirrored"
+
+    def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
+        super().__init__(spec, runtime)
+        if spec.world_size != 1:
+            raise BackendError(f"backend mirrored runs one process but the job started {spec.world_size}; "
+                               "use --backend multiworker for several nodes")
+        from training.keras_compat import tf
+
+        _use_logical_cpus(runtime.cpu_devices)
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            self.strategy = tf.distribute.MirroredStrategy()
+        else:
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+            # NCCL needs GPUs; on CPU replicas the reduction goes through one device.
+            self.strategy = tf.distribute.MirroredStrategy(
+                devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
+        self.num_replicas = self.strategy.num_replicas_in_sync
+
+
+class MultiWorkerBackend(Backend):
+    """MultiWorkerMirroredStrategy: one process per node, TF_CONFIG built from the job layout."""
+
+    name = "multiworker"
+
+    def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
+        super().__init__(spec, runtime)
+        from training.cluster import tf_config
+
+        os.environ["TF_CONFIG"] = tf_config(spec, runtime.port)
+        from training.keras_compat import tf
+
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+
+    def any_worker(self, flag: bool) -> bool:
+        from training.keras_compat import tf
+
+        value = self.strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+        return float(self.strategy.reduce("SUM", value, axis=None)) > 0
+
+    def all_save(self) -> bool:
+        return True
+
+
+def create_backend(runtime: RuntimeConfig, env=None) -> Backend:
+    """Starts the backend named by `runtime.backend` for this process."""
+    spec = cluster_from_env(os.environ if env is None else env)
+    if runtime.backend == "mirrored":
+        return MirroredBackend(spec, runtime)
+    if runtime.backend == "multiworker":
+        return MultiWorkerBackend(spec, runtime)
+    if runtime.backend == "horovod":
+        from training.backends.horovod import HorovodBackend
+
+        return HorovodBackend(spec, runtime)
+    raise BackendError(f"runtime.backend {runtime.backend!r} is not one of mirrored, multiworker, horovod")

@@ -1,0 +1,60 @@
+"""Horovod: one process per GPU, ring all-reduce of gradients, rank 0 is the chief."""
+from __future__ import annotations
+
+import dataclasses
+
+from launcher.config import RuntimeConfig
+from training.backends import Backend, BackendError
+from training.cluster import ClusterSpec
+
+BUILD_HINT = "build it for this TensorFlow with training/horovod_build/build.sh"
+
+
+class HorovodBackend(Backend):
+    name = "horovod"
+
+    def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
+        super().__init__(spec, runtime)
+        from training.keras_compat import tf
+
+        try:
+            import horovod.tensorflow.keras as hvd
+        except ImportError as err:
+            raise BackendError(f"runtime.backend horovod needs Horovod, which is not importable ({err}); "
+                               f"{BUILD_HINT}") from None
+        self.hvd = hvd
+        hvd.init()
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            # One GPU per process, chosen by the rank on this node.
+            gpu = gpus[hvd.local_rank() % len(gpus)]
+            tf.config.experimental.set_memory_growth(gpu, True)
+            tf.config.set_visible_devices(gpu, "GPU")
+        # Horovod's own view of the layout wins: it is what the collectives use.
+        self.spec = dataclasses.replace(spec, rank=hvd.rank(), world_size=hvd.size(),
+                                        local_rank=hvd.local_rank())
+        self.strategy = tf.distribute.get_strategy()
+        self.num_replicas = hvd.size()
+
+    def distribute(self, dataset_fn):
+        from training.keras_compat import tf
+
+        context = tf.distribute.InputContext(num_input_pipelines=self.hvd.size(),
+                                             input_pipeline_id=self.hvd.rank(),
+                                             num_replicas_in_sync=self.hvd.size())
+        return dataset_fn(context)
+
+    def wrap_optimizer(self, optimizer):
+        return self.hvd.DistributedOptimizer(optimizer)
+
+    def callbacks(self) -> list:
+        # Broadcast after the optimizer has built its slots (first batch), so a resumed run's
+        # optimizer state on rank 0 reaches every rank; then average metrics over ranks.
+        return [self.hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+                self.hvd.callbacks.MetricAverageCallback()]
+
+    def any_worker(self, flag: bool) -> bool:
+        from training.keras_compat import tf
+
+        total = self.hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self.hvd.Sum)
+        return float(total) > 0

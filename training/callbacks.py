@@ -1,0 +1,158 @@
+"""Keras callbacks of the loop: checkpoints, history, status, per-step LR and stop requests.
+
+Only the chief writes files; where a step needs every worker (saving under
+MultiWorkerMirrored, agreeing to stop), all workers run the callback and the file writes are
+guarded by `backend.is_chief`.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+from launcher import rundir
+from launcher.fsutil import atomic_write_text
+from training.backends import Backend
+from training.checkpoints import CheckpointManager
+from training.keras_compat import keras
+
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr",
+                  "images_per_sec", "epoch_time_s")
+
+
+def write_status(run_dir: Path, **fields) -> None:
+    """Merges `fields` into status.json (chief only)."""
+    path = Path(run_dir) / rundir.STATUS
+    status = json.loads(path.read_text()) if path.is_file() else {}
+    status.update(fields, updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    atomic_write_text(path, json.dumps(status, indent=1))
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(run_dir) / rundir.HISTORY, out.getvalue())
+
+
+def current_lr(model: keras.Model) -> float:
+    opt = model.optimizer
+    lr = opt.learning_rate
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return float(lr(opt.iterations))
+    return float(keras.backend.get_value(lr))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """End of each epoch: best and latest checkpoints, history.csv, status.json, curves."""
+
+    def __init__(self, run_dir: Path, backend: Backend, checkpoints: CheckpointManager, plan,
+                 state: dict | None, on_epoch_written=None, stopper=None):
+        super().__init__()
+        self.stopper = stopper
+        self.run_dir = Path(run_dir)
+        self.backend = backend
+        self.checkpoints = checkpoints
+        self.plan = plan
+        state = state or {}
+        self.history: list[dict] = list(state.get("history", []))
+        self.best_val_loss = state.get("best_val_loss", math.inf)
+        self.on_epoch_written = on_epoch_written
+        self._epoch_start = 0.0
+
+    def state(self, epoch_done: int, step: int, partial: bool = False) -> dict:
+        best_acc = max((r["val_accuracy"] for r in self.history), default=None)
+        return {"epoch": epoch_done, "step": step, "partial_epoch": partial,
+                "best_val_loss": self.best_val_loss, "best_val_accuracy": best_acc,
+                "history": self.history}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stopper is not None and self.stopper.stopped_at is not None:
+            return  # the epoch was cut short by a stop request; the loop saves a partial checkpoint
+        logs = logs or {}
+        seconds = time.time() - self._epoch_start
+        row = {"epoch": epoch + 1, "lr": current_lr(self.model), "epoch_time_s": round(seconds, 3),
+               "images_per_sec": round(self.plan.steps_per_epoch * self.plan.global_batch_size / seconds, 2)}
+        row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
+        self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
+        val_loss = row.get("val_loss", math.inf)
+        if val_loss < self.best_val_loss:  # the same value on every worker: metrics are reduced
+            self.best_val_loss = val_loss
+            self.checkpoints.save_best(self.model)
+        step = int(self.model.optimizer.iterations.numpy())
+        self.checkpoints.save_latest(self.model, self.state(epoch + 1, step))
+        if self.backend.is_chief:
+            write_history(self.run_dir, self.history)
+            write_status(self.run_dir, state="running", epoch=epoch + 1, epochs=self.plan.epochs,
+                         best_val_accuracy=self.state(epoch + 1, step)["best_val_accuracy"])
+            if self.on_epoch_written:
+                self.on_epoch_written()
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Appends the learning rate every `every` steps to lr.csv (chief) for the live LR plot."""
+
+    def __init__(self, run_dir: Path, every: int):
+        super().__init__()
+        self._supports_tf_logs = True  # never converts the step's logs to numpy
+        self.path = Path(run_dir) / "lr.csv"
+        self.every = max(every, 1)
+        self._seen = 0
+
+    def on_train_begin(self, logs=None):
+        self._seen = int(self.model.optimizer.iterations.numpy())
+        if not self.path.is_file():
+            self.path.write_text("step,lr\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
+        if self._seen % self.every == 0:
+            with self.path.open("a") as fh:
+                fh.write(f"{self._seen},{current_lr(self.model):.8g}\n")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turns SIGUSR1 (SLURM's warning before the time limit) and SIGTERM (preemption, scancel)
+    into a coordinated stop: every worker finishes its step, agrees at the same step, the loop
+    saves a resumable checkpoint and ends.
+
+    Workers agree every `check_every` steps through a collective, so all of them stop at the
+    same step and none is left waiting inside an all-reduce.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self, backend: Backend, check_every: int = 10):
+        super().__init__()
+        self._supports_tf_logs = True
+        self.backend = backend
+        self.check_every = max(check_every, 1)
+        self.requested = False  # this process got a signal
+        self.stopped_at: tuple[int, int] | None = None  # (epoch, step) of an agreed stop
+        self._epoch = 0
+        self._batches = 0
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self.check_every:
+            return
+        if self.backend.any_worker(self.requested):
+            self.stopped_at = (self._epoch, int(self.model.optimizer.iterations.numpy()))
+            self.model.stop_training = True

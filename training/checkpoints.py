@@ -1,0 +1,93 @@
+"""HDF5 checkpoints in the run directory: resumable latest, best by val loss, final model.
+
+`latest.json` is the commit point of a resumable checkpoint: it names the HDF5 file holding
+weights and optimizer state (including the step counter, hence the LR schedule position) and
+records epoch, step, best metric and the history so far. Files are written to a temporary name
+and renamed, so a kill at any moment leaves the previous checkpoint loadable.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+
+from launcher import rundir
+from launcher.fsutil import atomic_path, atomic_write_text
+from training.backends import Backend
+from training.keras_compat import keras
+
+KEEP_LATEST = 2  # older resumable checkpoints are deleted once a newer one is committed
+
+
+class CheckpointManager:
+    """Saves and restores checkpoints; only the chief's files land in the run directory."""
+
+    def __init__(self, run_dir: Path, backend: Backend):
+        self.dir = Path(run_dir) / rundir.CHECKPOINTS
+        self.backend = backend
+        if backend.is_chief:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.h5"
+
+    def load_state(self) -> dict | None:
+        """The committed state of the latest checkpoint, or None for a fresh run."""
+        path = self.dir / "latest.json"
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        if not (self.dir / state["weights"]).is_file():
+            raise FileNotFoundError(f"{path} names {state['weights']}, which is missing; "
+                                    "delete latest.json to restart the run from scratch")
+        return state
+
+    def _save_model(self, model: keras.Model, path: Path) -> None:
+        """Writes `path` on the chief. Under MultiWorkerMirrored every worker must also save,
+        because reading synchronised variables (batch-norm statistics) is a collective; the
+        others write to a throw-away folder."""
+        if self.backend.is_chief:
+            with atomic_path(path) as tmp:
+                model.save(tmp, include_optimizer=True, save_format="h5")
+        elif self.backend.all_save():
+            scratch = tempfile.mkdtemp(prefix="ckpt-worker-")
+            try:
+                model.save(Path(scratch) / path.name, include_optimizer=True, save_format="h5")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def save_latest(self, model: keras.Model, state: dict) -> None:
+        """Saves a resumable checkpoint; `state` holds epoch, step, best and history."""
+        name = f"latest-{state['step']:09d}.h5"
+        self._save_model(model, self.dir / name)
+        if not self.backend.is_chief:
+            return
+        atomic_write_text(self.dir / "latest.json", json.dumps({**state, "weights": name}, indent=1))
+        for old in sorted(self.dir.glob("latest-*.h5"))[:-KEEP_LATEST]:
+            old.unlink(missing_ok=True)
+
+    def save_best(self, model: keras.Model) -> None:
+        self._save_model(model, self.best_path)
+
+    def save_final(self, model: keras.Model, path: Path) -> None:
+        self._save_model(model, path)
+
+    def restore(self, model: keras.Model, state: dict) -> None:
+        """Loads weights and optimizer state saved by `save_latest` into a compiled model.
+
+        Call inside the strategy scope. The optimizer's slots are built first so the saved
+        values (step counter first) can be assigned in order.
+        """
+        path = self.dir / state["weights"]
+        model.load_weights(path)
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        with h5py.File(path, "r") as f:
+            group = f["optimizer_weights"]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            values = [group[n][()] for n in names]
+        optimizer.set_weights(values)

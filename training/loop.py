@@ -1,0 +1,115 @@
+"""The training loop: owns the steps, evaluation cadence, checkpoints, logs and resume.
+
+Every worker runs `train`; only the chief writes files into the run directory.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from launcher import rundir
+from launcher.config import Config, dump
+from launcher.fsutil import atomic_write_text
+from training import task
+from training.backends import Backend
+from training.callbacks import RunRecorder, StepLogger, StopOnSignal, write_history, write_status
+from training.checkpoints import CheckpointManager
+from training.keras_compat import keras, tf
+
+
+def _log(backend: Backend, message: str) -> None:
+    if backend.is_chief:
+        print(f"[train] {message}", flush=True)
+
+
+def _tensorboard(cfg: Config, run_dir: Path, backend: Backend) -> list:
+    """TensorBoard on the chief; under MultiWorkerMirrored the callback itself sends the other
+    workers' events to temporary folders, so every worker gets one there."""
+    if not (backend.is_chief or backend.all_save()):
+        return []
+    logdir = run_dir / rundir.TENSORBOARD
+    if backend.is_chief:
+        writer = tf.summary.create_file_writer(str(logdir / "config"))
+        with writer.as_default():
+            tf.summary.text("config", "```\n" + dump(cfg) + "\n```", step=0)
+        writer.close()
+    return [keras.callbacks.TensorBoard(str(logdir), update_freq=cfg.train.log_every_steps,
+                                        write_graph=False, profile_batch=0)]
+
+
+def _model_spec(cfg: Config, plan: task.Plan) -> dict:
+    return {"architecture": cfg.model.name, "image_size": cfg.data.image_size,
+            "channel_order": cfg.model.channel_order, "mean": cfg.model.mean, "std": cfg.model.std,
+            "classes": list(plan.class_names), "num_classes": plan.num_classes,
+            "input": "float32 RGB 0..255, preprocessing inside the model"}
+
+
+def _write_curves(run_dir: Path) -> None:
+    try:
+        from training.report.curves import write_curves
+    except ImportError:
+        return
+    write_curves(run_dir)
+
+
+def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
+    """Trains to `cfg.train.epochs`, resuming from the run's latest checkpoint if there is one.
+
+    Returns:
+        A dict with `state` ("completed" or "stopped"), the epoch reached and the step.
+    """
+    from training.data.pipeline import dataset_info
+
+    started = time.time()
+    seed = cfg.train.seed + backend.rank  # different shuffles and augmentations per worker
+    keras.utils.set_random_seed(seed)
+    task.set_precision(cfg.train.precision)
+    info = dataset_info(cfg.data)
+    plan = task.make_plan(cfg, backend, info)
+    _log(backend, plan.describe())
+
+    checkpoints = CheckpointManager(run_dir, backend)
+    state = checkpoints.load_state()
+    model = task.build_compiled_model(cfg, plan, backend, seed)
+    initial_epoch = 0
+    if state is not None:
+        with backend.strategy.scope():
+            checkpoints.restore(model, state)
+        initial_epoch = state["epoch"]
+        if state.get("partial_epoch"):
+            # The cut-short epoch is redone from its start with the weights reached so far; the
+            # step counter goes back so the LR schedule and the epoch numbering stay aligned.
+            model.optimizer.iterations.assign(initial_epoch * plan.steps_per_epoch)
+        _log(backend, f"resumed from {state['weights']}: epoch {initial_epoch}, step {state['step']}")
+    if backend.is_chief:
+        atomic_write_text(run_dir / rundir.MODEL / "model_spec.json",
+                          json.dumps(_model_spec(cfg, plan), indent=1))
+        write_history(run_dir, [r for r in (state or {}).get("history", []) if r["epoch"] <= initial_epoch])
+        write_status(run_dir, state="running", epoch=initial_epoch, epochs=plan.epochs,
+                     job_id=backend.spec.job_id, restarts=backend.spec.restart_count, message="")
+
+    train_ds, val_ds = task.datasets(cfg, plan, backend, seed)
+    stopper = StopOnSignal(backend)
+    recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
+                           on_epoch_written=lambda: _write_curves(run_dir))
+    callbacks = [*backend.callbacks(), stopper, recorder, *_tensorboard(cfg, run_dir, backend)]
+    if backend.is_chief:
+        callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
+    if initial_epoch < plan.epochs:
+        model.fit(train_ds, epochs=plan.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=plan.steps_per_epoch, validation_data=val_ds,
+                  validation_steps=plan.validation_steps, callbacks=callbacks,
+                  verbose=2 if backend.is_chief else 0)
+
+    if stopper.stopped_at is not None:
+        epoch, step = stopper.stopped_at
+        checkpoints.save_latest(model, {**recorder.state(epoch, step, partial=True)})
+        _log(backend, f"stop requested: saved a resumable checkpoint at epoch {epoch + 1}, step {step}")
+        return {"state": "stopped", "epoch": epoch, "step": step, "plan": plan, "model": model}
+
+    checkpoints.save_final(model, run_dir / rundir.MODEL / "final.h5")
+    epochs_done = len(recorder.history)
+    _log(backend, f"finished {epochs_done} epochs in {time.time() - started:.1f} s")
+    return {"state": "completed", "epoch": epochs_done, "plan": plan, "model": model,
+            "wall_time_s": time.time() - started, "history": recorder.history}

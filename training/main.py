@@ -1,0 +1,109 @@
+"""Compute-node entry point: `python -m training.main --run-dir RUN_DIR`.
+
+Every task of the job step runs this. It reads the run's resolved config, starts the backend,
+trains (resuming if the run directory holds a checkpoint), and on a stop request asks SLURM to
+requeue the job so it continues in the same run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from launcher import rundir
+from launcher.config import Config, ConfigError, from_dict
+from training.envreport import write_env_report
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = run_dir / rundir.CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); create runs with launch")
+    return from_dict(yaml.safe_load(path.read_text()), str(path))
+
+
+def requeue(job_id: str | None, restarts: int, max_requeues: int) -> str:
+    """Asks SLURM to requeue this job; returns what happened, for the status file."""
+    if job_id is None:
+        return "stopped (not a SLURM job: continue with launch --resume RUN_DIR)"
+    if restarts >= max_requeues:
+        return f"stopped: requeue limit {max_requeues} reached; continue with launch --resume RUN_DIR"
+    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if done.returncode:
+        return f"stopped: scontrol requeue failed ({done.stderr.strip()}); use launch --resume RUN_DIR"
+    return f"requeued (restart {restarts + 1} of at most {max_requeues})"
+
+
+def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
+    """Chief only: prediction grids and confusion matrix from the best checkpoint, then summary."""
+    from training.data.pipeline import build_dataset
+    from training.keras_compat import keras
+    from training.models import custom_objects
+    from training.report.predictions import write_prediction_report
+    from training.report.summary import write_summary
+
+    best = run_dir / rundir.CHECKPOINTS / "best.h5"
+    model = keras.models.load_model(best if best.is_file() else run_dir / rundir.MODEL / "final.h5",
+                                    custom_objects=custom_objects(), compile=False)
+    plan = result["plan"]
+    val = build_dataset(cfg.data, "val", False, plan.global_batch_size, None, cfg.train.seed)
+    evaluation = write_prediction_report(run_dir, model, val, list(plan.class_names))
+    write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
+                  gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
+                  job_id=backend.spec.job_id, best_checkpoint_accuracy=evaluation.get("accuracy"))
+
+
+def run(run_dir: Path) -> int:
+    cfg = load_run_config(run_dir)
+    write_env_report(run_dir)
+    from training.backends import create_backend
+    from training.callbacks import write_status
+    from training.loop import train
+
+    backend = create_backend(cfg.runtime)
+    try:
+        result = train(cfg, run_dir, backend)
+        if result["state"] == "stopped":
+            spec = backend.spec
+            message = requeue(spec.job_id, spec.restart_count,
+                              int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)))
+            if backend.is_chief:
+                state = "requeued" if message.startswith("requeued") else "stopped"
+                write_status(run_dir, state=state, epoch=result["epoch"], message=message)
+                print(f"[train] {message}", flush=True)
+            return 0
+        if backend.is_chief:
+            final_report(cfg, run_dir, result, backend)
+            write_status(run_dir, state="completed", epoch=result["epoch"], message="")
+        return 0
+    except Exception as err:
+        if backend.is_chief:
+            write_status(run_dir, state="failed", message=f"{type(err).__name__}: {err}"[:500])
+        raise
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from training.backends import BackendError
+    from training.data import DataError
+    from training.models import ModelError
+
+    return (ConfigError, BackendError, DataError, ModelError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.main", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by launch")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.run_dir.resolve())
+    except user_errors() as err:
+        # Problems a user can fix get one line; anything else keeps its traceback.
+        print(f"training: error: {err}", file=sys.stderr, flush=True)
+        return 1
+
+if __name__ == "__main__":
+    sys.exit(main())
