@@ -81,6 +81,10 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
         "requeue": None,
         **gpu_request(slurm),
     }
+    if slurm.signal_lead_s >= slurm.time_min * 60:
+        # The warning would arrive at once: the trainer would checkpoint and requeue forever.
+        raise ConfigError(f"slurm.signal_lead_s {slurm.signal_lead_s} is not shorter than the time "
+                          f"limit of {slurm.time_min} min; raise --time or set slurm.signal_lead_s=0")
     if slurm.signal_lead_s:
         # No "B:" prefix: the signal goes to the srun tasks, i.e. the trainer, not this shell.
         values["signal"] = f"USR1@{slurm.signal_lead_s}"

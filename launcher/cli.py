@@ -1,0 +1,218 @@
+"""`launch`: render a run's sbatch script and submit it, print it, or run the job locally.
+
+    launch [--config FILE] [section.key=value ...] [--nodes N] [--gpus N] ... [--dry-run]
+    launch runs ...        (listing runs; see launcher/runs.py)
+
+Layers, later wins: config defaults, the YAML file, dotted overrides, explicit flags.
+LAUNCH_RUN_ROOT, when set, is the default of --run-root.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import importlib
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from launcher import fsutil, rundir
+from launcher.config import Config, ConfigError, dump, load_config
+from launcher.render import describe_request, render_sbatch, world_size
+from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
+
+# argparse dest -> config key. Each flag also has an alias spelled like its key, so that config
+# errors ("flag --gpus-per-node") name a flag that exists.
+FLAGS = {
+    "nodes": "slurm.nodes",
+    "gpus": "slurm.gpus_per_node",
+    "gpu_type": "slurm.gpu_type",
+    "gpu_style": "slurm.gpu_style",
+    "backend": "runtime.backend",
+    "time": "slurm.time_min",
+    "partition": "slurm.partition",
+    "account": "slurm.account",
+    "qos": "slurm.qos",
+    "job_name": "slurm.job_name",
+    "cluster": "runtime.cluster",
+    "run_root": "runtime.run_root",
+}
+
+
+def _one_line(message: str) -> str:
+    # A value typed with a newline must not split the error into several lines.
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"launch: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, no usage block
+        raise SystemExit(_fail(f"{message} (launch --help lists the options)"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p.add_argument("--nodes", type=int, metavar="N", help="slurm.nodes")
+    p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
+                   help="GPUs per node (slurm.gpus_per_node)")
+    p.add_argument("--gpu-type", metavar="T", help="e.g. a100 (slurm.gpu_type)")
+    p.add_argument("--gpu-style", metavar="S", help="gres | gpus-per-node | constraint")
+    p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
+    p.add_argument("--time", "--time-min", dest="time", type=int, metavar="MIN",
+                   help="wall-clock limit in minutes (slurm.time_min)")
+    p.add_argument("--partition", metavar="P")
+    p.add_argument("--account", metavar="A")
+    p.add_argument("--qos", metavar="Q")
+    p.add_argument("--job-name", metavar="NAME", help="default: the run name")
+    p.add_argument("--cluster", metavar="C", help="auto | slurm | local (runtime.cluster)")
+    p.add_argument("--run-root", metavar="DIR", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+                   help="folder that holds the run directories (runtime.run_root)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--dry-run", action="store_true",
+                      help="print the sbatch script and exit; creates nothing")
+    what.add_argument("--emit-sbatch", metavar="FILE",
+                      help="create the run directory and write the script to FILE; submit nothing")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an earlier run in its own directory, from its config.yaml")
+    return p
+
+
+def _planned_run_dir(run_root: str, name: str) -> Path:
+    """The directory new_run_dir would create now (its naming), without creating it."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(run_root).expanduser().resolve() / f"{name}-{stamp}"
+
+
+def _resolved(cfg: Config, run_dir: Path) -> Config:
+    """The config as the job will see it: names, paths and interpreter filled in."""
+    cfg = copy.deepcopy(cfg)
+    cfg.runtime.run_root = str(run_dir.parent)
+    cfg.runtime.run_name = run_dir.name
+    cfg.runtime.python = cfg.runtime.python or sys.executable
+    cfg.slurm.job_name = cfg.slurm.job_name or run_dir.name
+    return cfg
+
+
+def _render(cfg: Config, run_dir: Path) -> str:
+    return render_sbatch(cfg.slurm, cfg.runtime.backend, run_dir, cfg.runtime.python,
+                         cfg.runtime.worker_timeout_s)
+
+
+def _write_run_files(run_dir: Path, cfg: Config, script: str) -> None:
+    fsutil.atomic_write_text(run_dir / rundir.CONFIG, dump(cfg))
+    fsutil.atomic_write_text(run_dir / rundir.SBATCH, script)
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
+    """Returns (config, run dir to reuse or None, run name)."""
+    flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop --config "
+                              "and change values with flags or section.key=value")
+        run_dir = Path(args.resume).expanduser().resolve()
+        if not rundir.is_run_dir(run_dir):
+            raise ConfigError(f"--resume {args.resume}: not a run directory (no {rundir.CONFIG}); "
+                              "pass a folder that launch created under the run root")
+        cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
+        return cfg, run_dir, run_dir.name
+    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    cfg = load_config(path, args.overrides, flags)
+    name = cfg.runtime.run_name or path.stem
+    if "/" in name or name in (".", ".."):
+        raise ConfigError(f"runtime.run_name {name!r}: a run name is one folder name, without '/'")
+    return cfg, None, name
+
+
+def _launch(args: argparse.Namespace) -> int:
+    cfg, reused, name = _load(args)
+    cluster, why = choose_cluster(cfg.runtime.cluster)
+    run_dir = reused or _planned_run_dir(cfg.runtime.run_root, name)
+    script = _render(_resolved(cfg, run_dir), run_dir)  # validation by rendering, before any write
+    if args.dry_run:
+        sys.stdout.write(script)
+        if cluster == "local":
+            print(f"launch: note: without --dry-run this would run locally ({why})", file=sys.stderr)
+        return 0
+    submitting = not args.emit_sbatch and cluster == "slurm"
+    if submitting and shutil.which("sbatch") is None:
+        raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
+                          "login node, or pass --cluster local")
+    if reused is None:
+        run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
+    cfg = _resolved(cfg, run_dir)
+    script = _render(cfg, run_dir)
+    _write_run_files(run_dir, cfg, script)
+    if args.emit_sbatch:
+        fsutil.atomic_write_text(args.emit_sbatch, script)
+        print(f"run dir: {run_dir}")
+        print(f"wrote {args.emit_sbatch} (also {run_dir / rundir.SBATCH}); submit it with:")
+        print(f"  sbatch {shlex.quote(str(args.emit_sbatch))}")
+        return 0
+    if cluster == "local":
+        n = world_size(cfg.slurm, cfg.runtime.backend)
+        print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
+              f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
+        return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
+    job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
+                          fresh=reused is None)
+    _print_submitted(job_id, cfg, run_dir)
+    return 0
+
+
+def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
+    s = cfg.slurm
+    gpus = f"{s.gpus_per_node} {s.gpu_type + ' ' if s.gpu_type else ''}GPU(s) per node" if s.gpus_per_node else "no GPUs"
+    out = run_dir / rundir.LOGS / f"slurm-{job_id}.out"
+    print(f"submitted job {job_id}: {cfg.runtime.backend} on {s.nodes} node(s), {gpus}")
+    print(f"run dir:     {run_dir}")
+    print(f"logs:        {out} (and .err)")
+    print(f"follow:      tail -f {shlex.quote(str(out))}; squeue -j {job_id}")
+    print(f"tensorboard: tensorboard --logdir {shlex.quote(str(run_dir.parent))}")
+
+
+def _runs(argv: list[str]) -> int:
+    try:  # imported on use: written separately, and absent in early checkouts
+        runs = importlib.import_module("launcher.runs")
+    except ModuleNotFoundError as err:
+        if err.name != "launcher.runs":
+            raise
+        return _fail("`launch runs` is not available in this checkout (launcher/runs.py is missing); "
+                     "look in the run root directly for now")
+    return runs.main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `launch` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["runs"]:
+        return _runs(argv[1:])
+    try:
+        args = _parser().parse_intermixed_args(argv)
+        return _launch(args)
+    except SystemExit as done:  # --help, and argparse errors already printed as one line
+        return done.code if isinstance(done.code, int) else 2
+    except ConfigError as err:
+        return _fail(str(err))
+    except SubmitError as err:
+        return _fail(str(err), code=1)
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        return _fail(f"{err.strerror or err}:{where}; check the path and its permissions", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
