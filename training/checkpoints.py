@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import h5py
@@ -18,6 +19,9 @@ from launcher import rundir
 from launcher.fsutil import atomic_path, atomic_write_text
 from training.backends import Backend
 from training.keras_compat import keras
+
+# HDF5 is the format this project promises (seed requirement); tf-keras calls it legacy.
+warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
 
 KEEP_LATEST = 2  # older resumable checkpoints are deleted once a newer one is committed
 

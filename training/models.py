@@ -100,7 +100,8 @@ def small_cnn(input_shape: tuple[int, int, int]) -> keras.Model:
     x = inputs
     for filters in (32, 64, 128):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        # Fast-moving statistics: the demo trains for only a few hundred steps.
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)

@@ -116,12 +116,20 @@ class MultiWorkerBackend(Backend):
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         self.num_replicas = self.strategy.num_replicas_in_sync
+        self._agree = None
 
     def any_worker(self, flag: bool) -> bool:
         from training.keras_compat import tf
 
-        value = self.strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
-        return float(self.strategy.reduce("SUM", value, axis=None)) > 0
+        if self._agree is None:
+            # Compiled once: an eager cross-worker reduce is slow and warns on every call.
+            @tf.function
+            def agree(value):
+                per_replica = self.strategy.run(lambda: tf.identity(value))
+                return self.strategy.reduce("SUM", per_replica, axis=None)
+
+            self._agree = agree
+        return float(self._agree(tf.constant(1.0 if flag else 0.0))) > 0
 
     def all_save(self) -> bool:
         return True

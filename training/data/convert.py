@@ -1,0 +1,282 @@
+"""Class-folder image tree -> TFRecord shards with the standard ImageNet feature keys.
+
+    python -m training.data.convert SRC OUT [--shards-train 128] [--shards-val 16]
+        [--shards-test 16] [--workers N]
+
+SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validation/`) and
+`test/<class>/...`. OUT receives `{split}-{i:05d}-of-{n:05d}` shards (`val` becomes
+`validation`), `skipped.txt` and, written last, `labels.json`: the output is complete only
+once `labels.json` exists. Labels are 0-based indices into the sorted training class names.
+
+Pillow decodes every file, so a conversion needs TensorFlow only to write the records. RGB
+JPEGs are kept byte for byte; any other readable image (PNG, grayscale, CMYK, RGBA, ...) is
+re-encoded as an RGB JPEG. Unreadable, empty and non-image files are skipped and listed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from launcher.fsutil import atomic_path, atomic_write_text
+from training.data import DataError
+
+LABELS_FILE = "labels.json"
+SKIPPED_FILE = "skipped.txt"
+# Source folder names -> split (shard prefix) names; ImageNet shards call the val split so.
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+JPEG_QUALITY = 95  # re-encoded images only; high so small images keep their detail
+SHUFFLE_SEED = 0  # fixed: the same tree always gives the same shards
+DEFAULT_SHARDS = {"train": 128, "validation": 16, "test": 16}
+
+
+class _Skip(Exception):
+    """A file that is not kept; the message is the reason written to skipped.txt."""
+
+
+@dataclass
+class ConvertSummary:
+    """What a conversion wrote."""
+
+    out_dir: Path
+    classes: list[str]
+    counts: dict[str, int]  # split -> examples written
+    shards: dict[str, int]  # split -> shard files written
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        parts = ", ".join(f"{s} {self.counts[s]} in {self.shards[s]} shards" for s in self.counts)
+        return (f"converted {len(self.classes)} classes ({parts}) into {self.out_dir}; skipped "
+                f"{len(self.skipped)} files, listed in {self.out_dir / SKIPPED_FILE}")
+
+
+def _visible(name: str) -> bool:
+    # Dot files (.DS_Store, editor swap files) are never data; ignoring them keeps skipped.txt useful.
+    return not name.startswith(".")
+
+
+def _scan_split(split_dir: Path, classes: list[str] | None):
+    """Lists one split folder.
+
+    Returns:
+        (class names found, [(path, class name, name relative to the split)], skipped).
+    """
+    entries = sorted(p for p in split_dir.iterdir() if _visible(p.name))
+    class_dirs = [p for p in entries if p.is_dir()]
+    skipped = [(str(p), "not inside a class folder") for p in entries if not p.is_dir()]
+    if not class_dirs:
+        raise DataError(f"{split_dir} holds no class sub-folders; expected {split_dir}/<class>/<image>")
+    if classes is not None:
+        unknown = [d.name for d in class_dirs if d.name not in classes]
+        if unknown:
+            raise DataError(f"{split_dir} has classes that train/ lacks: {', '.join(map(repr, unknown))}; "
+                            "every class needs training images")
+    files = []
+    for class_dir in class_dirs:
+        found = sorted(p for p in class_dir.rglob("*") if p.is_file()
+                       and all(_visible(q) for q in p.relative_to(class_dir).parts))
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in found):
+            raise DataError(f"class folder {class_dir} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                            "add images or remove the folder")
+        # Every file is offered to the decoder, so an image without a suffix is still kept.
+        files += [(p, class_dir.name, p.relative_to(split_dir).as_posix()) for p in found]
+    return [d.name for d in class_dirs], files, skipped
+
+
+def _split_folders(src: Path) -> dict[str, Path]:
+    if not src.is_dir():
+        raise DataError(f"source folder {src} does not exist; pass the folder that holds train/ (and val/, test/)")
+    found = {}
+    for folder, split in SPLIT_FOLDERS.items():
+        if (src / folder).is_dir():
+            if split in found:
+                raise DataError(f"{src} has both {found[split].name}/ and {folder}/; keep one of them")
+            found[split] = src / folder
+    if "train" not in found:
+        raise DataError(f"{src} has no train/ folder; expected {src}/train/<class>/<image> "
+                        "(and optionally val/<class>/..., test/<class>/...)")
+    return found
+
+
+def encode_image(path: str | Path) -> tuple[bytes, int, int]:
+    """Returns (JPEG bytes, height, width) for one file; raises _Skip when it is not kept."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    if not data:
+        raise _Skip("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decodes every pixel, so a truncated file fails here and not in training
+            height, width = img.height, img.width
+            # MPO is the multi-picture JPEG some cameras write; its bytes decode as a plain JPEG.
+            if img.format in ("JPEG", "MPO") and img.mode == "RGB":
+                return data, height, width
+            rgb = _to_rgb(img)
+    except Exception as err:  # Pillow raises many types for broken files; any of them means skip
+        raise _Skip(f"not a readable image ({type(err).__name__}: {err})") from None
+    buf = io.BytesIO()
+    rgb.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue(), height, width
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Dropping alpha would show whatever colour transparent pixels happen to hold; white
+        # is what a viewer shows.
+        rgba = img.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    return img.convert("RGB")
+
+
+def _write_shard(task) -> tuple[str, int, list[tuple[str, str]]]:
+    """Writes one shard atomically. Runs in a worker process; loads TensorFlow only to write."""
+    out_dir, split, index, num_shards, examples = task
+    from training.keras_compat import tf
+
+    def _bytes(value: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value: int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    written, skipped = 0, []
+    path = Path(out_dir) / f"{split}-{index:05d}-of-{num_shards:05d}"
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for file_path, label, class_name, rel_name in examples:
+            try:
+                encoded, height, width = encode_image(file_path)
+            except _Skip as err:
+                skipped.append((file_path, str(err)))
+                continue
+            except OSError as err:  # unreadable file (permissions, vanished)
+                skipped.append((file_path, f"cannot read ({err.strerror or err})"))
+                continue
+            feature = {
+                "image/encoded": _bytes(encoded),
+                "image/format": _bytes(b"JPEG"),
+                "image/class/label": _int(label),
+                "image/class/text": _bytes(class_name.encode("utf-8", "surrogateescape")),
+                "image/height": _int(height),
+                "image/width": _int(width),
+                "image/filename": _bytes(rel_name.encode("utf-8", "surrogateescape")),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            written += 1
+    return split, written, skipped
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores SLURM gave us, not the whole node's
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = None,
+            workers: int | None = None, seed: int = SHUFFLE_SEED, log=print) -> ConvertSummary:
+    """Converts a class-folder tree into TFRecord shards.
+
+    Args:
+        src: folder holding train/ and optionally val/ (or validation/) and test/.
+        out: new or empty folder for the shards.
+        shards: split -> number of shards; missing splits use DEFAULT_SHARDS. A split with fewer
+            examples than shards gets one shard per example.
+        workers: processes, one shard per task; None = every core this process may use.
+        seed: shuffles examples across shards so each shard mixes classes.
+        log: called with progress lines; pass `lambda _: None` for silence.
+
+    Raises:
+        DataError: mis-laid source folders or a non-empty output folder.
+    """
+    src, out = Path(src), Path(out)
+    split_dirs = _split_folders(src)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"output folder {out} already exists and is not empty; pass a new or empty folder")
+    classes, train_files, skipped = _scan_split(split_dirs["train"], None)
+    label_of = {name: i for i, name in enumerate(classes)}
+    per_split = {"train": train_files}
+    for split in ("validation", "test"):
+        if split in split_dirs:
+            _, per_split[split], extra = _scan_split(split_dirs[split], classes)
+            skipped += extra
+
+    wanted = {**DEFAULT_SHARDS, **(shards or {})}
+    tasks, num_shards = [], {}
+    for split, files in per_split.items():
+        examples = [(str(p), label_of[c], c, rel) for p, c, rel in files]
+        random.Random(seed).shuffle(examples)
+        n = num_shards[split] = max(1, min(wanted[split], len(examples)))
+        tasks += [(str(out), split, i, n, examples[i::n]) for i in range(n)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {split: 0 for split in per_split}
+    workers = max(1, min(workers or _default_workers(), len(tasks)))
+    log(f"converting {', '.join(f'{s}: {len(f)} files' for s, f in per_split.items())} "
+        f"with {workers} workers into {out}")
+    if workers == 1:
+        results = map(_write_shard, tasks)
+        pool = None
+    else:
+        # spawn, not fork: a caller that already loaded TensorFlow must not fork its threads.
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_write_shard, tasks)
+    try:
+        for done, (split, written, bad) in enumerate(results, 1):
+            counts[split] += written
+            skipped += bad
+            if done % max(1, len(tasks) // 10) == 0 or done == len(tasks):
+                log(f"  {done}/{len(tasks)} shards written")
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    skipped.sort()
+    # Newlines in a file name would split its line; they are the one character escaped.
+    atomic_write_text(out / SKIPPED_FILE, "".join(
+        f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
+    labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped)}
+    atomic_write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
+    return ConvertSummary(out, classes, counts, num_shards, skipped)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.convert",
+        description="Convert SRC/{train,val,test}/<class>/<image> into TFRecord shards in OUT.")
+    parser.add_argument("src", help="folder holding train/ and optionally val/ and test/")
+    parser.add_argument("out", help="new or empty output folder")
+    parser.add_argument("--shards-train", type=int, default=DEFAULT_SHARDS["train"])
+    parser.add_argument("--shards-val", type=int, default=DEFAULT_SHARDS["validation"])
+    parser.add_argument("--shards-test", type=int, default=DEFAULT_SHARDS["test"])
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
+    args = parser.parse_args(argv)
+    if min(args.shards_train, args.shards_val, args.shards_test) < 1 or (args.workers or 1) < 1:
+        parser.error("shard and worker counts must be at least 1")
+    shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
+    try:
+        summary = convert(args.src, args.out, shards, args.workers,
+                          log=lambda text: print(text, file=sys.stderr, flush=True))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""tf.data input pipelines over TFRecord shards, a class-folder tree, or synthetic images.
+
+Every dataset yields `(images, labels)`: float32 [B, S, S, 3] RGB in 0..255 and int32 [B].
+The pipeline only crops and resizes; flips and colour changes live in the model, on the
+accelerator. Input is split between pipelines by file, never by example, so each worker reads
+only its own shards (`shard_files` says which).
+
+Sources (`data.source`):
+    tfrecord: `{prefix}-*` files in data.data_dir, with the standard ImageNet feature keys.
+    demo: the digits set built by `training.data.demo.prepare_demo`, read as tfrecord.
+    folder: data.data_dir/<split>/<class>/<image>; labels from the sorted class folder names.
+    synthetic: random images and labels made once and repeated, to time a model without I/O.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+
+from launcher.config import DataConfig
+from training.data import DataError
+from training.data.convert import LABELS_FILE
+from training.keras_compat import tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "val")
+FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
+DEMO_PREFIXES = {"train": "train", "val": "validation"}  # what the converter names them
+# The standard ImageNet-1k conversion writes no labels.json; its layout identifies it.
+IMAGENET_COUNTS = {("train", 1024): 1_281_167, ("validation", 128): 50_000}
+TFRECORD_READ_BUFFER = 8 << 20  # bytes per open shard; large reads suit parallel file systems
+
+
+@dataclass
+class DatasetInfo:
+    """What the model and the loop need to know about a data set."""
+
+    num_classes: int
+    class_names: list[str]
+    train_examples: int
+    val_examples: int
+    data_dir: str  # resolved: for demo, the built shard folder
+
+
+def resolve_data_dir(data: DataConfig) -> str:
+    """The folder the pipeline reads; for demo, builds the shards on first use."""
+    if data.source == "demo":
+        from training.data.demo import cache_root, prepare_demo
+
+        return str(prepare_demo(cache_root(data.data_dir)))
+    return data.data_dir
+
+
+def _prefix(data: DataConfig, split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data.source == "demo":  # a fixed data set: the split names in the config do not apply
+        return DEMO_PREFIXES[split]
+    return data.train_split if split == "train" else data.val_split
+
+
+def _tfrecord_files(data_dir: str, prefix: str) -> list[str]:
+    if not tf.io.gfile.isdir(data_dir):
+        raise DataError(f"data.data_dir {data_dir} does not exist or is not a folder")
+    # listdir rather than glob: a folder name with [ or * in it must not act as a pattern.
+    names = sorted(n for n in tf.io.gfile.listdir(data_dir) if n.startswith(prefix + "-"))
+    if not names:
+        raise DataError(f"no TFRecord shards named {prefix}-* in {data_dir}; check data.data_dir and "
+                        "data.train_split / data.val_split")
+    return [tf.io.gfile.join(data_dir, n) for n in names]
+
+
+def _folder_split_dir(data_dir: str, name: str) -> str:
+    path = tf.io.gfile.join(data_dir, name)
+    # Class-folder trees usually call it val/, as the converter's input does.
+    if name == "validation" and not tf.io.gfile.isdir(path):
+        path = tf.io.gfile.join(data_dir, "val")
+    if not tf.io.gfile.isdir(path):
+        raise DataError(f"{tf.io.gfile.join(data_dir, name)} is not a folder; data.source folder needs "
+                        f"{data_dir}/<split>/<class>/<image> (set data.train_split / data.val_split)")
+    return path
+
+
+def _folder_classes(data: DataConfig) -> list[str]:
+    train_dir = _folder_split_dir(data.data_dir, data.train_split)
+    classes = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(train_dir)
+                     if not n.startswith(".") and tf.io.gfile.isdir(tf.io.gfile.join(train_dir, n)))
+    if not classes:
+        raise DataError(f"{train_dir} holds no class sub-folders; expected {train_dir}/<class>/<image>")
+    return classes
+
+
+def _folder_examples(data: DataConfig, split: str) -> tuple[list[str], list[int]]:
+    """All image files of a split in a fixed order, and their labels."""
+    classes = _folder_classes(data)
+    split_dir = _folder_split_dir(data.data_dir, _prefix(data, split))
+    files, labels = [], []
+    for name in sorted(tf.io.gfile.listdir(split_dir)):
+        name = name.rstrip("/")
+        class_dir = tf.io.gfile.join(split_dir, name)
+        if name.startswith(".") or not tf.io.gfile.isdir(class_dir):
+            continue
+        if name not in classes:
+            raise DataError(f"{class_dir} is a class that {data.train_split}/ lacks; every class needs "
+                            "training images")
+        for file in sorted(tf.io.gfile.listdir(class_dir)):
+            if file.lower().endswith(FOLDER_SUFFIXES) and not file.startswith("."):
+                files.append(tf.io.gfile.join(class_dir, file))
+                labels.append(classes.index(name))
+    if not files:
+        raise DataError(f"{split_dir} holds no images ({', '.join(FOLDER_SUFFIXES)}) in class folders")
+    return files, labels
+
+
+def _pipelines(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def _sharded(data: DataConfig, split: str, input_context) -> tuple[list[str], list[int] | None]:
+    if data.source == "folder":
+        files, labels = _folder_examples(data, split)
+    else:
+        files, labels = _tfrecord_files(resolve_data_dir(data), _prefix(data, split)), None
+    count, index = _pipelines(input_context)
+    if len(files) < count:
+        raise DataError(f"{len(files)} {_prefix(data, split)} files cannot be split between {count} input "
+                        "pipelines (one worker each); write more shards or run fewer workers")
+    # Same rule as Dataset.shard(count, index): file k goes to pipeline k % count.
+    return files[index::count], None if labels is None else labels[index::count]
+
+
+def shard_files(data: DataConfig, split: str,
+                input_context: tf.distribute.InputContext | None = None) -> list[str]:
+    """The files one input pipeline reads for `split` ("train" or "val"); [] for synthetic.
+
+    Pipelines get disjoint files that together cover the split. Raises DataError when there are
+    fewer files than pipelines.
+    """
+    if data.source == "synthetic":
+        return []
+    return _sharded(data, split, input_context)[0]
+
+
+def _count_records(path: str) -> int:
+    """Counts records by hopping from header to header, without reading the images."""
+    count = 0
+    with tf.io.gfile.GFile(path, "rb") as fh:
+        while len(header := fh.read(12)) == 12:  # uint64 length + uint32 length crc
+            (length,) = struct.unpack("<Q", header[:8])
+            fh.seek(length + 4, 1)  # the data and its crc
+            count += 1
+    return count
+
+
+def _count_examples(files: list[str], prefix: str) -> int:
+    known = IMAGENET_COUNTS.get((prefix, len(files)))
+    if known and re.search(rf"-of-{len(files):05d}$", files[0]):
+        return known
+    return sum(_count_records(f) for f in files)
+
+
+def dataset_info(data: DataConfig) -> DatasetInfo:
+    """Class names and example counts.
+
+    tfrecord/demo: from labels.json next to the shards. Without one (the standard ImageNet
+    shards), data.num_classes must be set; counts are the known ImageNet-1k numbers when the
+    files have the standard 1024/128 layout, else counted by reading record headers only.
+    folder: class folders of the train split, image files per split. synthetic: the config.
+    """
+    if data.source == "synthetic":
+        classes = data.synthetic_classes
+        return DatasetInfo(classes, [str(i) for i in range(classes)], data.synthetic_examples,
+                           _synthetic_val_examples(data), "")
+    if data.source == "folder":
+        classes = _folder_classes(data)
+        return DatasetInfo(len(classes), classes, len(_folder_examples(data, "train")[0]),
+                           len(_folder_examples(data, "val")[0]), data.data_dir)
+
+    data_dir = resolve_data_dir(data)
+    train_prefix, val_prefix = _prefix(data, "train"), _prefix(data, "val")
+    labels_path = tf.io.gfile.join(data_dir, LABELS_FILE)
+    if not tf.io.gfile.exists(labels_path):
+        if data.num_classes <= 0:
+            raise DataError(f"{data_dir} has no {LABELS_FILE}, so set data.num_classes (for the standard "
+                            "ImageNet shards: data.num_classes=1000 data.label_offset=1)")
+        counts = [_count_examples(_tfrecord_files(data_dir, p), p) for p in (train_prefix, val_prefix)]
+        return DatasetInfo(data.num_classes, [str(i) for i in range(data.num_classes)], *counts, data_dir)
+
+    with tf.io.gfile.GFile(labels_path) as fh:
+        labels = json.load(fh)
+    classes, offset = labels["classes"], labels.get("label_offset", 0)
+    if offset != data.label_offset:
+        raise DataError(f"{labels_path} says label_offset {offset} but data.label_offset is "
+                        f"{data.label_offset}; set data.label_offset={offset}")
+    if data.num_classes and data.num_classes != len(classes):
+        raise DataError(f"data.num_classes is {data.num_classes} but {labels_path} lists {len(classes)} "
+                        "classes; set data.num_classes=0 to use the file")
+    counts = labels.get("counts", {})
+    for prefix in (train_prefix, val_prefix):
+        if prefix not in counts:
+            raise DataError(f"{labels_path} has no count for split {prefix!r}; its splits are "
+                            f"{', '.join(counts) or 'none'} (set data.train_split / data.val_split)")
+    return DatasetInfo(len(classes), list(classes), counts[train_prefix], counts[val_prefix], data_dir)
+
+
+def _synthetic_val_examples(data: DataConfig) -> int:
+    # A tenth of an epoch: enough to time evaluation without doubling a benchmark's length.
+    return max(1, data.synthetic_examples // 10)
+
+
+def _crop_window(shape, data: DataConfig, training: bool, seed):
+    """[offset_y, offset_x, height, width] of the crop, for an image of `shape` [h, w, c]."""
+    if training:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=seed,
+            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(data.min_crop_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        return tf.concat([begin[:2], size[:2]], axis=0)
+    # A centred square: the shorter side times val_crop_fraction, so eval keeps the aspect ratio.
+    side = tf.cast(data.val_crop_fraction * tf.cast(tf.minimum(shape[0], shape[1]), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
+    return tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
+
+
+def _decode_crop_resize(encoded, data: DataConfig, training: bool, seed):
+    def jpeg():
+        # Decodes only the crop window: most of a large training image is never decompressed.
+        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, seed)
+        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+
+    def other():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        window = _crop_window(tf.shape(image), data, training, seed)
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    size = data.image_size
+    return tf.ensure_shape(tf.image.resize(image, [size, size], method="bilinear"), [size, size, 3])
+
+
+def _synthetic(data: DataConfig, split: str, training: bool, batch_size: int, pipelines: int,
+               seed: int) -> tf.data.Dataset:
+    size, classes = data.image_size, data.synthetic_classes
+
+    def make(_):
+        images = tf.floor(tf.random.stateless_uniform([batch_size, size, size, 3], [seed, 0], maxval=256.0))
+        labels = tf.random.stateless_uniform([batch_size], [seed, 1], minval=0, maxval=classes, dtype=tf.int32)
+        return images, labels
+
+    # Made inside the pipeline and cached: a large constant would bloat the dataset graph.
+    ds = tf.data.Dataset.from_tensors(0).map(make).cache()
+    if training:
+        return ds.repeat().prefetch(AUTOTUNE)
+    examples = (_synthetic_val_examples(data) if split == "val" else data.synthetic_examples) // pipelines
+    return ds.repeat(max(1, math.ceil(examples / batch_size))).prefetch(AUTOTUNE)
+
+
+def build_dataset(data: DataConfig, split: str, training: bool, batch_size: int,
+                  input_context: tf.distribute.InputContext | None = None, seed: int = 0) -> tf.data.Dataset:
+    """One input pipeline's batches of `(images, labels)`.
+
+    Args:
+        data: the data section of the config.
+        split: "train" or "val" (which files); `training` decides the processing.
+        training: random-resized crops, shuffling, endless repetition and full batches only;
+            otherwise centre crops and one finite pass that keeps the last partial batch.
+        batch_size: examples per batch of this pipeline (per replica under
+            `distribute_datasets_from_function`), not the global batch.
+        input_context: which pipeline this is; None means the only one.
+        seed: the run's base seed; the pipeline adds its input_pipeline_id so workers differ.
+    """
+    count, index = _pipelines(input_context)
+    seed = seed + index
+    if data.source == "synthetic":
+        _prefix(data, split)  # rejects a bad split name
+        ds = _synthetic(data, split, training, batch_size, count, seed)
+    else:
+        ds = _from_files(data, split, training, batch_size, input_context, seed)
+    options = tf.data.Options()
+    # Files are already split between workers here; tf.distribute must not split them again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, input_context,
+                seed: int) -> tf.data.Dataset:
+    files, labels = _sharded(data, split, input_context)
+    # Training order may vary run to run for speed; evaluation order stays fixed.
+    deterministic = not training
+    if labels is None:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int32)))
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    if labels is None:
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=TFRECORD_READ_BUFFER),
+                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if training:
+            ds = ds.shuffle(data.shuffle_buffer, seed=seed)
+        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+
+        def read(record):
+            example = tf.io.parse_single_example(record, spec)
+            return example["image/encoded"], tf.cast(example["image/class/label"] - data.label_offset, tf.int32)
+    else:
+        def read(path, label):  # the file list is already shuffled whole; no example shuffle needed
+            return tf.io.read_file(path), label
+
+    def load(position, element):
+        encoded, label = read(*element) if isinstance(element, tuple) else read(element)
+        # Stateless crops seeded by (seed, position): reproducible however many threads map.
+        image = _decode_crop_resize(encoded, data, training, tf.stack([tf.cast(seed, tf.int64), position]))
+        return image, label
+
+    ds = ds.enumerate().map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if labels is not None:
+        # One unreadable image in a folder tree should not end a run; the converter lists them instead.
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(AUTOTUNE)
