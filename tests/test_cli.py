@@ -1,0 +1,155 @@
+"""`launch` without a cluster: one-line errors, dry runs, emitted scripts, resume and local mode."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from launcher import cli, rundir
+from launcher.config import dump, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code != 0, f"launch {argv} exited 0"
+    assert err.count("\n") == 1 and err.startswith("launch: error: "), repr(err)
+    return err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--config", "configs/missing.yaml"], "configs/missing.yaml does not exist"),
+    (["optimizer.learning_rate=0.1"], "unknown key 'optimizer.learning_rate'"),
+    (["slurm.nodes=two"], "slurm.nodes in override 'slurm.nodes=two': expected int"),
+    (["--nodes", "0"], "slurm.nodes in flag --nodes: 0 is below the minimum 1"),
+    (["--gpus", "-1"], "flag --gpus-per-node: -1 is below the minimum 0"),
+    (["--nodes", "two"], "argument --nodes: invalid int value: 'two'"),
+    (["--backend", "tpu"], "'tpu' is not one of mirrored, multiworker, horovod"),
+    (["--gpu-style", "magic"], "'magic' is not one of gres, gpus-per-node, constraint"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--nodes", "2"], "use --backend multiworker or horovod"),
+    (["--job-name", "a\nb"], "control character '\\n'"),
+    (["--time", "3"], "signal_lead_s 300 is not shorter than the time limit of 3 min"),
+    (["--dry-run", "--emit-sbatch", "x.sbatch"], "not allowed with argument"),
+])
+def test_bad_input_is_one_line_and_creates_nothing(capsys, run_root, argv, says):
+    err = one_line_error(capsys, [*argv, "--run-root", str(run_root)])
+    assert says in err
+    assert not run_root.exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run(capsys, tmp_path):
+    assert "not a run directory" in one_line_error(capsys, ["--resume", str(tmp_path), "--dry-run"])
+
+
+def test_cluster_slurm_without_sbatch(capsys, monkeypatch, run_root, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    err = one_line_error(capsys, ["--cluster", "slurm", "--run-root", str(run_root)])
+    assert "sbatch is not on PATH" in err and not run_root.exists()
+
+
+def test_dry_run_prints_the_script_creates_nothing_and_loads_no_tensorflow(run_root):
+    code = (
+        "import json, sys\n"
+        "from launcher.cli import main\n"
+        f"rc = main(['--dry-run', '--run-root', {str(run_root)!r}, '--nodes', '2', "
+        "'--backend', 'multiworker'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'tf_keras', 'submitit'))\n"
+        "print(json.dumps({'rc': rc, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    assert result == {"rc": 0, "heavy": []}
+    assert done.stdout.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in done.stdout
+    assert f"--run-dir {run_root.resolve()}/demo-" in done.stdout
+    assert not run_root.exists()
+
+
+def test_emit_sbatch_writes_a_valid_script_and_a_config_that_reloads_equal(capsys, run_root, tmp_path):
+    target = tmp_path / "job file.sbatch"
+    code = cli.main(["--emit-sbatch", str(target), "--run-root", str(run_root), "--nodes", "2",
+                     "--backend", "multiworker", "optimizer.lr=0.01", "--job-name", "it's mine"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (run_dir,) = run_root.iterdir()
+    assert f"sbatch '{target}'" in out
+    assert target.read_text() == (run_dir / rundir.SBATCH).read_text()
+    syntax = subprocess.run(["bash", "-n", str(target)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+    saved = run_dir / rundir.CONFIG
+    cfg = load_config(saved)
+    assert dump(cfg) == saved.read_text()
+    assert (cfg.slurm.nodes, cfg.optimizer.lr, cfg.slurm.job_name) == (2, 0.01, "it's mine")
+    assert (cfg.runtime.run_name, cfg.runtime.python) == (run_dir.name, sys.executable)
+
+
+def test_resume_reuses_the_run_dir_and_applies_flags(capsys, run_root, tmp_path):
+    assert cli.main(["--emit-sbatch", str(tmp_path / "a.sbatch"), "--run-root", str(run_root)]) == 0
+    (run_dir,) = run_root.iterdir()
+    capsys.readouterr()
+    assert cli.main(["--resume", str(run_dir), "--time", "45", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --time=45" in script and f"--run-dir {run_dir}" in script
+    assert f"#SBATCH --job-name={run_dir.name}" in script  # the name stays with the run
+    assert cli.main(["--resume", str(run_dir), "--time", "45", "--emit-sbatch",
+                     str(tmp_path / "b.sbatch")]) == 0
+    assert list(run_root.iterdir()) == [run_dir]
+    assert load_config(run_dir / rundir.CONFIG).slurm.time_min == 45
+
+
+def test_runs_subcommand_is_dispatched(monkeypatch):
+    seen = []
+    monkeypatch.setitem(sys.modules, "launcher.runs", types.SimpleNamespace(
+        main=lambda argv: seen.append(argv) or 7))
+    assert cli.main(["runs", "--all"]) == 7 and seen == [["--all"]]
+
+
+def test_runs_subcommand_missing_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "launcher.runs", None)  # as if the module did not exist
+    assert "launcher/runs.py is missing" in one_line_error(capsys, ["runs"])
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Path:
+    """Stands in for the interpreter: rank 1 fails when FAIL_RANK=1, rank 0 outlives it."""
+    shim = tmp_path / "fake-python"
+    shim.write_text(
+        "#!/bin/bash\n"
+        'echo "rank $LAUNCH_RANK of $LAUNCH_WORLD_SIZE local $LAUNCH_LOCAL_RANK dir $LAUNCH_RUN_DIR: $*"\n'
+        'if [ "${FAIL_RANK:-}" = "$LAUNCH_RANK" ]; then exit 3; fi\n'
+        'if [ -n "${FAIL_RANK:-}" ]; then sleep 60; fi\n')
+    shim.chmod(0o755)
+    return shim
+
+
+def run_local(launch_cli, run_root, fake_python, *extra, env=None):
+    return launch_cli("--cluster", "local", "--backend", "multiworker", "--nodes", "2",
+                      "--run-root", run_root, f"runtime.python={fake_python}", *extra, env=env)
+
+
+def test_local_mode_runs_every_rank_and_streams_rank_0(launch_cli, run_root, fake_python):
+    done = run_local(launch_cli, run_root, fake_python)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = run_root.iterdir()
+    first, *rest = done.stdout.splitlines()
+    assert first.startswith("launch: running locally (runtime.cluster is local): 2 processes")
+    assert rest == [f"rank 0 of 2 local 0 dir {run_dir}: -u -m training.main --run-dir {run_dir}"]
+    assert (run_dir / "logs" / "local-0.out").read_text() == rest[0] + "\n"
+    assert (run_dir / "logs" / "local-1.out").read_text().startswith("rank 1 of 2 local 1")
+
+
+def test_local_mode_reports_the_failed_rank_and_stops_the_others(launch_cli, run_root, fake_python):
+    done = run_local(launch_cli, run_root, fake_python, "runtime.worker_timeout_s=1",
+                     env={"FAIL_RANK": "1"})
+    assert done.returncode == 3
+    assert "launch: rank 1 failed with exit code 3" in done.stderr
+    assert "stopped rank(s) 0" in done.stderr  # rank 0 would otherwise sleep for a minute

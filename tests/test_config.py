@@ -1,0 +1,126 @@
+"""The layered config: defaults -> YAML -> dotted overrides -> flags, strict about names and types."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.config import ConfigError, dump, from_dict, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_file_values_replace_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "optimizer:\n  lr: 0.02\nslurm:\n  nodes: 3\n"
+                                      "runtime:\n  backend: multiworker\n"))
+    assert (cfg.optimizer.lr, cfg.slurm.nodes, cfg.runtime.backend) == (0.02, 3, "multiworker")
+    assert cfg.train.epochs == 90  # untouched keys keep their defaults
+
+
+def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
+    path = write(tmp_path, "optimizer:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "optimizer.learning_rate" in message and str(path) in message
+    assert "lr" in message and "momentum" in message  # the valid keys of the section
+    assert "\n" not in message
+
+
+def test_unknown_section_lists_sections(tmp_path):
+    with pytest.raises(ConfigError, match="unknown section 'optimiser'.*valid sections: data"):
+        load_config(write(tmp_path, "optimiser:\n  lr: 0.1\n"))
+
+
+@pytest.mark.parametrize("text, key", [
+    ("slurm:\n  nodes: two\n", "slurm.nodes"),
+    ("optimizer:\n  lr: [0.1]\n", "optimizer.lr"),
+    ("train:\n  jit_compile: 1\n", "train.jit_compile"),
+    ("slurm:\n  nodes: true\n", "slurm.nodes"),  # a bool is not an int here
+    ("model:\n  head_units: 64\n", "model.head_units"),
+])
+def test_wrong_type_names_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(write(tmp_path, text))
+
+
+def test_int_is_accepted_where_float_is_expected(tmp_path):
+    assert load_config(write(tmp_path, "optimizer:\n  lr: 1\n")).optimizer.lr == 1.0
+
+
+def test_overrides_beat_the_file(tmp_path):
+    path = write(tmp_path, "optimizer:\n  lr: 0.02\ntrain:\n  epochs: 5\n")
+    cfg = load_config(path, ["optimizer.lr=0.5", "model.head_units=[8, 4]"])
+    assert (cfg.optimizer.lr, cfg.train.epochs, cfg.model.head_units) == (0.5, 5, [8, 4])
+
+
+def test_flags_beat_overrides_and_none_flags_are_ignored(tmp_path):
+    path = write(tmp_path, "slurm:\n  nodes: 2\n  gpus_per_node: 4\nruntime:\n  backend: horovod\n")
+    cfg = load_config(path, ["slurm.nodes=3"], {"slurm.nodes": 4, "slurm.gpus_per_node": None})
+    assert (cfg.slurm.nodes, cfg.slurm.gpus_per_node) == (4, 4)
+
+
+def test_flag_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="flag --nodes: 0 is below the minimum 1"):
+        load_config(None, [], {"slurm.nodes": 0})
+
+
+def test_choices_are_listed():
+    with pytest.raises(ConfigError, match="'tpu' is not one of mirrored, multiworker, horovod"):
+        load_config(None, ["runtime.backend=tpu"])
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["lr=0.1"])
+
+
+def test_control_characters_are_refused_from_every_layer(tmp_path):
+    # A newline in a value would start a new #SBATCH directive or shell command.
+    with pytest.raises(ConfigError, match="slurm.partition in .*control character '\\\\r'"):
+        load_config(write(tmp_path, 'slurm:\n  partition: "gpu\\r"\n'))
+    with pytest.raises(ConfigError, match="slurm.setup in override.*control character"):
+        load_config(None, ['slurm.setup=["module load x\\nrm -rf ~"]'])
+    with pytest.raises(ConfigError, match="slurm.job_name in flag --job-name.*control character"):
+        load_config(None, [], {"slurm.job_name": "a\nb"})
+
+
+def test_cross_field_rule_mirrored_is_single_node():
+    with pytest.raises(ConfigError, match="multiworker or horovod"):
+        load_config(None, [], {"slurm.nodes": 2})
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads_and_starts_with_its_command(path):
+    load_config(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# launch --config configs/" + path.name), first
+
+
+def test_the_three_shipped_configs_exist():
+    assert {p.name for p in SHIPPED} >= {"demo.yaml", "vgg19.yaml", "resnet50_imagenet.yaml"}
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "slurm:\n  nodes: 2\n  gpus_per_node: [4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "line" in str(err.value) and "YAML" in str(err.value)
+
+
+def test_dump_round_trips():
+    cfg = load_config(REPO / "configs" / "resnet50_imagenet.yaml", ["slurm.setup=['module load cuda']"])
+    assert from_dict(yaml.safe_load(dump(cfg))) == cfg
