@@ -209,9 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err))
     except SubmitError as err:
         return _fail(str(err), code=1)
+    except BrokenPipeError:  # `launch --dry-run | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as if killed by SIGPIPE, like other command-line tools
     except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        return _fail(f"{err.strerror or err}:{where}; check the path and its permissions", 1)
+        if err.filename:
+            return _fail(f"{err.filename}: {err.strerror}; check the path and its permissions", 1)
+        return _fail(str(err), 1)
 
 
 if __name__ == "__main__":
