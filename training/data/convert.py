@@ -8,13 +8,15 @@ SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validati
 `validation`), `skipped.txt` and, written last, `labels.json`: the output is complete only
 once `labels.json` exists. Labels are 0-based indices into the sorted training class names.
 
-Pillow decodes every file, so a conversion needs TensorFlow only to write the records. RGB
-JPEGs are kept byte for byte; any other readable image (PNG, grayscale, CMYK, RGBA, ...) is
+Worker processes decode every file with Pillow and never load TensorFlow; the calling process
+writes the records. RGB JPEGs are kept byte for byte; any other readable image (PNG, grayscale, CMYK, RGBA, ...) is
 re-encoded as an RGB JPEG. Unreadable, empty and non-image files are skipped and listed.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import io
 import json
 import multiprocessing
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from launcher.fsutil import atomic_path, atomic_write_text
+from launcher.fsutil import atomic_path
 from training.data import DataError
 
 LABELS_FILE = "labels.json"
@@ -57,6 +59,20 @@ class ConvertSummary:
         parts = ", ".join(f"{s} {self.counts[s]} in {self.shards[s]} shards" for s in self.counts)
         return (f"converted {len(self.classes)} classes ({parts}) into {self.out_dir}; skipped "
                 f"{len(self.skipped)} files, listed in {self.out_dir / SKIPPED_FILE}")
+
+
+def _readable_by_others(path: Path) -> None:
+    # Temporary files are created private (0600); shards on shared storage must be readable by
+    # whoever the umask allows, like any other file the user writes.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+        _readable_by_others(tmp)
 
 
 def _visible(name: str) -> bool:
@@ -122,6 +138,8 @@ def encode_image(path: str | Path) -> tuple[bytes, int, int]:
             if img.format in ("JPEG", "MPO") and img.mode == "RGB":
                 return data, height, width
             rgb = _to_rgb(img)
+    except Image.UnidentifiedImageError:
+        raise _Skip("not an image Pillow can read") from None
     except Exception as err:  # Pillow raises many types for broken files; any of them means skip
         raise _Skip(f"not a readable image ({type(err).__name__}: {err})") from None
     buf = io.BytesIO()
@@ -142,9 +160,25 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def _write_shard(task) -> tuple[str, int, list[tuple[str, str]]]:
-    """Writes one shard atomically. Runs in a worker process; loads TensorFlow only to write."""
-    out_dir, split, index, num_shards, examples = task
+def _encode_shard(task):
+    """Decodes one shard's files and returns what to write. Runs in a worker, without TensorFlow."""
+    split, index, num_shards, examples = task
+    kept, skipped = [], []
+    for file_path, label, class_name, rel_name in examples:
+        try:
+            encoded, height, width = encode_image(file_path)
+        except _Skip as err:
+            skipped.append((file_path, str(err)))
+            continue
+        except OSError as err:  # unreadable file (permissions, vanished)
+            skipped.append((file_path, f"cannot read ({err.strerror or err})"))
+            continue
+        kept.append((encoded, height, width, label, class_name, rel_name))
+    return split, index, num_shards, kept, skipped
+
+
+def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: list) -> None:
+    """Writes one shard under a temporary name and renames it into place."""
     from training.keras_compat import tf
 
     def _bytes(value: bytes):
@@ -153,18 +187,9 @@ def _write_shard(task) -> tuple[str, int, list[tuple[str, str]]]:
     def _int(value: int):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-    written, skipped = 0, []
-    path = Path(out_dir) / f"{split}-{index:05d}-of-{num_shards:05d}"
+    path = out_dir / f"{split}-{index:05d}-of-{num_shards:05d}"
     with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for file_path, label, class_name, rel_name in examples:
-            try:
-                encoded, height, width = encode_image(file_path)
-            except _Skip as err:
-                skipped.append((file_path, str(err)))
-                continue
-            except OSError as err:  # unreadable file (permissions, vanished)
-                skipped.append((file_path, f"cannot read ({err.strerror or err})"))
-                continue
+        for encoded, height, width, label, class_name, rel_name in kept:
             feature = {
                 "image/encoded": _bytes(encoded),
                 "image/format": _bytes(b"JPEG"),
@@ -175,8 +200,7 @@ def _write_shard(task) -> tuple[str, int, list[tuple[str, str]]]:
                 "image/filename": _bytes(rel_name.encode("utf-8", "surrogateescape")),
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-            written += 1
-    return split, written, skipped
+    _readable_by_others(path)
 
 
 def _default_workers() -> int:
@@ -195,7 +219,8 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         out: new or empty folder for the shards.
         shards: split -> number of shards; missing splits use DEFAULT_SHARDS. A split with fewer
             examples than shards gets one shard per example.
-        workers: processes, one shard per task; None = every core this process may use.
+        workers: decoding processes, one shard per task; None = every core this process may
+            use; 1 = decode in this process.
         seed: shuffles examples across shards so each shard mixes classes.
         log: called with progress lines; pass `lambda _: None` for silence.
 
@@ -220,37 +245,36 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         examples = [(str(p), label_of[c], c, rel) for p, c, rel in files]
         random.Random(seed).shuffle(examples)
         n = num_shards[split] = max(1, min(wanted[split], len(examples)))
-        tasks += [(str(out), split, i, n, examples[i::n]) for i in range(n)]
+        tasks += [(split, i, n, examples[i::n]) for i in range(n)]
 
     out.mkdir(parents=True, exist_ok=True)
     counts = {split: 0 for split in per_split}
     workers = max(1, min(workers or _default_workers(), len(tasks)))
     log(f"converting {', '.join(f'{s}: {len(f)} files' for s, f in per_split.items())} "
         f"with {workers} workers into {out}")
-    if workers == 1:
-        results = map(_write_shard, tasks)
-        pool = None
-    else:
-        # spawn, not fork: a caller that already loaded TensorFlow must not fork its threads.
-        pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_write_shard, tasks)
-    try:
-        for done, (split, written, bad) in enumerate(results, 1):
-            counts[split] += written
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            results = map(_encode_shard, tasks)
+        else:
+            # Workers only decode (the expensive part) and never load TensorFlow, so they start
+            # fast; this process writes. spawn, not fork: the caller may have TensorFlow's
+            # threads running. An executor, not a Pool: a dead worker fails loudly, not a hang.
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn")))
+            results = (f.result() for f in concurrent.futures.as_completed(
+                [pool.submit(_encode_shard, task) for task in tasks]))
+        for done, (split, index, n, kept, bad) in enumerate(results, 1):
+            _write_shard(out, split, index, n, kept)
+            counts[split] += len(kept)
             skipped += bad
             if done % max(1, len(tasks) // 10) == 0 or done == len(tasks):
                 log(f"  {done}/{len(tasks)} shards written")
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-
     skipped.sort()
     # Newlines in a file name would split its line; they are the one character escaped.
-    atomic_write_text(out / SKIPPED_FILE, "".join(
+    _write_text(out / SKIPPED_FILE, "".join(
         f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
     labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped)}
-    atomic_write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
+    _write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
     return ConvertSummary(out, classes, counts, num_shards, skipped)
 
 
