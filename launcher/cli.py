@@ -61,7 +61,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).")
+    p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
+                epilog="launch runs ... lists and inspects runs (launcher/runs.py).")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
     p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
@@ -153,6 +154,9 @@ def _launch(args: argparse.Namespace) -> int:
                           "login node, or pass --cluster local")
     if reused is None:
         run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
+    # A refused resubmission puts a resumed run's files back as they were.
+    earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH)
+               if reused is not None and p.is_file()}
     cfg = _resolved(cfg, run_dir)
     script = _render(cfg, run_dir)
     _write_run_files(run_dir, cfg, script)
@@ -167,8 +171,13 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
               f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
         return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
-    job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
-                          fresh=reused is None)
+    try:
+        job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
+                              fresh=reused is None)
+    except SubmitError:
+        for path, text in earlier.items():
+            fsutil.atomic_write_text(path, text)
+        raise
     _print_submitted(job_id, cfg, run_dir)
     return 0
 

@@ -144,6 +144,10 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
     """
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
+    for what, value in (("run directory", str(run_dir)), ("python", python)):
+        # Config values are checked at load; these two can also come from --resume or sys.executable.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(f"{what} {value!r} contains a control character; use a plain path")
     return _template().render(
         directives=directives(slurm, backend, Path(run_dir)),
         backend=backend,

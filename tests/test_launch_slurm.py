@@ -85,6 +85,15 @@ def test_unavailable_gpu_type_is_one_line_with_slurms_reason(slurm_cluster, laun
     assert list(run_root.iterdir()) == [], "a refused launch left a run directory behind"
 
 
+def test_refused_resume_keeps_the_run_as_it_was(slurm_cluster, launch_cli, run_root, tmp_path):
+    assert launch_cli("--emit-sbatch", tmp_path / "a.sbatch", "--run-root", run_root).returncode == 0
+    (run_dir,) = run_root.iterdir()
+    before = {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}
+    done = launch_cli("--resume", run_dir, "--gpus", "2", "--gpu-type", "v100")
+    assert done.returncode != 0 and "Requested node configuration is not available" in done.stderr
+    assert {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()} == before
+
+
 def fit_local_cluster(config: Path, backend: str | None = None) -> list[str]:
     """Flags that shrink a config's request to what the local cluster has."""
     cfg = load_config(config, [], {"runtime.backend": backend})

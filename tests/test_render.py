@@ -173,3 +173,8 @@ def test_hostile_job_name_and_run_dir_stay_inert(tmp_path, shim_bin, pattern):
     assert seen_run_dir == str(run_dir)
     assert args[-6:] == [PYTHON, "-u", "-m", "training.main", "--run-dir", str(run_dir)]
     assert f"--job-name={shlex.quote(value)}" in sbatch_lines(text)
+
+
+def test_control_characters_in_run_dir_are_refused():
+    with pytest.raises(ConfigError, match="run directory .* contains a control character"):
+        render_sbatch(SlurmConfig(job_name="j"), "mirrored", Path("/runs/a\nb"), PYTHON, 60)
