@@ -1,0 +1,140 @@
+"""The training engine end to end on CPU: the demo must reach real accuracy with each backend,
+and its checkpoints must reload to the same accuracy.
+
+Runs go through the real `launch --cluster local` entry point; the SLURM variants live in
+tests/test_launch_slurm.py.
+"""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ACCURACY_BAR = 0.90
+EPOCHS = 5  # the shipped demo runs 8; 5 already clears the bar with margin and saves CI time
+
+pytestmark = pytest.mark.slow
+
+
+def launch_local(run_root: Path, *args: str, timeout: int = 600) -> Path:
+    """Runs `launch --cluster local` on the demo and returns the new run directory."""
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"),
+           "--cluster", "local", "--run-root", str(run_root), f"train.epochs={EPOCHS}", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, f"launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def evaluate(model_path: Path, data_cfg) -> float:
+    """Accuracy of a saved HDF5 model on the whole validation split, single replica."""
+    from training.data.pipeline import build_dataset
+    from training.keras_compat import keras
+    from training.models import custom_objects
+
+    model = keras.models.load_model(model_path, custom_objects=custom_objects(), compile=False)
+    correct = total = 0
+    for images, labels in build_dataset(data_cfg, "val", False, 128, None, 0):
+        predicted = model(images, training=False).numpy().argmax(axis=1)
+        correct += int((predicted == labels.numpy()).sum())
+        total += len(labels)
+    return correct / total
+
+
+def run_config(run_dir: Path):
+    import yaml
+
+    from launcher.config import from_dict
+
+    return from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(tmp_path_factory):
+    """MirroredStrategy over two logical CPU devices."""
+    return launch_local(tmp_path_factory.mktemp("mirrored"), "runtime.cpu_devices=2")
+
+
+def test_mirrored_over_two_cpu_devices_reaches_the_bar(mirrored_run):
+    rows = history(mirrored_run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert float(rows[-1]["val_accuracy"]) >= ACCURACY_BAR, rows[-1]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) / 2
+    log = (mirrored_run / "logs" / "local-0.out").read_text()
+    assert "2 replicas over 1 process(es)" in log
+    status = json.loads((mirrored_run / "status.json").read_text())
+    assert status["state"] == "completed" and status["epoch"] == EPOCHS
+
+
+def test_checkpoints_reload_to_the_same_accuracy(mirrored_run):
+    cfg = run_config(mirrored_run)
+    checkpoints = mirrored_run / "checkpoints"
+    latest = json.loads((checkpoints / "latest.json").read_text())
+    assert latest["epoch"] == EPOCHS and not latest["partial_epoch"]
+    best = evaluate(checkpoints / "best.h5", cfg.data)
+    assert best >= ACCURACY_BAR
+    # The final model and the last resumable checkpoint hold the same weights.
+    assert evaluate(checkpoints / latest["weights"], cfg.data) == pytest.approx(
+        evaluate(mirrored_run / "model" / "final.h5", cfg.data))
+    # The summary's figure is recomputed from the best checkpoint on the whole split.
+    summary = json.loads((mirrored_run / "report" / "summary.json").read_text())
+    assert summary["best_checkpoint_accuracy"] == pytest.approx(best)
+
+
+def test_tensorboard_has_train_and_validation_curves(mirrored_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for sub in ("train", "validation"):
+        acc = EventAccumulator(str(mirrored_run / "tensorboard" / sub), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[sub] = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+    assert {"epoch_loss", "epoch_accuracy", "epoch_top5", "epoch_learning_rate"} <= tags["train"]
+    assert {"epoch_loss", "epoch_accuracy", "epoch_top5"} <= tags["validation"]
+
+
+def test_multiworker_two_processes_reach_the_bar(tmp_path):
+    run_dir = launch_local(tmp_path, "--nodes", "2", "--backend", "multiworker")
+    rows = history(run_dir)
+    assert len(rows) == EPOCHS
+    assert float(rows[-1]["val_accuracy"]) >= ACCURACY_BAR, rows[-1]
+    assert "2 replicas over 2 process(es)" in (run_dir / "logs" / "local-0.out").read_text()
+    # Only the chief writes into the run directory: no second set of files, no worker leftovers.
+    names = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert {"best.h5", "latest.json"} <= names and len(names) <= 4, names
+    assert not [p for p in run_dir.rglob("*") if "workertemp" in p.name]
+    assert evaluate(run_dir / "checkpoints" / "best.h5", run_config(run_dir).data) >= ACCURACY_BAR
+
+
+def _relabel_as_imagenet(src: Path, dst: Path) -> None:
+    """Copies demo shards with 1-based labels and no labels.json, as the standard ImageNet
+    conversion scripts write them."""
+    from training.keras_compat import tf
+
+    dst.mkdir()
+    for shard in sorted(src.glob("*-of-*")):
+        with tf.io.TFRecordWriter(str(dst / shard.name)) as writer:
+            for record in tf.data.TFRecordDataset(str(shard)):
+                example = tf.train.Example.FromString(record.numpy())
+                label = example.features.feature["image/class/label"].int64_list.value
+                label[0] += 1
+                writer.write(example.SerializeToString())
+
+
+def test_imagenet_style_one_based_labels_train_with_label_offset(tmp_path):
+    from launcher.config import DataConfig
+    from training.data.pipeline import resolve_data_dir
+
+    shards = tmp_path / "imagenet-style"
+    _relabel_as_imagenet(Path(resolve_data_dir(DataConfig(source="demo"))), shards)
+    run_dir = launch_local(tmp_path / "runs", "data.source=tfrecord", f"data.data_dir={shards}",
+                           "data.num_classes=10", "data.label_offset=1", "data.val_split=validation")
+    assert float(history(run_dir)[-1]["val_accuracy"]) >= ACCURACY_BAR
