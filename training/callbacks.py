@@ -137,6 +137,7 @@ class StopOnSignal(keras.callbacks.Callback):
         self.backend = backend
         self.check_every = max(check_every, 1)
         self.requested = False  # this process got a signal
+        self.signal_name = ""  # which one: SIGUSR1 means the time limit is near, requeue
         self.stopped_at: tuple[int, int] | None = None  # (epoch, step) of an agreed stop
         self._epoch = 0
         self._batches = 0
@@ -145,6 +146,7 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -156,3 +158,16 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.backend.any_worker(self.requested):
             self.stopped_at = (self._epoch, int(self.model.optimizer.iterations.numpy()))
             self.model.stop_training = True
+
+
+class RunTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard that leaves out an epoch cut short by a stop request, so a resumed run
+    continues the curves without a duplicate point at that epoch."""
+
+    def __init__(self, stopper: StopOnSignal, **kwargs):
+        super().__init__(**kwargs)
+        self.stopper = stopper
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stopper.stopped_at is None:
+            super().on_epoch_end(epoch, logs)

@@ -34,6 +34,9 @@ class CheckpointManager:
         self.backend = backend
         if backend.is_chief:
             self.dir.mkdir(parents=True, exist_ok=True)
+            # Temporary files of a write that was killed (kill -9, node loss) are never valid.
+            for stale in self.dir.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
 
     @property
     def best_path(self) -> Path:

@@ -13,7 +13,8 @@ from launcher.config import Config, dump
 from launcher.fsutil import atomic_write_text
 from training import task
 from training.backends import Backend
-from training.callbacks import RunRecorder, StepLogger, StopOnSignal, write_history, write_status
+from training.callbacks import (RunRecorder, RunTensorBoard, StepLogger, StopOnSignal, write_history,
+                                write_status)
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras, tf
 
@@ -23,7 +24,7 @@ def _log(backend: Backend, message: str) -> None:
         print(f"[train] {message}", flush=True)
 
 
-def _tensorboard(cfg: Config, run_dir: Path, backend: Backend) -> list:
+def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSignal) -> list:
     """TensorBoard on the chief; under MultiWorkerMirrored the callback itself sends the other
     workers' events to temporary folders, so every worker gets one there."""
     if not (backend.is_chief or backend.all_save()):
@@ -34,8 +35,8 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend) -> list:
         with writer.as_default():
             tf.summary.text("config", "```\n" + dump(cfg) + "\n```", step=0)
         writer.close()
-    return [keras.callbacks.TensorBoard(str(logdir), update_freq=cfg.train.log_every_steps,
-                                        write_graph=False, profile_batch=0)]
+    return [RunTensorBoard(stopper, log_dir=str(logdir), update_freq=cfg.train.log_every_steps,
+                           write_graph=False, profile_batch=0)]
 
 
 def _model_spec(cfg: Config, plan: task.Plan) -> dict:
@@ -93,7 +94,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     stopper = StopOnSignal(backend)
     recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
                            on_epoch_written=lambda: _write_curves(run_dir))
-    callbacks = [*backend.callbacks(), stopper, recorder, *_tensorboard(cfg, run_dir, backend)]
+    callbacks = [*backend.callbacks(), stopper, recorder, *_tensorboard(cfg, run_dir, backend, stopper)]
     if backend.is_chief:
         callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
     if initial_epoch < plan.epochs:
@@ -106,7 +107,8 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
         epoch, step = stopper.stopped_at
         checkpoints.save_latest(model, {**recorder.state(epoch, step, partial=True)})
         _log(backend, f"stop requested: saved a resumable checkpoint at epoch {epoch + 1}, step {step}")
-        return {"state": "stopped", "epoch": epoch, "step": step, "plan": plan, "model": model}
+        return {"state": "stopped", "epoch": epoch, "step": step, "plan": plan, "model": model,
+                "signal": stopper.signal_name}
 
     checkpoints.save_final(model, run_dir / rundir.MODEL / "final.h5")
     epochs_done = len(recorder.history)

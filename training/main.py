@@ -69,8 +69,11 @@ def run(run_dir: Path) -> int:
         result = train(cfg, run_dir, backend)
         if result["state"] == "stopped":
             spec = backend.spec
-            message = requeue(spec.job_id, spec.restart_count,
-                              int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)))
+            if result["signal"] == "SIGUSR1":  # SLURM's warning before the time limit
+                message = requeue(spec.job_id, spec.restart_count,
+                                  int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)))
+            else:  # preemption, scancel or an outside requeue: SLURM decides what comes next
+                message = f"stopped by {result['signal']}; checkpoint saved"
             if backend.is_chief:
                 state = "requeued" if message.startswith("requeued") else "stopped"
                 write_status(run_dir, state=state, epoch=result["epoch"], message=message)

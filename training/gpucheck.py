@@ -1,0 +1,297 @@
+"""Does TensorFlow see the GPUs SLURM gave this process? One line per process, then a verdict.
+
+    python -m training.gpucheck [--expect-gpus N] [--run-dir R]
+    python -m training.gpucheck --submit --nodes 2 --gpus 2 [--gpu-type a100] [--run-dir R]
+
+The first form checks this process: hostname, GPUs TensorFlow sees (name, memory), the CUDA and
+cuDNN this TensorFlow was built for, TF / tf-keras / Horovod versions, NCCL, and a verdict:
+    OK        TensorFlow sees as many GPUs as expected.
+    NO GPU    it sees none (when none were expected either, this is not an error).
+    MISMATCH  it sees some, but not as many as expected.
+Expected count, first that is set: --expect-gpus, SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES, the
+run's slurm.gpus_per_node (--run-dir). The exit code is 1 when the verdict is not OK and GPUs
+were expected. With --run-dir each process also writes RUN_DIR/logs/gpucheck-<host>-<rank>.json.
+
+The second form submits `srun --ntasks-per-node=1 python -m training.gpucheck` on every node of
+a fresh allocation (`sbatch --wait`), prints the line of each node and one verdict for all.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import dataclasses
+import importlib.metadata
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "gpucheck"  # every report line starts with this, so it can be found in a job log
+VERDICTS = ("OK", "NO GPU", "MISMATCH")
+NO_DEVICE = ("", "-1", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that mean "no GPU"
+
+
+def expected_gpus(environ: Mapping[str, str], flag: int | None = None,
+                  configured: int | None = None) -> tuple[int | None, str]:
+    """(expected GPU count, where it comes from); (None, "") when nothing says."""
+    if flag is not None:
+        return flag, "--expect-gpus"
+    if (environ.get("SLURM_GPUS_ON_NODE") or "").isdigit():
+        return int(environ["SLURM_GPUS_ON_NODE"]), "SLURM_GPUS_ON_NODE"
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        devices = [d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() not in NO_DEVICE]
+        return len(devices), "CUDA_VISIBLE_DEVICES"
+    if configured:
+        return configured, "slurm.gpus_per_node of the run"
+    return None, ""
+
+
+def verdict(expected: int | None, source: str, seen: int, cuda_build: bool = True,
+            driver_gpus: int | None = None) -> tuple[str, str]:
+    """(OK | NO GPU | MISMATCH, one-line explanation) from the counts; pure, for tests."""
+    if expected is None:
+        if seen:
+            return "OK", f"TensorFlow sees {seen} GPU(s); no count was expected"
+        return "NO GPU", "no GPU expected and none seen: TensorFlow runs on the CPU"
+    if seen == expected:
+        return "OK", f"TensorFlow sees {seen} of {expected} expected GPU(s) ({source})"
+    what = (f"{expected} GPU(s) allocated by SLURM on this node ({source})" if source.startswith("SLURM")
+            else f"{expected} GPU(s) expected ({source})")
+    hint = ""
+    if not cuda_build:
+        hint = "; this TensorFlow is a CPU-only build"
+    elif driver_gpus is None:
+        hint = "; no NVIDIA driver here (nvidia-smi not found or failing)"
+    elif driver_gpus and driver_gpus != seen:
+        hint = f"; the driver lists {driver_gpus}: CUDA/cuDNN libraries may not match this TensorFlow"
+    return ("NO GPU" if seen == 0 else "MISMATCH"), f"{what} but TensorFlow sees {seen}{hint}"
+
+
+def failed(word: str, expected: int | None) -> bool:
+    """Exit non-zero? Any verdict but OK, except NO GPU when nothing was expected."""
+    return word != "OK" and not (word == "NO GPU" and not expected)
+
+
+def nvidia_smi(environ: Mapping[str, str]) -> list[dict[str, str]] | None:
+    """GPUs the driver lists, restricted to CUDA_VISIBLE_DEVICES; None without a working driver."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    gpus = []
+    for line in done.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4:
+            gpus.append(dict(zip(("index", "uuid", "name", "memory_mib"), parts)))
+    wanted = environ.get("CUDA_VISIBLE_DEVICES")
+    if wanted is not None:
+        keys = [w.strip() for w in wanted.split(",") if w.strip() not in NO_DEVICE]
+        chosen = [g for k in keys for g in gpus if k in (g["index"], g["uuid"]) or g["uuid"].startswith(k)]
+        # With cgroup-confined devices SLURM's indices are relative: keep the list when nothing matched.
+        gpus = chosen or gpus
+    return gpus
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _horovod() -> tuple[str, str | None]:
+    """(what to print, Horovod's NCCL: "yes" / "no" / None when unknown)."""
+    try:
+        import horovod
+    except ImportError:
+        return "not installed", None
+    try:
+        import horovod.tensorflow as hvd
+        nccl = "yes" if hvd.nccl_built() else "no"
+    except Exception as err:  # a Horovod built against another TF fails here in many ways
+        return f"{horovod.__version__} (broken: {str(err).splitlines()[0][:80] if str(err) else type(err).__name__})", None
+    return horovod.__version__, nccl
+
+
+def _tf_nccl(cuda_build: bool) -> str:
+    if not cuda_build:
+        return "n/a (CPU build)"
+    for dist in ("nvidia-nccl-cu12", "nvidia-nccl-cu13", "nvidia-nccl-cu11"):
+        if version := _version(dist):
+            return f"{version} ({dist})"
+    return "system libnccl" if ctypes.util.find_library("nccl") else "not found"
+
+
+def collect(environ: Mapping[str, str] | None = None, expect: int | None = None,
+            configured: int | None = None) -> dict[str, Any]:
+    """Everything the line reports, as a dict (this is what --run-dir writes as JSON)."""
+    from training.keras_compat import keras, tf
+
+    environ = os.environ if environ is None else environ
+    build = dict(tf.sysconfig.get_build_info())
+    cuda_build = bool(build.get("is_cuda_build"))
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append({"name": details.get("device_name", device.name),
+                     "compute_capability": ".".join(map(str, details.get("compute_capability", ()))) or None})
+    driver = nvidia_smi(environ)
+    for gpu, listed in zip(gpus, driver or []):  # the same order unless CUDA_DEVICE_ORDER differs
+        gpu["memory_mib"] = int(listed["memory_mib"]) if listed["memory_mib"].isdigit() else None
+    want, source = expected_gpus(environ, expect, configured)
+    word, why = verdict(want, source, len(gpus), cuda_build, None if driver is None else len(driver))
+    horovod, horovod_nccl = _horovod()
+    return {
+        "host": environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "rank": environ.get("SLURM_PROCID") or environ.get("LAUNCH_RANK") or "0",
+        "gpus": gpus, "driver_gpus": driver, "cuda": build.get("cuda_version") if cuda_build else None,
+        "cudnn": build.get("cudnn_version") if cuda_build else None, "tensorflow": tf.__version__,
+        "tf_keras": getattr(keras, "__version__", None) or _version("tf-keras"), "horovod": horovod,
+        "horovod_nccl": horovod_nccl, "tf_nccl": _tf_nccl(cuda_build), "expected": want,
+        "expected_from": source, "verdict": word, "why": why,
+    }
+
+
+def _describe_gpus(gpus: list[dict]) -> str:
+    if not gpus:
+        return "0"
+    names = []
+    for gpu in gpus:
+        memory = f", {gpu['memory_mib']} MiB" if gpu.get("memory_mib") else ""
+        cc = f", cc {gpu['compute_capability']}" if gpu.get("compute_capability") else ""
+        names.append(f"{gpu['name']}{memory}{cc}")
+    if len(set(names)) == 1:
+        return f"{len(gpus)} x {names[0]}"
+    return f"{len(gpus)}: " + "; ".join(names)
+
+
+def format_line(info: dict[str, Any]) -> str:
+    """The one report line of a process."""
+    nccl = f"tf {info['tf_nccl']}" + (f", horovod {info['horovod_nccl']}" if info["horovod_nccl"] else "")
+    build = f"CUDA {info['cuda']} cuDNN {info['cudnn']}" if info["cuda"] else "CPU-only build"
+    return " | ".join([
+        f"{PREFIX} {info['host']} rank {info['rank']}", f"GPUs {_describe_gpus(info['gpus'])}",
+        f"built for {build}", f"tf {info['tensorflow']}", f"tf-keras {info['tf_keras']}",
+        f"horovod {info['horovod']}", f"nccl {nccl}", f"verdict {info['verdict']}: {info['why']}",
+    ])
+
+
+def parse_verdict(line: str) -> str | None:
+    """The verdict word of a report line, or None if the line is not one."""
+    if not line.startswith(PREFIX + " ") or " | verdict " not in line:
+        return None
+    rest = line.rsplit(" | verdict ", 1)[1]
+    return next((word for word in VERDICTS if rest.startswith(word + ":")), None)
+
+
+def _run_config(run_dir: Path | None):
+    if run_dir is None:
+        return None
+    from training.evaluate import load_config
+
+    return load_config(run_dir)
+
+
+def check_here(args: argparse.Namespace) -> int:
+    cfg = _run_config(args.run_dir)
+    info = collect(expect=args.expect_gpus, configured=cfg.slurm.gpus_per_node if cfg else None)
+    print(format_line(info), flush=True)
+    if args.run_dir is not None:
+        from launcher.fsutil import atomic_write_text
+
+        path = args.run_dir / "logs" / f"gpucheck-{info['host']}-{info['rank']}.json"
+        atomic_write_text(path, json.dumps(info, indent=1) + "\n")
+    return 1 if failed(info["verdict"], info["expected"]) else 0
+
+
+def allocation_verdict(lines: list[str], nodes: int) -> tuple[str, bool]:
+    """One verdict for the whole allocation from the nodes' lines; (text, ok)."""
+    words = [parse_verdict(line) for line in lines]
+    counts = {w: words.count(w) for w in VERDICTS if w in words}
+    summary = ", ".join(f"{n} {w}" for w, n in counts.items()) or "no report lines"
+    if len(lines) < nodes:
+        return f"MISSING: {len(lines)} of {nodes} node(s) reported ({summary}); see the job log", False
+    if counts.get("OK") == len(lines):
+        return f"OK: all {len(lines)} node(s) see their GPUs", True
+    worst = "NO GPU" if "NO GPU" in counts else "MISMATCH"
+    return f"{worst}: {summary} of {len(lines)} node(s)", False
+
+
+def submit_check(args: argparse.Namespace) -> int:
+    """Runs the check on every node of a new allocation and waits for it."""
+    from launcher.config import SlurmConfig
+    from training.evaluate import sbatch_command
+
+    cfg = _run_config(args.run_dir)
+    slurm = cfg.slurm if cfg else SlurmConfig()
+    overrides = {"gpu_type": args.gpu_type, "gpu_style": args.gpu_style, "partition": args.partition,
+                 "account": args.account, "qos": args.qos}
+    slurm = dataclasses.replace(slurm, **{k: v for k, v in overrides.items() if v is not None})
+    nodes = args.nodes or slurm.nodes
+    gpus = slurm.gpus_per_node if args.gpus is None else args.gpus
+    python = (cfg.runtime.python if cfg else "") or sys.executable
+    logs = args.run_dir / "logs" if args.run_dir else Path(tempfile.mkdtemp(prefix="gpucheck-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    task = [python, "-m", "training.gpucheck"]
+    if args.run_dir:
+        task += ["--run-dir", str(args.run_dir.resolve())]
+    wrap = "\n".join([*slurm.setup, "srun --ntasks-per-node=1 " + shlex.join(task)])
+    argv = sbatch_command(dataclasses.replace(slurm, cpus_per_task=1), job_name=PREFIX,
+                          output=logs / f"{PREFIX}-%j.out", wrap=wrap, nodes=nodes, gpus_per_node=gpus,
+                          time_min=args.time_min, wait=True)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=args.time_min * 60 + 300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"gpucheck: could not run sbatch ({err}); --submit needs a SLURM login node", file=sys.stderr)
+        return 2
+    job_id = done.stdout.strip().split(";")[0].splitlines()[0] if done.stdout.strip() else ""
+    log = logs / f"{PREFIX}-{job_id}.out"
+    if not job_id or not log.is_file():
+        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"gpucheck: sbatch failed: {said}", file=sys.stderr)
+        return 2
+    lines = sorted(line for line in log.read_text().splitlines() if parse_verdict(line))
+    for line in lines:
+        print(line)
+    text, ok = allocation_verdict(lines, nodes)
+    print(f"{PREFIX} job {job_id} on {nodes} node(s), {gpus} GPU(s) each: {text} (log: {log})")
+    return 0 if ok else 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.gpucheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--expect-gpus", type=int, default=None, help="GPUs this process should see")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="take expectations and the SLURM request from this run; write logs there")
+    sub = parser.add_argument_group("--submit: check every node of a new allocation")
+    sub.add_argument("--submit", action="store_true")
+    sub.add_argument("--nodes", type=int, default=0, help="default: the run's slurm.nodes, else 1")
+    sub.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: the run's)")
+    sub.add_argument("--gpu-type", default=None)
+    sub.add_argument("--gpu-style", default=None, choices=("gres", "gpus-per-node", "constraint"))
+    sub.add_argument("--partition", default=None)
+    sub.add_argument("--account", default=None)
+    sub.add_argument("--qos", default=None)
+    sub.add_argument("--time-min", type=int, default=10)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return submit_check(args) if args.submit else check_here(args)
+    except ValueError as err:  # ConfigError, EvaluateError: one line for the user
+        print(f"gpucheck: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
