@@ -23,7 +23,6 @@ from training.keras_compat import keras
 # HDF5 is the format this project promises (seed requirement); tf-keras calls it legacy.
 warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
 
-KEEP_LATEST = 2  # older resumable checkpoints are deleted once a newer one is committed
 
 
 class CheckpointManager:
@@ -73,9 +72,15 @@ class CheckpointManager:
         self._save_model(model, self.dir / name)
         if not self.backend.is_chief:
             return
-        atomic_write_text(self.dir / "latest.json", json.dumps({**state, "weights": name}, indent=1))
-        for old in sorted(self.dir.glob("latest-*.h5"))[:-KEEP_LATEST]:
-            old.unlink(missing_ok=True)
+        committed = self.dir / "latest.json"
+        previous = json.loads(committed.read_text())["weights"] if committed.is_file() else name
+        atomic_write_text(committed, json.dumps({**state, "weights": name}, indent=1))
+        # Keep the new and the previous committed files. Not by step order: a resumed partial
+        # epoch restarts its step count below the checkpoint it came from.
+        keep = {name, previous}
+        for old in self.dir.glob("latest-*.h5"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     def save_best(self, model: keras.Model) -> None:
         self._save_model(model, self.best_path)
