@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's test command: installs everything the suite needs on a fresh Debian machine
+# (as root), starts the local two-node SLURM cluster, and runs the whole suite.
+#
+#   ./tests/install_and_run.sh [pytest args...]
+#
+# Steps are idempotent, so a second run skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== system packages (OpenMPI and build tools for Horovod; SLURM comes with the cluster script)"
+need=()
+for pkg in openmpi-bin libopenmpi-dev cmake g++ make; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== Python packages"
+python3 -m pip install -q --disable-pip-version-check -e ".[train,test]"
+
+echo "== Horovod for this TensorFlow"
+training/horovod_build/build.sh
+
+echo "== local SLURM cluster"
+slurm/local_cluster.sh start
+
+echo "== test suite"
+exec python3 -m pytest -ra "$@"
