@@ -324,6 +324,9 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
             "use --backend multiworker or horovod for several nodes")
+    if cfg.runtime.backend == "horovod" and cfg.train.jit_compile:
+        raise ConfigError("train.jit_compile needs Horovod ops compiled for XLA, which the project's "
+                          "Horovod build leaves out; set train.jit_compile=false or use --backend mirrored")
     if cfg.slurm.gpu_type and cfg.slurm.gpus_per_node == 0:
         raise ConfigError(f"--gpu-type {cfg.slurm.gpu_type} needs --gpus N (GPUs per node) above 0")
     if cfg.data.source in ("tfrecord", "folder") and not cfg.data.data_dir:

@@ -124,3 +124,8 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_dump_round_trips():
     cfg = load_config(REPO / "configs" / "resnet50_imagenet.yaml", ["slurm.setup=['module load cuda']"])
     assert from_dict(yaml.safe_load(dump(cfg))) == cfg
+
+
+def test_xla_with_horovod_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="train.jit_compile"):
+        load_config(None, ["runtime.backend=horovod", "train.jit_compile=true"])
