@@ -18,6 +18,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -203,6 +204,18 @@ def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: l
     _readable_by_others(path)
 
 
+def _bounded(pool, tasks: list, window: int):
+    """Yields results as they finish with at most `window` shards in flight: an ImageNet shard
+    holds ~100 MB of images, so queueing every result would hold the whole data set in memory."""
+    queue = iter(tasks)
+    pending = {pool.submit(_encode_shard, task) for task in itertools.islice(queue, window)}
+    while pending:
+        done, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            yield future.result()
+            pending |= {pool.submit(_encode_shard, task) for task in itertools.islice(queue, 1)}
+
+
 def _default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))  # the cores SLURM gave us, not the whole node's
@@ -230,7 +243,9 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
     src, out = Path(src), Path(out)
     split_dirs = _split_folders(src)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"output folder {out} already exists and is not empty; pass a new or empty folder")
+        hint = "" if (out / LABELS_FILE).exists() else " (a conversion stopped part-way leaves no labels.json)"
+        raise DataError(f"output folder {out} already exists and is not empty{hint}; remove it or pass "
+                        "a new or empty folder")
     classes, train_files, skipped = _scan_split(split_dirs["train"], None)
     label_of = {name: i for i, name in enumerate(classes)}
     per_split = {"train": train_files}
@@ -261,8 +276,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
             # threads running. An executor, not a Pool: a dead worker fails loudly, not a hang.
             pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn")))
-            results = (f.result() for f in concurrent.futures.as_completed(
-                [pool.submit(_encode_shard, task) for task in tasks]))
+            results = _bounded(pool, tasks, 2 * workers)
         for done, (split, index, n, kept, bad) in enumerate(results, 1):
             _write_shard(out, split, index, n, kept)
             counts[split] += len(kept)

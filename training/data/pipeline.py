@@ -105,10 +105,11 @@ def _folder_examples(data: DataConfig, split: str) -> tuple[list[str], list[int]
         if name not in classes:
             raise DataError(f"{class_dir} is a class that {data.train_split}/ lacks; every class needs "
                             "training images")
+        label = classes.index(name)
         for file in sorted(tf.io.gfile.listdir(class_dir)):
             if file.lower().endswith(FOLDER_SUFFIXES) and not file.startswith("."):
                 files.append(tf.io.gfile.join(class_dir, file))
-                labels.append(classes.index(name))
+                labels.append(label)
     if not files:
         raise DataError(f"{split_dir} holds no images ({', '.join(FOLDER_SUFFIXES)}) in class folders")
     return files, labels
@@ -271,10 +272,9 @@ def build_dataset(data: DataConfig, split: str, training: bool, batch_size: int,
         batch_size: examples per batch of this pipeline (per replica under
             `distribute_datasets_from_function`), not the global batch.
         input_context: which pipeline this is; None means the only one.
-        seed: the run's base seed; the pipeline adds its input_pipeline_id so workers differ.
+        seed: shuffle and crop seed; pass seed + rank so workers differ (the loop does).
     """
-    count, index = _pipelines(input_context)
-    seed = seed + index
+    count, _ = _pipelines(input_context)
     if data.source == "synthetic":
         _prefix(data, split)  # rejects a bad split name
         ds = _synthetic(data, split, training, batch_size, count, seed)
@@ -315,7 +315,7 @@ def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, i
 
     def load(position, element):
         encoded, label = read(*element) if isinstance(element, tuple) else read(element)
-        # Stateless crops seeded by (seed, position): reproducible however many threads map.
+        # Stateless crops keyed by (seed, position): map threads share no random state.
         image = _decode_crop_resize(encoded, data, training, tf.stack([tf.cast(seed, tf.int64), position]))
         return image, label
 
