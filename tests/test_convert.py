@@ -1,6 +1,7 @@
 """The class-folder -> TFRecord converter, read back through the real pipeline."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -121,9 +122,10 @@ def test_records_carry_imagenet_keys_and_keep_rgb_jpeg_bytes(converted):
         records[feature["image/filename"].bytes_list.value[0].decode()] = feature
     assert len(records) == 5
     photo = records[f"{CLASSES[0]}/rgb photo.jpg"]
-    assert photo["image/encoded"].bytes_list.value[0] == (root / "src/train" / CLASSES[0] / "rgb photo.jpg").read_bytes()
+    source = root / "src/train" / CLASSES[0] / "rgb photo.jpg"
+    assert photo["image/encoded"].bytes_list.value[0] == source.read_bytes()
     cmyk = records[f"{CLASSES[1]}/cmyk.jpg"]
-    assert Image.open(__import__("io").BytesIO(cmyk["image/encoded"].bytes_list.value[0])).mode == "RGB"
+    assert Image.open(io.BytesIO(cmyk["image/encoded"].bytes_list.value[0])).mode == "RGB"
     for feature in records.values():
         assert feature["image/format"].bytes_list.value == [b"JPEG"]
         assert feature["image/height"].int64_list.value == [SIZE] == feature["image/width"].int64_list.value

@@ -74,7 +74,8 @@ def test_eval_is_one_finite_pass_keeping_the_last_batch(shards):
     assert (info.num_classes, info.class_names, info.train_examples, info.val_examples) == (3, CLASSES, 18, 6)
     sizes = [int(images.shape[0]) for images, _ in build_dataset(data, "val", training=False, batch_size=4)]
     assert sizes == [4, 2]
-    assert sorted(_labels(build_dataset(data, "train", training=False, batch_size=5))) == [0] * 6 + [1] * 6 + [2] * 6
+    train_labels = _labels(build_dataset(data, "train", training=False, batch_size=5))
+    assert sorted(train_labels) == [0] * 6 + [1] * 6 + [2] * 6
 
 
 def test_two_pipelines_read_disjoint_files_covering_the_split(shards):

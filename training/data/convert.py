@@ -9,8 +9,9 @@ SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validati
 once `labels.json` exists. Labels are 0-based indices into the sorted training class names.
 
 Worker processes decode every file with Pillow and never load TensorFlow; the calling process
-writes the records. RGB JPEGs are kept byte for byte; any other readable image (PNG, grayscale, CMYK, RGBA, ...) is
-re-encoded as an RGB JPEG. Unreadable, empty and non-image files are skipped and listed.
+writes the records. RGB JPEGs are kept byte for byte; any other readable image (PNG, grayscale,
+CMYK, RGBA, ...) is re-encoded as an RGB JPEG, transparency composited onto white.
+Unreadable, empty and non-image files are skipped, counted and listed in skipped.txt.
 """
 from __future__ import annotations
 
