@@ -212,14 +212,20 @@ def predict(run_dir: str | Path, images_dir: str | Path, out: str | Path, checkp
 def sbatch_command(slurm: config_lib.SlurmConfig, *, job_name: str, output: Path, wrap: str, nodes: int = 1,
                    gpus_per_node: int = 1, time_min: int | None = None, wait: bool = False) -> list[str]:
     """The sbatch argument list for `wrap` (shell text) with the site's partition, account, QoS
-    and GPU request style taken from `slurm`. --parsable makes the job id the whole output."""
+    and GPU request style taken from `slurm`. --parsable makes the job id the whole output.
+
+    `output` is the log file; its name may use sbatch patterns such as %j.
+    """
     # A type without a count is no request at all.
     gpu_slurm = dataclasses.replace(slurm, gpus_per_node=gpus_per_node,
                                     gpu_type=slurm.gpu_type if gpus_per_node else "")
-    # sbatch expands %j etc. in --output; %% keeps a literal % of the path.
+    # sbatch expands %j etc. in --output: the folder's own % signs are doubled to stay literal,
+    # the file name keeps its patterns.
+    output = Path(output)
+    output_arg = f"{str(output.parent).replace('%', '%%')}/{output.name}"
     args = ["sbatch", "--parsable", f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1",
             f"--cpus-per-task={slurm.cpus_per_task}", f"--time={time_min or slurm.time_min}",
-            f"--output={str(output).replace('%', '%%')}"]
+            f"--output={output_arg}"]
     args += [f"--{key}={value}" for key, value in sorted(gpu_request(gpu_slurm).items())]
     args += [f"--{key}={getattr(slurm, key)}" for key in ("partition", "account", "qos", "mem")
              if getattr(slurm, key)]

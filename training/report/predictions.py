@@ -131,7 +131,8 @@ def _write_confusion_png(path: Path, confusion: np.ndarray, class_names: list[st
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Confusion (row-normalised), accuracy {accuracy:.2%} over {int(confusion.sum())} images")
+    ax.set_title(f"Confusion (row-normalised), accuracy {accuracy:.2%} over {int(confusion.sum())} images",
+                 fontsize=10)
     if n <= 12:
         for (t, p), value in np.ndenumerate(norm):
             ax.text(p, t, f"{value:.2f}", ha="center", va="center", fontsize=8,
