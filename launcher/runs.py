@@ -1,0 +1,271 @@
+"""`launch runs`: every run under a run root with its job state, epoch and best accuracy.
+
+Login-node side: no TensorFlow. A run is a sub-folder of the root holding config.yaml.
+
+Where the STATE column comes from, first that answers:
+    1. squeue (`--states=all`, so jobs that ended within SLURM's MinJobAge still show how).
+    2. sacct, when the site keeps accounting (the local test cluster does not).
+    3. the run's own status.json, written by the chief.
+
+What the states say:
+    PENDING, RUNNING, COMPLETED, TIMEOUT, ...  SLURM's word for the job.
+    REQUEUED (PENDING)   the chief stopped for a requeue and the job waits in the queue again.
+    LOST (last status running)   SLURM no longer knows the job, yet the chief never wrote an
+        end state: the job died without a clean stop (node failure, OOM kill, scancel -9, or
+        a time limit with no requeue left). Its logs/slurm-<id>.out says which.
+    COMPLETED / FAILED   from status.json once SLURM has forgotten the job.
+    RUNNING?   a trailing ? marks a state read from status.json alone, because squeue could
+        not be run or the run has no job id (local mode): nothing confirms it is still alive.
+    NO JOB   config.yaml only: not submitted, or submitted and not yet recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from launcher import rundir
+
+# squeue states of a job that is still (or again) in the queue.
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+          "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+QUERY_TIMEOUT_S = 30
+JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
+
+StateQuery = Callable[[list[str]], "dict[str, str] | None"]
+
+
+@dataclass
+class Run:
+    """One row of the listing; also the --json record."""
+
+    name: str
+    run_dir: str
+    job_id: str | None
+    state: str
+    state_source: str  # squeue | sacct | status.json | none
+    epoch: int | None
+    epochs: int | None
+    best_val_accuracy: float | None
+    updated: str | None  # when status.json was last written (ISO 8601)
+    status_state: str | None  # status.json's own word
+    message: str
+
+
+def _run_query(argv: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: state} for the jobs squeue knows; None when squeue cannot be asked at all."""
+    if not job_ids:
+        return {}
+    done = _run_query(["squeue", "-h", "--states=all", "-o", "%i|%T", f"--jobs={','.join(job_ids)}"])
+    if done is None:
+        return None
+    if done.returncode != 0:
+        # Asked only about jobs it has forgotten, squeue exits 1 with this message.
+        return {} if "Invalid job id" in done.stderr else None
+    states = {}
+    for line in done.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job and state:
+            states[job] = state
+    return states
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: state} from accounting; None when accounting is off or sacct is missing."""
+    if not job_ids:
+        return {}
+    done = _run_query(["sacct", "-n", "-X", "-P", "-o", "JobID,State", f"--jobs={','.join(job_ids)}"])
+    if done is None or done.returncode != 0:
+        return None
+    states = {}
+    for line in done.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job and state:
+            states[job] = state.split()[0]  # "CANCELLED by 1000" -> CANCELLED
+    return states
+
+
+def _job_number(job_id: str) -> tuple[int, int]:
+    head, _, task = job_id.partition("_")
+    return int(head), int(task or 0)
+
+
+def job_id_of(run: Path, status: dict) -> str | None:
+    """The newest job id known for a run: status.json, submitit's record, or SLURM log names.
+
+    The newest, because a resumed run gets a new job while status.json still names the old one
+    until the new chief starts.
+    """
+    ids = {str(status["job_id"])} if status.get("job_id") else set()
+    for folder in (run / rundir.LOGS, run / rundir.LOGS / "submitit"):
+        if folder.is_dir():
+            ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
+    ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
+    return max(ids, key=_job_number) if ids else None
+
+
+def decide_state(status_state: str | None, job_id: str | None, queue: str | None, acct: str | None,
+                 squeue_ok: bool) -> tuple[str, str]:
+    """(shown state, where it came from); the rules are in this module's docstring."""
+    scheduler, source = (queue, "squeue") if queue else (acct, "sacct") if acct else (None, "")
+    if scheduler:
+        if status_state == "requeued" and scheduler in ACTIVE and scheduler != "RUNNING":
+            return f"REQUEUED ({scheduler})", source
+        return scheduler, source
+    if status_state is None:
+        if job_id and squeue_ok:
+            return "LOST (no status.json)", "none"
+        return ("UNKNOWN?" if job_id else "NO JOB"), "none"
+    word = status_state.upper()
+    if job_id and squeue_ok:  # the scheduler was asked and has forgotten the job
+        if status_state in ("running", "requeued"):
+            return f"LOST (last status {status_state})", "status.json"
+        return word, "status.json"
+    # Unconfirmed: finished states stand on their own, live ones cannot be checked.
+    return (word if status_state in ("completed", "failed") else word + "?"), "status.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _from_history(run: Path) -> tuple[int | None, float | None]:
+    """(last epoch, best val accuracy) from history.csv, for runs whose status lacks them."""
+    try:
+        with open(run / rundir.HISTORY, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        return None, None
+    epochs = [int(float(r["epoch"])) for r in rows if (r.get("epoch") or "").strip()]
+    accs = []
+    for r in rows:
+        try:
+            accs.append(float(r.get("val_accuracy") or ""))
+        except ValueError:
+            pass
+    return (max(epochs) if epochs else None), (max(accs) if accs else None)
+
+
+def _configured_epochs(run: Path) -> int | None:
+    try:
+        data = yaml.safe_load((run / rundir.CONFIG).read_text()) or {}
+        return int(data["train"]["epochs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
+def find_run_dirs(run_root: Path) -> list[Path]:
+    """Sub-folders of `run_root` holding config.yaml, oldest first (by config.yaml's time)."""
+    runs = [p for p in run_root.iterdir() if p.is_dir() and rundir.is_run_dir(p)]
+    return sorted(runs, key=lambda p: ((p / rundir.CONFIG).stat().st_mtime, p.name))
+
+
+def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
+              sacct: StateQuery = sacct_states) -> tuple[list[Run], bool]:
+    """All runs under `run_root` and whether squeue answered (False: states are unconfirmed)."""
+    found = []
+    for run in find_run_dirs(Path(run_root)):
+        status = _read_json(run / rundir.STATUS)
+        found.append((run, status, job_id_of(run, status)))
+    ids = sorted({job for _, _, job in found if job})
+    queue = squeue(ids)
+    squeue_ok = queue is not None
+    queue = queue or {}
+    unqueued = [job for job in ids if job not in queue]
+    acct = (sacct(unqueued) or {}) if unqueued else {}
+    runs = []
+    for run, status, job in found:
+        status_state = status.get("state")
+        state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok)
+        last_epoch, best_acc = _from_history(run)
+        epoch = status.get("epoch", last_epoch)
+        runs.append(Run(
+            name=run.name, run_dir=str(run), job_id=job, state=state, state_source=source,
+            epoch=epoch, epochs=status.get("epochs") or _configured_epochs(run),
+            best_val_accuracy=status.get("best_val_accuracy", best_acc), updated=status.get("updated"),
+            status_state=status_state, message=status.get("message") or ""))
+    return runs, squeue_ok
+
+
+def _age(iso: str | None, now: datetime.datetime | None = None) -> str:
+    """'5m ago' for an ISO time; '-' when absent or unreadable."""
+    try:
+        then = datetime.datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return "-"
+    now = now or datetime.datetime.now(then.tzinfo)
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _printable(text: str) -> str:
+    # A newline or tab in a folder name would break the table's rows and columns.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def format_table(runs: list[Run]) -> str:
+    """Aligned columns, one run per line; the run directory last, unpadded."""
+    header = ("NAME", "JOB", "STATE", "EPOCH", "BEST VAL ACC", "UPDATED", "RUN DIR")
+    rows = [header]
+    for r in runs:
+        epoch = f"{r.epoch if r.epoch is not None else '-'}/{r.epochs if r.epochs is not None else '-'}"
+        acc = f"{r.best_val_accuracy:.4f}" if isinstance(r.best_val_accuracy, (int, float)) else "-"
+        rows.append((_printable(r.name), r.job_id or "-", r.state, epoch, acc, _age(r.updated),
+                     _printable(r.run_dir)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip()
+                     for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`launch runs [--run-root DIR] [--json]`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.")
+    parser.add_argument("--run-root", default=rundir.default_run_root(),
+                        help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
+    args = parser.parse_args(argv)
+    root = Path(args.run_root).expanduser()
+    if not root.is_dir():
+        print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
+              file=sys.stderr)
+        return 2
+    runs, squeue_ok = list_runs(root)
+    if args.json:
+        print(json.dumps([asdict(r) for r in runs], indent=1))
+        return 0
+    if not runs:
+        print(f"no runs under {root}", file=sys.stderr)
+        return 0
+    print(format_table(runs))
+    if any(r.state.endswith("?") for r in runs):
+        why = "squeue could not be run" if not squeue_ok else "no job id to check"
+        print(f"?: state from the run's status.json only ({why}); nothing confirms it is current",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
