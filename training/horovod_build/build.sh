@@ -101,6 +101,7 @@ patch -d "$src" -p1 --forward --batch --quiet < "$patch_file" \
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
 export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS=-j$(nproc)
+export PIP_ROOT_USER_ACTION=ignore  # CI and the dev machines install into the root Python on purpose
 # NCCL GPU operations need both the CUDA compiler and an NCCL library; a CUDA toolkit without
 # NCCL (as on the CPU development machines) makes `find_package(NCCL REQUIRED)` fail the build.
 if command -v nvcc >/dev/null 2>&1 || [[ -n ${HOROVOD_CUDA_HOME:-} ]]; then
@@ -126,7 +127,7 @@ say "built $(basename "$wheel_file") in $((SECONDS - start)) s"
 "$py" -m pip install --quiet --force-reinstall --no-deps "$wheel_file"
 "$py" -m pip install --quiet "$wheel_file"  # its Python dependencies, if any are missing
 installed_build_ok || die "horovod installed but does not import with TensorFlow support; see $log"
-say "installed horovod $HOROVOD_VERSION into $(command -v "$py")"
+say "installed horovod $HOROVOD_VERSION into $("$py" -c 'import sys; print(sys.executable)')"
 
 check_output=$(TF_CPP_MIN_LOG_LEVEL=3 horovodrun --check-build 2>&1) \
     || { echo "$check_output" >&2; die "horovodrun --check-build failed"; }
