@@ -13,7 +13,8 @@ run's slurm.gpus_per_node (--run-dir). The exit code is 1 when the verdict is no
 were expected. With --run-dir each process also writes RUN_DIR/logs/gpucheck-<host>-<rank>.json.
 
 The second form submits `srun --ntasks-per-node=1 python -m training.gpucheck` on every node of
-a fresh allocation (`sbatch --wait`), prints the line of each node and one verdict for all.
+a fresh allocation (`sbatch --wait`), prints the line of each node and one verdict for all. The
+job log goes to RUN_DIR/logs/ or, without --run-dir, to the current folder as gpucheck-<job>.out.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -215,14 +215,14 @@ def check_here(args: argparse.Namespace) -> int:
 def allocation_verdict(lines: list[str], nodes: int) -> tuple[str, bool]:
     """One verdict for the whole allocation from the nodes' lines; (text, ok)."""
     words = [parse_verdict(line) for line in lines]
-    counts = {w: words.count(w) for w in VERDICTS if w in words}
-    summary = ", ".join(f"{n} {w}" for w, n in counts.items()) or "no report lines"
+    bad = {w: words.count(w) for w in VERDICTS[1:] if w in words}
+    detail = f" ({', '.join(f'{n} {w}' for w, n in bad.items())})" if len(bad) > 1 else ""
     if len(lines) < nodes:
-        return f"MISSING: {len(lines)} of {nodes} node(s) reported ({summary}); see the job log", False
-    if counts.get("OK") == len(lines):
-        return f"OK: all {len(lines)} node(s) see their GPUs", True
-    worst = "NO GPU" if "NO GPU" in counts else "MISMATCH"
-    return f"{worst}: {summary} of {len(lines)} node(s)", False
+        return f"MISSING: {len(lines)} of {nodes} node(s) reported{detail}; see the job log", False
+    if not bad:
+        return f"OK on all {len(lines)} node(s)", True
+    worst = "NO GPU" if "NO GPU" in bad else "MISMATCH"
+    return f"{worst} on {sum(bad.values())} of {len(lines)} node(s){detail}", False
 
 
 def submit_check(args: argparse.Namespace) -> int:
@@ -238,7 +238,9 @@ def submit_check(args: argparse.Namespace) -> int:
     nodes = args.nodes or slurm.nodes
     gpus = slurm.gpus_per_node if args.gpus is None else args.gpus
     python = (cfg.runtime.python if cfg else "") or sys.executable
-    logs = args.run_dir / "logs" if args.run_dir else Path(tempfile.mkdtemp(prefix="gpucheck-"))
+    # The log must be on storage this machine shares with the nodes: the run's logs/, else the
+    # current folder, which is where sbatch itself puts logs by default.
+    logs = args.run_dir / "logs" if args.run_dir else Path.cwd()
     logs.mkdir(parents=True, exist_ok=True)
     task = [python, "-m", "training.gpucheck"]
     if args.run_dir:
