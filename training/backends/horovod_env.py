@@ -4,13 +4,20 @@
 server (horovod.runner.http.http_server.RendezvousServer) that the processes meet at, and it
 starts every process with its slot in HOROVOD_* variables. Under SLURM, the batch script runs
 the server and `srun` starts the processes; `horovod_env_from_slurm` turns each task's SLURM
-variables into the slot variables. In the batch script, which SLURM runs on the first node::
+variables into the slot variables. In the batch script, which SLURM runs on the first node
+(tests/test_horovod_env.py runs exactly this on the local cluster)::
 
+    port_file=$(mktemp -d)/horovod_rendezvous_port
     python -m training.backends.horovod_env serve --port-file "$port_file" &
-    # wait until $port_file is written, then:
+    server=$!
+    trap 'kill $server' EXIT
+    until [[ -s $port_file ]]; do kill -0 "$server"; sleep 0.2; done
     export HOROVOD_GLOO_RENDEZVOUS_ADDR=$SLURMD_NODENAME
-    export HOROVOD_GLOO_RENDEZVOUS_PORT=$(cat "$port_file")
+    export HOROVOD_GLOO_RENDEZVOUS_PORT=$(<"$port_file")
     srun python -m training.backends.horovod_env exec -- python -u -m training.main ...
+
+The server stays a child of the batch shell on purpose: SLURM's process tracking then ends it
+with the job even if the trap never runs.
 
 Optional, passed through unchanged when set: HOROVOD_GLOO_IFACE (network interface for Gloo's
 traffic; without it each node uses the address its own hostname resolves to).
