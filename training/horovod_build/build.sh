@@ -105,7 +105,7 @@ export PIP_ROOT_USER_ACTION=ignore  # CI and the dev machines install into the r
 # NCCL GPU operations need both the CUDA compiler and an NCCL library; a CUDA toolkit without
 # NCCL (as on the CPU development machines) makes `find_package(NCCL REQUIRED)` fail the build.
 if command -v nvcc >/dev/null 2>&1 || [[ -n ${HOROVOD_CUDA_HOME:-} ]]; then
-    if [[ -n ${HOROVOD_NCCL_HOME:-} ]] || ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
+    if [[ -n ${HOROVOD_NCCL_HOME:-} ]] || ldconfig -p 2>/dev/null | grep 'libnccl\.so' >/dev/null; then
         export HOROVOD_GPU_OPERATIONS=NCCL
         say "CUDA and NCCL found: building with HOROVOD_GPU_OPERATIONS=NCCL"
     else
