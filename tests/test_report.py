@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,10 @@ def trained_run(tmp_path_factory) -> Path:
     fit = model.fit(x_train, y_train, batch_size=16, epochs=cfg.train.epochs, verbose=0,
                     validation_data=(x_train[::4], y_train[::4]))
     (run / rundir.CHECKPOINTS).mkdir(parents=True)
-    model.save(run / rundir.CHECKPOINTS / "best.h5", save_format="h5")
-    model.save(run / rundir.MODEL / "final.h5", save_format="h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": it is the trainer's format
+        model.save(run / rundir.CHECKPOINTS / "best.h5", save_format="h5")
+        model.save(run / rundir.MODEL / "final.h5", save_format="h5")
     atomic_write_text(run / rundir.MODEL / "model_spec.json", json.dumps(
         {"architecture": "small_cnn", "image_size": SIZE, "channel_order": "rgb", "mean": [0, 0, 0],
          "std": [1, 1, 1], "classes": CLASSES, "num_classes": len(CLASSES)}))

@@ -130,6 +130,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     model = load_model(path)
     result = write_prediction_report(run_dir, model, dataset, class_names(run_dir, cfg), max_batches,
                                      prefix=f"eval-{split}-", checkpoint=checkpoint)
+    if not result["examples"]:
+        raise EvaluateError(f"the {split} split gave no images; check data.data_dir and data.val_split "
+                            f"in {run_dir / rundir.CONFIG}")
     record = {
         "checkpoint": checkpoint,
         "checkpoint_path": str(path.relative_to(run_dir) if path.is_relative_to(run_dir) else path),

@@ -245,6 +245,8 @@ def submit_check(args: argparse.Namespace) -> int:
     task = [python, "-m", "training.gpucheck"]
     if args.run_dir:
         task += ["--run-dir", str(args.run_dir.resolve())]
+    if gpus == 0:  # SLURM then sets no GPU variables; seeing none is the right answer
+        task += ["--expect-gpus", "0"]
     wrap = "\n".join([*slurm.setup, "srun --ntasks-per-node=1 " + shlex.join(task)])
     argv = sbatch_command(dataclasses.replace(slurm, cpus_per_task=1), job_name=PREFIX,
                           output=logs / f"{PREFIX}-%j.out", wrap=wrap, nodes=nodes, gpus_per_node=gpus,

@@ -201,8 +201,9 @@ def write_prediction_report(run_dir: str | Path, model: Any, dataset: Iterable, 
         checkpoint: which weights these are ("best", a path...), recorded in the JSON.
 
     Returns:
-        accuracy, top5 (top-k with k = min(5, classes)), loss (cross-entropy), examples, confusion (numpy int64
-        [true, predicted]), class_names, checkpoint and files (paths relative to run_dir).
+        accuracy, top5 (top-k with k = min(5, classes)) and loss (cross-entropy), each None
+        when the dataset was empty; examples; confusion (numpy int64 [true, predicted]);
+        class_names, checkpoint and files (paths relative to run_dir).
     """
     run_dir = Path(run_dir)
     report = run_dir / rundir.REPORT
@@ -226,9 +227,10 @@ def write_prediction_report(run_dir: str | Path, model: Any, dataset: Iterable, 
         collector.add(images, labels, probs)
     confusion = collector.confusion
     examples = int(confusion.sum())
-    accuracy = float(np.trace(confusion) / examples) if examples else 0.0
-    top5 = float(collector.top_k_hits / examples) if examples else 0.0
-    loss = collector.loss_sum / examples if examples else 0.0
+    # No examples gives None rather than 0.0, which a summary would show as a real accuracy.
+    accuracy = float(np.trace(confusion) / examples) if examples else None
+    top5 = float(collector.top_k_hits / examples) if examples else None
+    loss = collector.loss_sum / examples if examples else None
     files = {
         "correct": _write_grid(
             report / f"{prefix}correct.png", f"Correct predictions (random sample of {collector.correct_seen})",
@@ -238,7 +240,8 @@ def write_prediction_report(run_dir: str | Path, model: Any, dataset: Iterable, 
             collector.incorrect, class_names, f"no incorrect predictions among {examples} images"),
     }
     if num_classes <= MAX_CONFUSION_CLASSES:
-        files["confusion"] = _write_confusion_png(report / f"{prefix}confusion.png", confusion, class_names, accuracy)
+        files["confusion"] = _write_confusion_png(report / f"{prefix}confusion.png", confusion, class_names,
+                                                  accuracy or 0.0)
     else:
         files["most_confused_csv"], files["most_confused"] = _write_most_confused(
             report / f"{prefix}most_confused.csv", report / f"{prefix}most_confused.png",

@@ -66,10 +66,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_config(run_dir: Path) -> config_lib.Config | None:
+    """The run's config, or None: a summary written at the end of training must not fail."""
     path = run_dir / rundir.CONFIG
-    if not path.is_file():
+    try:
+        return config_lib.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    except (OSError, yaml.YAMLError, ValueError):
         return None
-    return config_lib.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
 
 
 def _present(run_dir: Path, mapping: dict[str, str]) -> dict[str, str]:
