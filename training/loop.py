@@ -4,6 +4,7 @@ Every worker runs `train`; only the chief writes files into the run directory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,20 @@ def _write_curves(run_dir: Path) -> None:
     except ImportError:
         return
     write_curves(run_dir)
+
+
+def _write_rank_report(cfg: Config, run_dir: Path, backend: Backend, model: keras.Model) -> None:
+    """Every process: which shards it read and a digest of its final weights, in logs/. Replicas
+    that drifted apart, or two ranks that read the same files, show up here."""
+    from training.data.pipeline import shard_files
+
+    digest = hashlib.sha256()
+    for array in model.get_weights():  # under MultiWorker a collective read: every worker calls it
+        digest.update(array.tobytes())
+    report = {"rank": backend.rank, "world_size": backend.world_size, "node": backend.spec.node_name,
+              "train_shards": shard_files(cfg.data, "train", backend.input_context()),
+              "weights_sha256": digest.hexdigest()}
+    atomic_write_text(run_dir / rundir.LOGS / f"rank-{backend.rank}.json", json.dumps(report, indent=1))
 
 
 def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
@@ -111,6 +126,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
                 "signal": stopper.signal_name}
 
     checkpoints.save_final(model, run_dir / rundir.MODEL / "final.h5")
+    _write_rank_report(cfg, run_dir, backend, model)
     epochs_done = len(recorder.history)
     _log(backend, f"finished {epochs_done} epochs in {time.time() - started:.1f} s")
     return {"state": "completed", "epoch": epochs_done, "plan": plan, "model": model,

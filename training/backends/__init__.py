@@ -48,6 +48,14 @@ class Backend:
                 f"replicas; pick a multiple of {self.num_replicas}")
         return global_batch_size // self.num_replicas
 
+    def input_context(self):
+        """This process's input pipeline: one per process, files split between them."""
+        from training.keras_compat import tf
+
+        return tf.distribute.InputContext(num_input_pipelines=self.world_size,
+                                          input_pipeline_id=self.rank,
+                                          num_replicas_in_sync=self.num_replicas)
+
     def distribute(self, dataset_fn):
         """Turns `dataset_fn(input_context) -> per-replica-batched dataset` into what fit takes."""
         return self.strategy.distribute_datasets_from_function(dataset_fn)

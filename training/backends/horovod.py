@@ -37,12 +37,8 @@ class HorovodBackend(Backend):
         self.num_replicas = hvd.size()
 
     def distribute(self, dataset_fn):
-        from training.keras_compat import tf
-
-        context = tf.distribute.InputContext(num_input_pipelines=self.hvd.size(),
-                                             input_pipeline_id=self.hvd.rank(),
-                                             num_replicas_in_sync=self.hvd.size())
-        return dataset_fn(context)
+        # Keras sees one replica per process; each process feeds its own batches.
+        return dataset_fn(self.input_context())
 
     def wrap_optimizer(self, optimizer):
         return self.hvd.DistributedOptimizer(optimizer)
