@@ -31,7 +31,8 @@ def test_expected_gpus(env, flag, configured, expected):
 def test_slurm_gpus_that_tensorflow_cannot_see_say_so():
     word, why = gpucheck.verdict(2, "SLURM_GPUS_ON_NODE", 0, cuda_build=True, driver_gpus=None)
     assert word == "NO GPU" and gpucheck.failed(word, 2)
-    assert why.startswith("2 GPU(s) allocated by SLURM") and "TensorFlow sees 0" in why and "nvidia-smi" in why
+    assert why.startswith("2 GPU(s) allocated by SLURM")
+    assert "TensorFlow sees 0" in why and "nvidia-smi" in why
 
 
 @pytest.mark.parametrize("expected, seen, cuda, driver, word, fails, hint", [

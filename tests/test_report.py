@@ -103,7 +103,8 @@ def trained_run(tmp_path_factory) -> Path:
     rows = [f"{e + 1},{h['loss'][e]},{h['accuracy'][e]},1.0,{h['val_loss'][e]},{h['val_accuracy'][e]},1.0,"
             f"0.05,{500 + e},{1.5}\n" for e in range(cfg.train.epochs)]
     (run / rundir.HISTORY).write_text(HISTORY_HEADER + "".join(rows))
-    (run / "lr.csv").write_text("step,lr\n" + "".join(f"{s},{0.05 * (1 - s / 40):.5f}\n" for s in range(0, 24, 2)))
+    lr_rows = "".join(f"{step},{0.05 * (1 - step / 40):.5f}\n" for step in range(0, 24, 2))
+    (run / "lr.csv").write_text("step,lr\n" + lr_rows)
     atomic_write_text(run / rundir.STATUS, json.dumps({"state": "completed", "job_id": "4242", "epoch": 4,
                                                        "epochs": 4, "restarts": 0}))
     return run
@@ -157,7 +158,7 @@ def test_prediction_report_grids_and_confusion(reported_run):
     assert result["examples"] == confusion.sum() == total
     assert result["accuracy"] == pytest.approx(np.trace(confusion) / total)
     assert result["accuracy"] >= 0.8, confusion
-    assert confusion[1, 2] >= MISLABELLED, f"the red images filed as green should be predicted red: {confusion}"
+    assert confusion[1, 2] >= MISLABELLED, f"red images filed as green should be predicted red: {confusion}"
     assert result["top5"] == 1.0  # three classes: top-k is top-3
     record = json.loads((report / "predictions.json").read_text())
     assert record["confusion"] == confusion.tolist() and record["class_names"] == CLASSES
@@ -179,7 +180,7 @@ class _FixedModel:
 def test_over_30_classes_lists_most_confused_pairs(tmp_path):
     n = 35
     labels = np.repeat(np.arange(n), 2)
-    images = np.repeat(labels[:, None, None, None], 8, axis=1).repeat(8, axis=2).repeat(3, axis=3).astype(np.float32)
+    images = np.broadcast_to(labels[:, None, None, None], (len(labels), 8, 8, 3)).astype(np.float32)
     batches = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, len(labels), 16)]
     result = write_prediction_report(tmp_path, _FixedModel(n), batches, [f"class {i}" for i in range(n)])
     report = tmp_path / rundir.REPORT
@@ -201,7 +202,8 @@ def test_summary_has_every_field(reported_run):
     missing = [key for key in FIELDS if summary.get(key) is None]
     assert not missing, f"summary.json lacks {missing}"
     assert summary["created"] == first["created"] and summary["wall_time_s"] == 12.5
-    assert summary["job_id"] == "4243" and summary["classes"] == {"0": CLASSES[0], "1": CLASSES[1], "2": CLASSES[2]}
+    assert summary["job_id"] == "4243"
+    assert summary["classes"] == {"0": CLASSES[0], "1": CLASSES[1], "2": CLASSES[2]}
     on_disk = json.loads((trained_run / rundir.REPORT / "summary.json").read_text())
     assert on_disk == summary
     for rel in [*summary["plots"].values(), *summary["predictions"].values(), *summary["models"].values()]:
@@ -258,7 +260,8 @@ def test_sbatch_command_follows_the_site_gpu_style(style, expected):
     cfg.slurm.partition, cfg.slurm.account, cfg.slurm.qos = "gpu", "proj 1", "high"
     argv = evaluate.sbatch_command(cfg.slurm, job_name="eval-x", output=Path("/runs/100%/logs/eval-%j.out"),
                                    wrap="python -m training.evaluate eval", gpus_per_node=1)
-    assert argv[:2] == ["sbatch", "--parsable"] and argv[-2:] == ["--wrap", "python -m training.evaluate eval"]
+    assert argv[:2] == ["sbatch", "--parsable"]
+    assert argv[-2:] == ["--wrap", "python -m training.evaluate eval"]
     assert [a for a in argv if a.startswith(("--gres", "--gpus-per-node", "--constraint"))] == expected
     assert {"--partition=gpu", "--account=proj 1", "--qos=high"} <= set(argv)
     assert "--output=/runs/100%%/logs/eval-%j.out" in argv  # the folder's % stays literal, %j expands
@@ -278,7 +281,8 @@ def test_eval_submit_runs_as_a_gpu_job(reported_run, slurm_cluster, capfd):
             break
         time.sleep(2)
     log = trained_run / rundir.LOGS / f"eval-{trained_run.name}-{job_id}.out"
-    assert state == "COMPLETED", f"job {job_id} ended {state}: {log.read_text() if log.exists() else 'no log'}"
+    said = log.read_text() if log.exists() else "no log"
+    assert state == "COMPLETED", f"job {job_id} ended {state}: {said}"
     assert "accuracy" in log.read_text()
     record = json.loads((trained_run / rundir.REPORT / "eval-val.json").read_text())
     reported = json.loads((trained_run / rundir.REPORT / "predictions.json").read_text())

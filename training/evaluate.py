@@ -125,8 +125,9 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     if dataset is None:
         from training.data.pipeline import build_dataset
 
-        dataset = build_dataset(cfg.data, split, training=False, batch_size=batch_size or default_batch_size(cfg),
-                                input_context=None, seed=cfg.train.seed)
+        dataset = build_dataset(cfg.data, split, training=False,
+                                batch_size=batch_size or default_batch_size(cfg), input_context=None,
+                                seed=cfg.train.seed)
     model = load_model(path)
     result = write_prediction_report(run_dir, model, dataset, class_names(run_dir, cfg), max_batches,
                                      prefix=f"eval-{split}-", checkpoint=checkpoint)
@@ -161,7 +162,8 @@ def _image_dataset(paths: list[Path], data_cfg: config_lib.DataConfig, batch_siz
 
     def load(index, path):
         # The pipeline's own eval transform, so predictions see what validation saw.
-        image = pipeline._decode_crop_resize(tf.io.read_file(path), data_cfg, False, tf.constant([0, 0], tf.int64))
+        no_seed = tf.constant([0, 0], tf.int64)  # evaluation crops are not random
+        image = pipeline._decode_crop_resize(tf.io.read_file(path), data_cfg, False, no_seed)
         return index, image
 
     ds = tf.data.Dataset.from_tensor_slices((list(range(len(paths))), [str(p) for p in paths]))
@@ -260,7 +262,9 @@ def _job_command(args: argparse.Namespace) -> list[str]:
     cfg = load_config(args.run_dir)
     python = cfg.runtime.python or sys.executable
     cmd = [python, "-m", "training.evaluate", args.command, "--run-dir", str(args.run_dir.resolve())]
-    checkpoint = args.checkpoint if args.checkpoint in NAMED_CHECKPOINTS else str(Path(args.checkpoint).resolve())
+    checkpoint = args.checkpoint
+    if checkpoint not in NAMED_CHECKPOINTS:
+        checkpoint = str(Path(checkpoint).resolve())
     cmd += ["--checkpoint", checkpoint]
     if args.command == "eval":
         cmd += ["--split", args.split, "--batch-size", str(args.batch_size)]
@@ -303,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             rec = evaluate(args.run_dir, args.checkpoint, args.split, args.batch_size, args.max_batches)
-            print(f"{args.checkpoint} ({rec['checkpoint_path']}) on {args.split}: accuracy {rec['accuracy']:.4f}  "
-                  f"top-{rec['top_k']} {rec['top5']:.4f}  loss {rec['loss']:.4f}  ({rec['examples']} images)")
+            print(f"{args.checkpoint} ({rec['checkpoint_path']}) on {args.split}: "
+                  f"accuracy {rec['accuracy']:.4f}  top-{rec['top_k']} {rec['top5']:.4f}  "
+                  f"loss {rec['loss']:.4f}  ({rec['examples']} images)")
             print(f"wrote {args.run_dir / rundir.REPORT / f'eval-{args.split}.json'}")
         else:
             res = predict(args.run_dir, args.images, args.out, args.checkpoint, args.top_k)

@@ -117,7 +117,8 @@ def _horovod() -> tuple[str, str | None]:
         import horovod.tensorflow as hvd
         nccl = "yes" if hvd.nccl_built() else "no"
     except Exception as err:  # a Horovod built against another TF fails here in many ways
-        return f"{horovod.__version__} (broken: {str(err).splitlines()[0][:80] if str(err) else type(err).__name__})", None
+        said = str(err).splitlines()[0][:80] if str(err) else type(err).__name__
+        return f"{horovod.__version__} (broken: {said})", None
     return horovod.__version__, nccl
 
 

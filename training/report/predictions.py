@@ -68,7 +68,9 @@ class _Collector:
         for i in np.flatnonzero(pred == labels):
             # Reservoir sampling: every correct example has the same chance to be shown.
             self.correct_seen += 1
-            slot = len(self.correct) if len(self.correct) < self.keep else self.rng.integers(self.correct_seen)
+            slot = len(self.correct)
+            if slot >= self.keep:
+                slot = self.rng.integers(self.correct_seen)
             if slot < self.keep:
                 item = (_display(images[i]), int(labels[i]), int(pred[i]), float(conf[i]))
                 if slot == len(self.correct):
@@ -77,7 +79,8 @@ class _Collector:
                     self.correct[slot] = item
         # The most confident mistakes say most about what the model gets wrong.
         wrong = np.flatnonzero(pred != labels)
-        floor = min((c for *_, c in self.incorrect), default=-1.0) if len(self.incorrect) >= self.keep else -1.0
+        full = len(self.incorrect) >= self.keep
+        floor = min(c for *_, c in self.incorrect) if full else -1.0
         for i in wrong[np.argsort(-conf[wrong])][:self.keep]:
             if conf[i] <= floor:
                 break
@@ -108,8 +111,8 @@ def _write_grid(path: Path, title: str, items: list, class_names: list[str], emp
         ax.set_axis_off()
     for ax, (image, true, pred, conf) in zip(axes, items):
         ax.imshow(image, interpolation="nearest")
-        ax.text(0.5, 1.02, f"true: {_short(class_names[true])}\npred: {_short(class_names[pred])} ({conf:.0%})",
-                transform=ax.transAxes, ha="center", va="bottom", fontsize=8,
+        caption = f"true: {_short(class_names[true])}\npred: {_short(class_names[pred])} ({conf:.0%})"
+        ax.text(0.5, 1.02, caption, transform=ax.transAxes, ha="center", va="bottom", fontsize=8,
                 color="darkgreen" if true == pred else "darkred")
     if not items:
         fig.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=14)
@@ -141,7 +144,8 @@ def _write_confusion_png(path: Path, confusion: np.ndarray, class_names: list[st
     return save_figure(fig, path)
 
 
-def most_confused(confusion: np.ndarray, class_names: list[str], rows: int = MOST_CONFUSED_ROWS) -> list[dict]:
+def most_confused(confusion: np.ndarray, class_names: list[str],
+                  rows: int = MOST_CONFUSED_ROWS) -> list[dict]:
     """The off-diagonal (true, predicted) pairs with the highest counts, largest first."""
     off = confusion.copy()
     np.fill_diagonal(off, 0)
@@ -152,8 +156,9 @@ def most_confused(confusion: np.ndarray, class_names: list[str], rows: int = MOS
         true, pred = divmod(int(flat), confusion.shape[1])
         if off[true, pred] == 0:
             break
+        count = int(off[true, pred])
         pairs.append({"true_class": class_names[true], "predicted_class": class_names[pred],
-                      "count": int(off[true, pred]), "fraction_of_true": float(off[true, pred] / totals[true])})
+                      "count": count, "fraction_of_true": count / int(totals[true])})
     return pairs
 
 
@@ -231,12 +236,13 @@ def write_prediction_report(run_dir: str | Path, model: Any, dataset: Iterable, 
     accuracy = float(np.trace(confusion) / examples) if examples else None
     top5 = float(collector.top_k_hits / examples) if examples else None
     loss = collector.loss_sum / examples if examples else None
+    right, wrong = collector.correct_seen, examples - collector.correct_seen
     files = {
         "correct": _write_grid(
-            report / f"{prefix}correct.png", f"Correct predictions (random sample of {collector.correct_seen})",
+            report / f"{prefix}correct.png", f"Correct predictions (random sample of {right})",
             collector.correct, class_names, f"no correct predictions among {examples} images"),
         "incorrect": _write_grid(
-            report / f"{prefix}incorrect.png", f"Most confident mistakes ({examples - collector.correct_seen} in all)",
+            report / f"{prefix}incorrect.png", f"Most confident mistakes ({wrong} in all)",
             collector.incorrect, class_names, f"no incorrect predictions among {examples} images"),
     }
     if num_classes <= MAX_CONFUSION_CLASSES:
