@@ -27,7 +27,7 @@ def test_four_ranks_on_two_nodes_train_identically_and_survive_a_requeue(tmp_pat
     ranks = [json.loads((run_dir / rundir.LOGS / f"rank-{r}.json").read_text()) for r in range(4)]
     assert {r["world_size"] for r in ranks} == {4}
     assert sorted(r["node"] for r in ranks) == ["node1", "node1", "node2", "node2"]
-    assert len({r["weights_sha256"] for r in ranks}) == 1, "ranks ended with different weights"
+    assert len({r["trainable_weights_sha256"] for r in ranks}) == 1, "ranks ended with different weights"
     shards = [set(r["train_shards"]) for r in ranks]
     assert all(shards) and sum(map(len, shards)) == len(set().union(*shards)), "ranks shared shards"
 

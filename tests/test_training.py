@@ -86,7 +86,8 @@ def test_checkpoints_reload_to_the_same_accuracy(mirrored_run):
         evaluate(mirrored_run / "model" / "final.h5", cfg.data))
     # The summary's figure is recomputed from the best checkpoint on the whole split.
     summary = json.loads((mirrored_run / "report" / "summary.json").read_text())
-    assert summary["best_checkpoint_accuracy"] == pytest.approx(best)
+    assert summary["eval"]["checkpoint"] == "best"
+    assert summary["eval"]["accuracy"] == pytest.approx(best)
 
 
 def test_tensorboard_has_train_and_validation_curves(mirrored_run):

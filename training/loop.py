@@ -60,12 +60,14 @@ def _write_rank_report(cfg: Config, run_dir: Path, backend: Backend, model: kera
     that drifted apart, or two ranks that read the same files, show up here."""
     from training.data.pipeline import shard_files
 
+    # Trainable weights only: gradients are all-reduced, so these must agree bit for bit, while
+    # batch-norm moving statistics follow each rank's own batches under Horovod.
     digest = hashlib.sha256()
-    for array in model.get_weights():  # under MultiWorker a collective read: every worker calls it
-        digest.update(array.tobytes())
+    for variable in model.trainable_weights:  # under MultiWorker a collective read: all call it
+        digest.update(variable.numpy().tobytes())
     report = {"rank": backend.rank, "world_size": backend.world_size, "node": backend.spec.node_name,
               "train_shards": shard_files(cfg.data, "train", backend.input_context()),
-              "weights_sha256": digest.hexdigest()}
+              "trainable_weights_sha256": digest.hexdigest()}
     atomic_write_text(run_dir / rundir.LOGS / f"rank-{backend.rank}.json", json.dumps(report, indent=1))
 
 

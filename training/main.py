@@ -51,10 +51,11 @@ def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
                                     custom_objects=custom_objects(), compile=False)
     plan = result["plan"]
     val = build_dataset(cfg.data, "val", False, plan.global_batch_size, None, cfg.train.seed)
-    evaluation = write_prediction_report(run_dir, model, val, list(plan.class_names))
+    write_prediction_report(run_dir, model, val, list(plan.class_names),
+                            checkpoint="best" if best.is_file() else "final")
     write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
                   gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
-                  job_id=backend.spec.job_id, best_checkpoint_accuracy=evaluation.get("accuracy"))
+                  job_id=backend.spec.job_id)
 
 
 def run(run_dir: Path) -> int:
