@@ -139,3 +139,26 @@ def test_imagenet_style_one_based_labels_train_with_label_offset(tmp_path):
     run_dir = launch_local(tmp_path / "runs", "data.source=tfrecord", f"data.data_dir={shards}",
                            "data.num_classes=10", "data.label_offset=1", "data.val_split=validation")
     assert float(history(run_dir)[-1]["val_accuracy"]) >= ACCURACY_BAR
+
+
+def test_report_holds_pictures_and_a_complete_summary_that_evaluate_agrees_with(mirrored_run):
+    import numpy as np
+    from PIL import Image
+
+    from training.report.summary import FIELDS
+
+    report = mirrored_run / "report"
+    for name in ("loss", "accuracy", "lr", "correct", "incorrect", "confusion"):
+        with Image.open(report / f"{name}.png") as image:
+            assert image.width >= 400 and image.height >= 300, name
+            assert np.asarray(image.convert("L")).std() > 5, f"{name}.png looks blank"
+    summary = json.loads((report / "summary.json").read_text())
+    # job_id stays null in local mode: there is no SLURM job.
+    empty = [key for key in FIELDS if summary.get(key) is None and key != "job_id"]
+    assert not empty, f"summary.json fields left empty: {empty}"
+    done = subprocess.run([sys.executable, "-m", "training.evaluate", "eval", "--run-dir", str(mirrored_run),
+                           "--checkpoint", "best"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recomputed = json.loads((report / "eval-val.json").read_text())
+    assert recomputed["examples"] == 360
+    assert summary["eval"]["accuracy"] == pytest.approx(recomputed["accuracy"])
