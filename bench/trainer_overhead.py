@@ -1,0 +1,223 @@
+"""Trainer overhead: the project's training loop against a bare `model.fit` of the same model.
+
+    python -m bench.trainer_overhead [--steps-per-epoch 15] [--epochs 3] [--rounds 2]
+
+project: `training.loop.train` as a job runs it (MirroredStrategy backend, the run recorder
+    with its checkpoints, history, status and curve plots, TensorBoard, the LR log and the
+    stop-signal check), on synthetic data, writing into a temporary run directory.
+bare: the same model (`training.models.build_model`), optimizer, loss, metrics, synthetic
+    dataset, batch and validation steps, trained with `model.fit` and no callbacks.
+Both run the same epochs of the same steps; the first epoch (tracing) is excluded. Runs
+alternate project, bare, project, bare. An epoch clock (epoch starts and the end of training,
+nothing per step) splits each epoch into its steps (training and validation) and the work
+done between epochs (checkpoints, plots), so the fixed per-epoch cost can be told apart from
+any per-step cost. Figure: project steps/s / bare steps/s, goal >= 0.97. When it is missed,
+one more project run under cProfile says which callbacks the time went to.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Figure, best_rate, log, ratio_figure, report
+from launcher.config import Config
+
+
+def bench_config(size: int, batch: int, steps: int, epochs: int, validation_steps: int,
+                 log_every: int, model: str) -> Config:
+    cfg = Config()
+    cfg.data.source = "synthetic"
+    cfg.data.image_size = size
+    cfg.data.batch_size = batch
+    cfg.data.synthetic_classes = 10
+    cfg.data.synthetic_examples = steps * batch
+    cfg.model.name = model
+    cfg.model.weights = None
+    cfg.model.head_units = [128]
+    cfg.model.dropout = 0.2
+    cfg.model.channel_order = "rgb"
+    cfg.model.mean = [127.5] * 3
+    cfg.model.std = [127.5] * 3
+    cfg.optimizer.name = "sgd"
+    cfg.optimizer.lr = 0.01
+    cfg.train.epochs = epochs
+    cfg.train.steps_per_epoch = steps
+    cfg.train.validation_steps = validation_steps
+    cfg.train.log_every_steps = log_every
+    cfg.runtime.backend = "mirrored"
+    cfg.runtime.cluster = "local"
+    return cfg
+
+
+def _epoch_clock():
+    """A callback that only notes when epochs begin and when training ends."""
+    from training.keras_compat import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.begins: list[float] = []
+            self.ends: list[float] = []
+            self.train_end = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begins.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ends.append(time.perf_counter())
+
+        def on_train_end(self, logs=None):
+            self.train_end = time.perf_counter()
+
+        def timings(self, steps: int) -> dict:
+            """Steps/s over every epoch but the first, and where each epoch's time went.
+
+            Placed first in the callback list, the clock sees an epoch begin before any other
+            callback and its end before the others' epoch-end work, so the time from one
+            epoch's end to the next one's begin is that work (checkpoints, plots).
+            """
+            starts = self.begins[1:] + [self.train_end]
+            measured = starts[-1] - self.begins[1]
+            epochs = len(self.begins) - 1
+            between = [starts[i + 1] - self.ends[i + 1] for i in range(epochs)]
+            return {"steps_per_s": epochs * steps / measured, "measured_s": measured,
+                    "epoch_end_work_s": sum(between) / epochs,
+                    "steps_phase_s": (measured - sum(between)) / epochs}
+
+    return EpochClock()
+
+
+def run_project(cfg: Config, steps: int) -> dict:
+    """One `training.loop.train` run in a fresh run directory."""
+    from training.backends import MirroredBackend
+    from training.cluster import cluster_from_env
+    from training.keras_compat import keras
+    from training.loop import train
+
+    clock = _epoch_clock()
+
+    class ClockedBackend(MirroredBackend):  # the backend hook is the loop's one extension point
+        def callbacks(self):
+            return [clock, *super().callbacks()]
+
+    keras.backend.clear_session()
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    try:
+        backend = ClockedBackend(cluster_from_env({}), cfg.runtime)  # {}: this process alone
+        with contextlib.redirect_stdout(sys.stderr):  # the loop's epoch lines are progress
+            train(cfg, run_dir, backend)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return clock.timings(steps)
+
+
+def run_bare(cfg: Config, steps: int) -> dict:
+    """The same model, optimizer, loss, metrics and data with a plain `model.fit`."""
+    from training import task
+    from training.data.pipeline import build_dataset
+    from training.keras_compat import keras
+    from training.models import build_model
+    from training.optim import build_optimizer, build_schedule, scaled_lr
+
+    keras.backend.clear_session()
+    seed = cfg.train.seed
+    keras.utils.set_random_seed(seed)
+    batch, classes = cfg.data.batch_size, cfg.data.synthetic_classes
+    model = build_model(cfg.model, cfg.augment, cfg.data.image_size, classes, seed=seed)
+    schedule = build_schedule(cfg.schedule, scaled_lr(cfg.optimizer, batch), steps, cfg.train.epochs)
+    loss, metrics = task.loss_and_metrics(cfg)
+    model.compile(optimizer=build_optimizer(cfg.optimizer, schedule), loss=loss, metrics=metrics)
+    train_ds = build_dataset(cfg.data, "train", True, batch, None, seed)
+    val_ds = build_dataset(cfg.data, "val", False, batch, None, seed).repeat()
+    clock = _epoch_clock()
+    model.fit(train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
+              validation_steps=cfg.train.validation_steps, callbacks=[clock], verbose=0)
+    return clock.timings(steps)
+
+
+def profile_project(cfg: Config, steps: int, top: int = 14) -> dict:
+    """One more project run under cProfile: cumulative seconds of the loop's callbacks and of
+    the functions they call, per measured epoch."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        run_project(cfg, steps)
+    finally:
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    wanted = ("training/", "tf_keras/src/callbacks.py", "h5py", "matplotlib/backends")
+    rows = []
+    for (file, line, func), (_, calls, _, cumulative, _) in stats.stats.items():
+        if any(w in file for w in wanted) and "bench/" not in file:
+            rows.append((cumulative, f"{file.split('site-packages/')[-1].split('/work/main/')[-1]}:{func}", calls))
+    rows.sort(reverse=True)
+    epochs = cfg.train.epochs
+    return {"cumulative_s_per_epoch": {name: round(cum / epochs, 4) for cum, name, _ in rows[:top]},
+            "calls": {name: calls for _, name, calls in rows[:top]}}
+
+
+def measure(cfg: Config, steps: int, rounds: int) -> dict:
+    results = {"project": [], "bare": []}
+    for r in range(rounds):
+        for name, fn in (("project", run_project), ("bare", run_bare)):
+            timing = fn(cfg, steps)
+            results[name].append({k: round(v, 4) for k, v in timing.items()})
+            log(f"trainer round {r + 1}/{rounds}: {name:<7} {timing['steps_per_s']:.3f} steps/s "
+                f"(per epoch: steps {timing['steps_phase_s']:.2f} s, between epochs "
+                f"{timing['epoch_end_work_s']:.3f} s)")
+    return results
+
+
+def figures(results: dict, steps: int) -> list[Figure]:
+    best = {k: best_rate([r["steps_per_s"] for r in v]) for k, v in results.items()}
+    fastest = {k: min(r["steps_phase_s"] for r in v) for k, v in results.items()}
+    fixed = min(r["epoch_end_work_s"] for r in results["project"]) - min(
+        r["epoch_end_work_s"] for r in results["bare"])
+    step_ratio = fastest["bare"] / fastest["project"]
+    samples = {"runs": results, "steps_per_epoch": steps,
+               "per_epoch_fixed_cost_s": round(fixed, 4), "steps_phase_ratio": round(step_ratio, 4)}
+    full = ratio_figure("trainer.project_vs_bare_fit", best["project"], best["bare"], "steps/s", 0.97,
+                        f"training.loop.train vs bare model.fit, {steps} steps/epoch, first epoch excluded",
+                        samples)
+    per_step = Figure("trainer.steps_only", steps / fastest["project"], steps / fastest["bare"], "steps/s",
+                      "", None, "as above, counting only time inside epochs (no checkpoints or plots)",
+                      samples)
+    return [full, per_step]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.trainer_overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--model", default="small_cnn", help="registry name (default small_cnn)")
+    parser.add_argument("--image-size", type=int, default=64, help="pixels (default 64)")
+    parser.add_argument("--batch", type=int, default=32, help="global batch (default 32)")
+    parser.add_argument("--steps-per-epoch", type=int, default=15, help="default 15")
+    parser.add_argument("--epochs", type=int, default=3, help="including the excluded first (default 3)")
+    parser.add_argument("--validation-steps", type=int, default=1, help="per epoch, both runs (default 1)")
+    parser.add_argument("--log-every-steps", type=int, default=10,
+                        help="TensorBoard and LR log cadence of the project run (default 10)")
+    parser.add_argument("--rounds", type=int, default=2, help="project/bare pairs (default 2)")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is excluded")
+    cfg = bench_config(args.image_size, args.batch, args.steps_per_epoch, args.epochs,
+                       args.validation_steps, args.log_every_steps, args.model)
+    results = measure(cfg, args.steps_per_epoch, args.rounds)
+    result = figures(results, args.steps_per_epoch)
+    if result[0].passed is False:
+        result[0].evidence = profile_project(cfg, args.steps_per_epoch)
+        log(f"where the project run's extra time goes: {result[0].evidence['cumulative_s_per_epoch']}")
+    report(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
