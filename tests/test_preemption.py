@@ -79,6 +79,15 @@ def status(run_dir: Path) -> dict:
     return json.loads((run_dir / rundir.STATUS).read_text())
 
 
+def listed_state(run_root: Path) -> str:
+    """The STATE column `launch runs` shows for the single run under `run_root`."""
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(run_root),
+                           "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)
+    return run["state"]
+
+
 def final_weights_load(run_dir: Path) -> None:
     from training.keras_compat import keras
     from training.models import custom_objects
@@ -93,9 +102,11 @@ def test_multiworker_job_survives_two_requeues(tmp_path):
                              "--backend", "multiworker", f"train.epochs={epochs}")
     for restart, after_epoch in ((1, 1), (2, 3)):
         wait(lambda: epochs_done(run_dir) >= after_epoch, job_id, 400, f"epoch {after_epoch}")
+        assert listed_state(tmp_path) == "RUNNING"
         subprocess.run(["scontrol", "requeue", job_id], check=True)
         wait(lambda: job_field(job_id, "Restarts") == str(restart), job_id, 60, "the requeue")
     assert wait_final(job_id, 600) == "COMPLETED"
+    assert listed_state(tmp_path) == "COMPLETED"
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # the same run directory
     assert history_epochs(run_dir) == list(range(1, epochs + 1))  # each epoch exactly once
     assert status(run_dir)["state"] == "completed"
@@ -107,6 +118,11 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
     # A 2-minute limit with the warning 75 s before it: the signal lands mid-training.
     job_id, run_dir = launch(tmp_path, "--time", "2", "slurm.signal_lead_s=75", "train.epochs=10",
                              "runtime.cpu_devices=2")
+    # Not released at once: the runs listing must show the job waiting after its own requeue.
+    deadline = time.monotonic() + 400
+    while listed_state(tmp_path) != "REQUEUED (PENDING)":
+        assert time.monotonic() < deadline, f"never listed as requeued; job is {job_field(job_id, 'JobState')}"
+        time.sleep(3)
     assert wait_final(job_id, 900) == "COMPLETED"
     log = "".join(p.read_text() for p in (run_dir / "logs").glob(f"slurm-{job_id}.out"))
     assert "stop requested: saved a resumable checkpoint" in log
@@ -127,6 +143,7 @@ def test_killed_worker_ends_the_job_fast_and_the_run_resumes(tmp_path):
     killed = time.monotonic()
     assert wait_final(job_id, 120) == "FAILED"
     assert time.monotonic() - killed < timeout_s + 15  # bounded, not until the time limit
+    assert listed_state(tmp_path) == "FAILED"
     err = (run_dir / "logs" / f"slurm-{job_id}.err").read_text()
     lost = [line for line in err.splitlines() if "task 1" in line and worker["SLURMD_NODENAME"] in line]
     assert lost, err[-2000:]
