@@ -5,6 +5,7 @@ train.epochs=1 to stay short.
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shlex
@@ -60,6 +61,15 @@ def check_job_results(run_dir: Path, nodes: set[str]) -> None:
     reports = [json.loads(p.read_text()) for p in sorted((run_dir / "logs").glob("env-*.json"))]
     assert {r["SLURMD_NODENAME"] for r in reports} == nodes, reports
     assert sorted(r["SLURM_PROCID"] for r in reports) == [str(i) for i in range(len(nodes))]
+    # The demo trained to the bar across the nodes, and the replicas stayed identical.
+    with open(run_dir / "history.csv") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    assert float(last["val_accuracy"]) >= 0.90, last
+    ranks = [json.loads(p.read_text()) for p in sorted((run_dir / "logs").glob("rank-*.json"))]
+    assert {r["node"] for r in ranks} == nodes
+    assert len({r["trainable_weights_sha256"] for r in ranks}) == 1
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["eval"]["accuracy"] >= 0.90 and summary["backend"] == "multiworker"
 
 
 def test_multiworker_job_returns_at_once_and_runs_one_task_per_node(slurm_cluster, launch_cli,
