@@ -5,7 +5,7 @@
 The input is the generated JPEG tree plus PNGs (which the converter must decode and re-encode
 as JPEG), 10 classes. Every conversion is the command a user runs,
 `python -m training.data.convert SRC OUT --workers K`, timed from start to exit, so each
-includes starting Python and, in each worker, TensorFlow. To tell that start-up apart from
+includes starting Python, the workers and TensorFlow. To tell that start-up apart from
 the work, the same command also converts a tiny tree (two images per class); the "after
 start-up" figure subtracts that time.
 Figures: images/s with every core / with one worker (goal >= 0.8 x cores), the same after
@@ -14,6 +14,7 @@ into a temporary folder, the I/O ceiling (reported).
 """
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,13 +27,20 @@ from bench.common import Figure, best_rate, log, machine, ratio_figure, report, 
 TINY_PER_CLASS = 2
 
 
-def run_converter(src: Path, out: Path, workers: int, shards: int) -> float:
-    """Seconds `python -m training.data.convert` takes, start to exit; `out` is removed after."""
+def run_converter(src: Path, out: Path, workers: int, shards: int, cpu: list | None = None) -> float:
+    """Seconds `python -m training.data.convert` takes, start to exit; `out` is removed after.
+
+    The CPU seconds it and its workers used are appended to `cpu` when given.
+    """
     command = [sys.executable, "-m", "training.data.convert", str(src), str(out), "--workers", str(workers),
                "--shards-train", str(shards)]
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    if cpu is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers count once the converter reaps them
+        cpu.append(round(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime, 3))
     shutil.rmtree(out, ignore_errors=True)
     if done.returncode:
         raise RuntimeError(f"converter failed ({done.returncode}): {done.stderr.strip()[-500:]}")
@@ -66,16 +74,18 @@ def measure(src: Path, scratch: Path, cores: int, rounds: int, shards: int) -> d
     images = sum(1 for p in (src / "train").rglob("*") if p.is_file())
     tiny = tiny_tree(src, scratch / "tiny")
     times = {"one": [], "all": [], "one_startup": [], "all_startup": [], "copy": []}
+    cpu = {"one": [], "all": []}
     for r in range(rounds):
         order = [("one", 1), ("all", cores)] if r % 2 == 0 else [("all", cores), ("one", 1)]
         for name, workers in order:
-            times[name].append(round(run_converter(src, scratch / "out", workers, shards), 3))
+            times[name].append(round(run_converter(src, scratch / "out", workers, shards, cpu[name]), 3))
             times[f"{name}_startup"].append(
                 round(run_converter(scratch / "tiny", scratch / "out", workers, workers), 3))
             log(f"converter round {r + 1}/{rounds}: {workers} worker(s) {times[name][-1]:.1f} s "
-                f"({images / times[name][-1]:.0f} img/s), start-up {times[name + '_startup'][-1]:.1f} s")
+                f"({images / times[name][-1]:.0f} img/s, {cpu[name][-1]:.1f} CPU s), "
+                f"start-up {times[name + '_startup'][-1]:.1f} s")
         times["copy"].append(round(copy_tree_files(src / "train", scratch / "copy"), 4))
-    return {"images": images, "tiny_images": tiny, "seconds": times, "workers": cores}
+    return {"images": images, "tiny_images": tiny, "seconds": times, "cpu_seconds": cpu, "workers": cores}
 
 
 def figures(measured: dict) -> list[Figure]:
