@@ -8,7 +8,7 @@ project: `training.loop.train` as a job runs it (MirroredStrategy backend, the r
 bare: the same model (`training.models.build_model`), optimizer, loss, metrics, synthetic
     dataset, batch and validation steps, trained with `model.fit` and no callbacks.
 Both run the same epochs of the same steps; the first epoch (tracing) is excluded. Runs
-alternate project, bare, project, bare; every later epoch is a sample and the fastest of each
+alternate project, bare, bare, project; every later epoch is a sample and the fastest of each
 side is compared. An epoch clock (epoch begin and end, the end of training; nothing per step)
 splits each epoch into its steps (training and validation) and the work done between epochs
 (checkpoints, plots), so the fixed per-epoch cost can be told apart from any per-step cost.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import shutil
 import sys
 import tempfile
@@ -177,8 +178,12 @@ def profile_project(cfg: Config, steps: int, top: int = 12) -> dict:
 
 def measure(cfg: Config, steps: int, rounds: int) -> dict:
     results = {"project": [], "bare": []}
+    pair = [("project", run_project), ("bare", run_bare)]
     for r in range(rounds):
-        for name, fn in (("project", run_project), ("bare", run_bare)):
+        # project, bare, bare, project, ...: whatever one run leaves behind (files being
+        # written back, memory being freed) slows the next one, and each side goes second as often.
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
+            gc.collect()
             timing = fn(cfg, steps)
             results[name].append({k: _rounded(v) for k, v in timing.items()})
             log(f"trainer round {r + 1}/{rounds}: {name:<7} {timing['steps_per_s']:.3f} steps/s; per epoch: "
