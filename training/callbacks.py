@@ -11,12 +11,12 @@ import datetime
 import io
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
 from launcher import rundir
 from launcher.fsutil import atomic_write_text
+from training import signals
 from training.backends import Backend
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras
@@ -129,24 +129,25 @@ class StopOnSignal(keras.callbacks.Callback):
     same step and none is left waiting inside an all-reduce.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
     def __init__(self, backend: Backend, check_every: int = 10):
         super().__init__()
         self._supports_tf_logs = True
         self.backend = backend
         self.check_every = max(check_every, 1)
-        self.requested = False  # this process got a signal
-        self.signal_name = ""  # which one: SIGUSR1 means the time limit is near, requeue
         self.stopped_at: tuple[int, int] | None = None  # (epoch, step) of an agreed stop
         self._epoch = 0
         self._batches = 0
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
+        signals.install()  # already done by training.main; here for other callers of the loop
 
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signal_name = self.signal_name or signal.Signals(signum).name
+    @property
+    def requested(self) -> bool:
+        """This process got a stop signal."""
+        return bool(signals.first_received())
+
+    @property
+    def signal_name(self) -> str:
+        """Which one: SIGUSR1 means the time limit is near, so the job requeues itself."""
+        return signals.first_received()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

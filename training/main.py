@@ -16,6 +16,7 @@ import yaml
 
 from launcher import rundir
 from launcher.config import Config, ConfigError, from_dict
+from training import signals
 from training.envreport import write_env_report
 
 
@@ -59,6 +60,7 @@ def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
 
 
 def run(run_dir: Path) -> int:
+    signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
     write_env_report(run_dir)
     from training.backends import create_backend
