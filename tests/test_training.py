@@ -100,6 +100,11 @@ def test_tensorboard_has_train_and_validation_curves(mirrored_run):
         tags[sub] = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
     assert {"epoch_loss", "epoch_accuracy", "epoch_top5", "epoch_learning_rate"} <= tags["train"]
     assert {"epoch_loss", "epoch_accuracy", "epoch_top5"} <= tags["validation"]
+    # The resolved config, as text and as hparams.
+    acc = EventAccumulator(str(mirrored_run / "tensorboard" / "config"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "config" in acc.Tags()["tensors"]
+    assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 
 def test_multiworker_two_processes_reach_the_bar(tmp_path):

@@ -25,6 +25,15 @@ def _log(backend: Backend, message: str) -> None:
         print(f"[train] {message}", flush=True)
 
 
+def _flat_hparams(cfg: Config) -> dict:
+    """`section.key` -> value for TensorBoard's HParams tab; lists become their text."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
 def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSignal) -> list:
     """TensorBoard on the chief; under MultiWorkerMirrored the callback itself sends the other
     workers' events to temporary folders, so every worker gets one there."""
@@ -32,9 +41,12 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSi
         return []
     logdir = run_dir / rundir.TENSORBOARD
     if backend.is_chief:
+        from tensorboard.plugins.hparams import api as hparams
+
         writer = tf.summary.create_file_writer(str(logdir / "config"))
         with writer.as_default():
             tf.summary.text("config", "```\n" + dump(cfg) + "\n```", step=0)
+            hparams.hparams(_flat_hparams(cfg))
         writer.close()
     return [RunTensorBoard(stopper, log_dir=str(logdir), update_freq=cfg.train.log_every_steps,
                            write_graph=False, profile_batch=0)]
