@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from launcher import rundir
-from test_preemption import (epochs_done, final_weights_load, history_epochs, job_field, launch, status,
+from slurm_jobs import (epochs_done, final_weights_load, history_epochs, job_field, launch, status,
                              wait, wait_final)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.horovod, pytest.mark.slow]

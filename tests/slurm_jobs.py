@@ -1,0 +1,91 @@
+"""Submitting demo runs to the local SLURM cluster and following them, for the integration tests.
+
+SLURM holds a requeued job for about two minutes before it may start again; `wait` releases that
+hold with `scontrol update StartTime=now` so the tests stay short. The hold itself is SLURM's
+business, not the trainer's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import rundir
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = str(REPO / "configs" / "demo.yaml")
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+
+
+def launch(run_root: Path, *args: str) -> tuple[str, Path]:
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(run_root), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
+    (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
+    return job_id, run_dir
+
+
+def job_field(job_id: str, field: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    found = re.search(rf"\b{field}=(\S+)", out)
+    return found.group(1) if found else ""
+
+
+def release_hold(job_id: str) -> None:
+    """Lets a requeued job start now instead of after SLURM's requeue delay."""
+    if job_field(job_id, "JobState") == "PENDING" and job_field(job_id, "Reason") == "BeginTime":
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+def epochs_done(run_dir: Path) -> int:
+    path = run_dir / rundir.HISTORY
+    return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+
+def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        release_hold(job_id)
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job_id])
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}; job {job_id} is "
+                        f"{job_field(job_id, 'JobState')}")
+        time.sleep(2)
+
+
+def wait_final(job_id: str, timeout_s: float) -> str:
+    wait(lambda: job_field(job_id, "JobState") in FINAL, job_id, timeout_s, "the job to end")
+    return job_field(job_id, "JobState")
+
+
+def history_epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / rundir.HISTORY) as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / rundir.STATUS).read_text())
+
+
+def listed_state(run_root: Path) -> str:
+    """The STATE column `launch runs` shows for the single run under `run_root`."""
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(run_root),
+                           "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)
+    return run["state"]
+
+
+def final_weights_load(run_dir: Path) -> None:
+    from training.keras_compat import keras
+    from training.models import custom_objects
+
+    model = keras.models.load_model(run_dir / rundir.MODEL / "final.h5", custom_objects=custom_objects())
+    assert model.count_params() > 0
