@@ -6,6 +6,7 @@ tests/test_launch_slurm.py.
 """
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,35 @@ def test_report_holds_pictures_and_a_complete_summary_that_evaluate_agrees_with(
     recomputed = json.loads((report / "eval-val.json").read_text())
     assert recomputed["examples"] == 360
     assert summary["eval"]["accuracy"] == pytest.approx(recomputed["accuracy"])
+
+
+def test_stop_signal_mid_epoch_saves_and_resume_finishes_the_run(tmp_path):
+    """Without SLURM a stop request cannot requeue: the trainer saves a mid-epoch checkpoint,
+    exits 75 (resumable), and `launch --resume` redoes the cut epoch and finishes."""
+    import signal
+    import time
+
+    run_root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"),
+           "--cluster", "local", "--run-root", str(run_root), "train.epochs=3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(run_root.glob("*/history.csv")) or len(next(run_root.glob("*/history.csv"))
+                                                          .read_text().splitlines()) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "epoch 1 never finished"
+        time.sleep(0.5)
+    (run_dir,) = list(run_root.iterdir())
+    trainer = json.loads((run_dir / "logs" / "env-0.json").read_text())["pid"]
+    time.sleep(1.5)  # into epoch 2
+    os.kill(trainer, signal.SIGUSR1)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-3000:]
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert latest["partial_epoch"] and latest["epoch"] == 1
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir), "--cluster",
+                           "local"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [int(r["epoch"]) for r in history(run_dir)] == [1, 2, 3]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"

@@ -111,7 +111,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
             # The cut-short epoch is redone from its start with the weights reached so far; the
             # step counter goes back so the LR schedule and the epoch numbering stay aligned.
             model.optimizer.iterations.assign(initial_epoch * plan.steps_per_epoch)
-        _log(backend, f"resumed from {state['weights']}: epoch {initial_epoch}, step {state['step']}")
+        _log(backend, f"resumed from {state['weights']}: {initial_epoch} epochs done, step {state['step']}")
     if backend.is_chief:
         atomic_write_text(run_dir / rundir.MODEL / "model_spec.json",
                           json.dumps(_model_spec(cfg, plan), indent=1))

@@ -20,6 +20,9 @@ from training import signals
 from training.envreport import write_env_report
 
 
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a resumable checkpoint, to be resumed
+
+
 def load_run_config(run_dir: Path) -> Config:
     path = run_dir / rundir.CONFIG
     if not path.is_file():
@@ -71,17 +74,20 @@ def run(run_dir: Path) -> int:
     try:
         result = train(cfg, run_dir, backend)
         if result["state"] == "stopped":
+            if not backend.is_chief:
+                return 0  # the chief decides what happens next and says so
             spec = backend.spec
             if result["signal"] == "SIGUSR1":  # SLURM's warning before the time limit
                 message = requeue(spec.job_id, spec.restart_count,
                                   int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)))
             else:  # preemption, scancel or an outside requeue: SLURM decides what comes next
                 message = f"stopped by {result['signal']}; checkpoint saved"
-            if backend.is_chief:
-                state = "requeued" if message.startswith("requeued") else "stopped"
-                write_status(run_dir, state=state, epoch=result["epoch"], message=message)
-                print(f"[train] {message}", flush=True)
-            return 0
+            requeued = message.startswith("requeued")
+            write_status(run_dir, state="requeued" if requeued else "stopped", epoch=result["epoch"],
+                         message=message)
+            print(f"[train] {message}", flush=True)
+            # Unfinished and not coming back by itself: not a success in SLURM's eyes either.
+            return 0 if requeued else EXIT_STOPPED
         if backend.is_chief:
             final_report(cfg, run_dir, result, backend)
             write_status(run_dir, state="completed", epoch=result["epoch"], message="")
