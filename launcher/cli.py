@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import importlib
 import os
 import re
 import shlex
@@ -91,12 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _planned_run_dir(run_root: str, name: str) -> Path:
-    """The directory new_run_dir would create now (its naming), without creating it."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(run_root).expanduser().resolve() / f"{name}-{stamp}"
-
-
 def _resolved(cfg: Config, run_dir: Path) -> Config:
     """The config as the job will see it: names, paths and interpreter filled in."""
     cfg = copy.deepcopy(cfg)
@@ -141,7 +133,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
 def _launch(args: argparse.Namespace) -> int:
     cfg, reused, name = _load(args)
     cluster, why = choose_cluster(cfg.runtime.cluster)
-    run_dir = reused or _planned_run_dir(cfg.runtime.run_root, name)
+    run_dir = reused or rundir.planned_run_dir(cfg.runtime.run_root, name)
     script = _render(_resolved(cfg, run_dir), run_dir)  # validation by rendering, before any write
     if args.dry_run:
         sys.stdout.write(script)
@@ -194,13 +186,8 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
 
 
 def _runs(argv: list[str]) -> int:
-    try:  # imported on use: written separately, and absent in early checkouts
-        runs = importlib.import_module("launcher.runs")
-    except ModuleNotFoundError as err:
-        if err.name != "launcher.runs":
-            raise
-        return _fail("`launch runs` is not available in this checkout (launcher/runs.py is missing); "
-                     "look in the run root directly for now")
+    from launcher import runs  # only `launch runs` pays for its imports
+
     return runs.main(argv)
 
 

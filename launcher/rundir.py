@@ -19,14 +19,19 @@ MODEL = "model"  # final.h5 + model_spec.json
 REPORT = "report"  # plots, prediction grids, summary.json
 
 
+def planned_run_dir(run_root: str | Path, name: str) -> Path:
+    """The run directory a run named `name` would get now, before anything is created."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(run_root).expanduser().resolve() / f"{name}-{stamp}"
+
+
 def new_run_dir(run_root: str | Path, name: str) -> Path:
     """Creates and returns a fresh run directory; appends -2, -3, ... rather than reuse one."""
-    root = Path(run_root).expanduser().resolve()
+    base = planned_run_dir(run_root, name)
+    root = base.parent
     root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{name}-{stamp}"
     for attempt in range(1, 1000):
-        candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
+        candidate = root / (base.name if attempt == 1 else f"{base.name}-{attempt}")
         try:
             candidate.mkdir()  # atomic: two launches racing get different folders
         except FileExistsError:

@@ -113,11 +113,6 @@ def test_runs_subcommand_is_dispatched(monkeypatch):
     assert cli.main(["runs", "--all"]) == 7 and seen == [["--all"]]
 
 
-def test_runs_subcommand_missing_is_one_line(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "launcher.runs", None)  # as if the module did not exist
-    assert "launcher/runs.py is missing" in one_line_error(capsys, ["runs"])
-
-
 @pytest.fixture
 def fake_python(tmp_path: Path) -> Path:
     """Stands in for the interpreter: rank 1 fails when FAIL_RANK=1, rank 0 outlives it."""
