@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -107,9 +106,10 @@ def test_resume_reuses_the_run_dir_and_applies_flags(capsys, run_root, tmp_path)
 
 
 def test_runs_subcommand_is_dispatched(monkeypatch):
+    from launcher import runs
+
     seen = []
-    monkeypatch.setitem(sys.modules, "launcher.runs", types.SimpleNamespace(
-        main=lambda argv: seen.append(argv) or 7))
+    monkeypatch.setattr(runs, "main", lambda argv: seen.append(argv) or 7)
     assert cli.main(["runs", "--all"]) == 7 and seen == [["--all"]]
 
 
