@@ -2,8 +2,9 @@
 
 The machines these run on are shared and noisy, so a figure is always a ratio against a
 baseline measured in the same process, interleaved with it and repeated. Throughputs keep the
-best round (interference only ever slows a round down, as `timeit` argues); latencies keep
-the fastest. Every round's number is kept in `samples` so the spread can be judged.
+best round (interference only ever slows a round down, as `timeit` argues); the launcher
+latency, timed by its own script, keeps the median. Every round's number is kept in
+`samples` so the spread can be judged.
 """
 from __future__ import annotations
 
@@ -11,23 +12,21 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from launcher.fsutil import atomic_write_text
-
-STATUSES = ("PASS", "MISS", "INFO", "NOT MEASURED")
 
 
 @dataclass
 class Figure:
     """One measured figure and whether it met its goal."""
 
-    name: str  # benchmark.figure, e.g. input_pipeline.tfrecord_vs_keras
+    name: str  # benchmark.figure, e.g. input_pipeline.project_vs_keras
     value: float | None  # what was measured, in `unit`; None when not measured
     baseline: float | None  # the same quantity for the reference, in `unit`
     unit: str  # e.g. img/s, steps/s, s
@@ -81,17 +80,8 @@ def best_rate(rounds: Sequence[float]) -> float:
     return max(rounds)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call of `fn` takes."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def machine() -> dict:
     """What the numbers were measured on."""
-    import os
-
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:

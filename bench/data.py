@@ -117,7 +117,3 @@ def prepare(work_dir: Path, images: int = 2000, classes: int = 10, pngs: int = 2
     marker.write_text(json.dumps(settings))
     return {**paths, "settings": settings}
 
-
-def encoded_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
