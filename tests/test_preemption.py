@@ -37,9 +37,10 @@ def test_multiworker_job_survives_two_requeues(tmp_path):
 
 
 def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
-    # A 3-minute limit with the warning 100 s before it: the signal lands mid-training. A loaded
-    # machine may need several rounds, hence the generous requeue limit.
-    job_id, run_dir = launch(tmp_path, "--time", "3", "slurm.signal_lead_s=100", "train.epochs=8",
+    # A 3-minute limit with the warning 120 s before it: the signal lands about a minute in, well
+    # before 20 demo epochs can finish on 2 cores. A loaded machine may need several rounds, hence
+    # the generous requeue limit.
+    job_id, run_dir = launch(tmp_path, "--time", "3", "slurm.signal_lead_s=120", "train.epochs=20",
                              "slurm.max_requeues=10", "runtime.cpu_devices=2")
     # Not released at once: the runs listing must show the job waiting after its own requeue.
     deadline = time.monotonic() + 400
@@ -51,7 +52,7 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
     assert "stop requested: saved a resumable checkpoint" in log
     assert "requeued (restart 1" in log
     assert re.search(r"resumed from latest-\d+\.h5: \d+ epochs done", log)
-    assert history_epochs(run_dir) == list(range(1, 9))
+    assert history_epochs(run_dir) == list(range(1, 21))
     assert status(run_dir)["state"] == "completed"
     final_weights_load(run_dir)
 
