@@ -88,12 +88,12 @@ class RunRecorder(keras.callbacks.Callback):
         if val_loss < self.best_val_loss:  # the same value on every worker: metrics are reduced
             self.best_val_loss = val_loss
             self.checkpoints.save_best(self.model)
-        step = int(self.model.optimizer.iterations.numpy())
-        self.checkpoints.save_latest(self.model, self.state(epoch + 1, step))
+        state = self.state(epoch + 1, int(self.model.optimizer.iterations.numpy()))
+        self.checkpoints.save_latest(self.model, state)
         if self.backend.is_chief:
             write_history(self.run_dir, self.history)
             write_status(self.run_dir, state="running", epoch=epoch + 1, epochs=self.plan.epochs,
-                         best_val_accuracy=self.state(epoch + 1, step)["best_val_accuracy"])
+                         best_val_accuracy=state["best_val_accuracy"])
             if self.on_epoch_written:
                 self.on_epoch_written()
 

@@ -18,6 +18,7 @@ from training.callbacks import (RunRecorder, RunTensorBoard, StepLogger, StopOnS
                                 write_status)
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras, tf
+from training.report.curves import write_curves
 
 
 def _log(backend: Backend, message: str) -> None:
@@ -57,14 +58,6 @@ def _model_spec(cfg: Config, plan: task.Plan) -> dict:
             "channel_order": cfg.model.channel_order, "mean": cfg.model.mean, "std": cfg.model.std,
             "classes": list(plan.class_names), "num_classes": plan.num_classes,
             "input": "float32 RGB 0..255, preprocessing inside the model"}
-
-
-def _write_curves(run_dir: Path) -> None:
-    try:
-        from training.report.curves import write_curves
-    except ImportError:
-        return
-    write_curves(run_dir)
 
 
 def _write_rank_report(cfg: Config, run_dir: Path, backend: Backend, model: keras.Model) -> None:
@@ -122,7 +115,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     train_ds, val_ds = task.datasets(cfg, plan, backend, seed)
     stopper = StopOnSignal(backend)
     recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
-                           on_epoch_written=lambda: _write_curves(run_dir))
+                           on_epoch_written=lambda: write_curves(run_dir))
     callbacks = [*backend.callbacks(), stopper, recorder, *_tensorboard(cfg, run_dir, backend, stopper)]
     if backend.is_chief:
         callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
