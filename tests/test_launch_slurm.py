@@ -17,34 +17,22 @@ import pytest
 
 from launcher.config import BACKENDS, GPU_STYLES, load_config
 from launcher.render import tasks_per_node
+from slurm_jobs import wait_final
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 LOCAL_GPUS, LOCAL_CPUS = 2, 2  # per node on the local cluster
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-
-
-def job_state(job_id: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-    found = re.search(r"JobState=(\S+)", out.stdout)
-    return found.group(1) if found else f"unknown ({out.stderr.strip()})"
 
 
 def wait_for_job(job_id: str, run_dir: Path, timeout_s: float) -> None:
-    """Polls scontrol (accounting is off, so sacct knows nothing) until the job completes."""
-    deadline = time.monotonic() + timeout_s
-    state = job_state(job_id)
-    while state not in FINAL_STATES and time.monotonic() < deadline:
-        time.sleep(2)
-        state = job_state(job_id)
+    """Waits until the job ends (scontrol: accounting is off) and fails with its logs unless it
+    COMPLETED."""
+    state = wait_final(job_id, timeout_s)
     if state != "COMPLETED":
         logs = "".join(f"\n--- {p.name} (tail)\n" + "\n".join(p.read_text().splitlines()[-15:])
                        for p in sorted((run_dir / "logs").glob(f"slurm-{job_id}.*")))
-        if state not in FINAL_STATES:
-            subprocess.run(["scancel", job_id])
         pytest.fail(f"job {job_id} ended {state}, not COMPLETED{logs}")
 
 
