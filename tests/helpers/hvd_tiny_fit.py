@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from training.keras_compat import keras, tf  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from training.keras_compat import keras  # sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 import horovod.tensorflow.keras as hvd  # noqa: E402  (after keras_compat on purpose)
 import numpy as np  # noqa: E402
