@@ -9,15 +9,18 @@ latency, timed by its own script, keeps the median. Every round's number is kept
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from launcher.fsutil import atomic_write_text
 
@@ -124,3 +127,17 @@ def report(figures: list[Figure], json_path: Path | None, **extra) -> None:
 def log(message: str) -> None:
     """Progress goes to stderr so stdout holds only summary lines."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def work_dir(given: Path | None) -> Iterator[Path]:
+    """The folder for generated data: `given` (kept afterwards), else a temporary one removed at
+    the end."""
+    if given is not None:
+        yield Path(given)
+        return
+    path = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Figure, best_rate, log, machine, ratio_figure, report, standard_parser
+from bench.common import (Figure, best_rate, log, machine, ratio_figure, report, standard_parser,
+                          work_dir)
 
 TINY_PER_CLASS = 2
 
@@ -117,16 +118,14 @@ def main(argv=None) -> int:
 
     from bench.data import prepare
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
-    scratch = Path(tempfile.mkdtemp(prefix="convert-", dir=work))
-    try:
-        paths = prepare(work, images=args.images, pngs=args.pngs)
-        measured = measure(paths["mixed_root"], scratch, args.workers, args.rounds, args.shards)
-        report(figures(measured), args.json)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir(args.work_dir) as work:
+        scratch = Path(tempfile.mkdtemp(prefix="convert-", dir=work))
+        try:
+            paths = prepare(work, images=args.images, pngs=args.pngs)
+            measured = measure(paths["mixed_root"], scratch, args.workers, args.rounds, args.shards)
+            report(figures(measured), args.json)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

@@ -17,11 +17,9 @@ exits 0.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
-from bench.common import Figure, best_rate, log, report, standard_parser
+from bench.common import Figure, best_rate, log, report, standard_parser, work_dir
 from launcher.config import Config
 
 A100_REFERENCE = 2375.0  # img/s, NVIDIA DeepLearningExamples TF ResNet-50 v1.5, 1x A100, AMP + XLA
@@ -121,8 +119,7 @@ def main(argv=None) -> int:
     from training.keras_compat import tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
-    try:
+    with work_dir(args.work_dir) as work:
         paths = prepare(work, images=args.images)
         if gpus:
             cfg = resnet_config(paths["shards"], 224, args.batch, "bfloat16", True)
@@ -134,9 +131,6 @@ def main(argv=None) -> int:
             tiny = measure(cfg, steps=2, rounds=1)
             result = figures(tiny, "not measured: no GPU on this machine (a 2-step CPU run passed)")
         report(result, args.json, gpus=[d.name for d in gpus])
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

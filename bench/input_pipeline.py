@@ -19,13 +19,11 @@ When a goal is missed, a per-stage breakdown and a TF profiler summary are attac
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Figure, best_rate, log, ratio_figure, report, standard_parser
+from bench.common import Figure, best_rate, log, ratio_figure, report, standard_parser, work_dir
 
 SIZE = 224  # model input side, pixels
 
@@ -179,8 +177,7 @@ def main(argv=None) -> int:
 
     from bench.data import prepare
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-"))
-    try:
+    with work_dir(args.work_dir) as work:
         paths = prepare(work, images=args.images)
         rates = measure(paths, args.batch, args.warmup, args.batches, args.rounds, args.shuffle_buffer)
         result = figures(rates)
@@ -192,9 +189,6 @@ def main(argv=None) -> int:
                 if f.passed is False:
                     f.evidence = evidence
         report(result, args.json)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
