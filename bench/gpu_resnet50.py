@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per fit (default 60)")
     parser.add_argument("--rounds", type=int, default=2, help="synthetic/TFRecord pairs (default 2)")
     parser.add_argument("--images", type=int, default=2000, help="JPEGs to generate (default 2000)")
+    parser.add_argument("--no-xla", action="store_true", help="compile without XLA (jit_compile off)")
     args = parser.parse_args(argv)
 
     from bench.data import prepare
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     with work_dir(args.work_dir) as work:
         paths = prepare(work, images=args.images)
         if gpus:
-            cfg = resnet_config(paths["shards"], 224, args.batch, "bfloat16", True)
+            cfg = resnet_config(paths["shards"], 224, args.batch, "bfloat16", not args.no_xla)
             result = figures(measure(cfg, args.steps, args.rounds))
         else:
             print("GPU figure not measured: no GPU on this machine", flush=True)

@@ -130,6 +130,7 @@ class RuntimeConfig:
     port: int = 29500  # first worker port; rank r listens on port + r
     cpu_devices: int = 0  # split the CPU into N logical devices when no GPU is present (tests)
     worker_timeout_s: int = 120  # a lost worker ends the job within this many seconds
+    allow_cpu: bool = False  # train even when the job got GPUs that TensorFlow cannot see
 
 
 @dataclass

@@ -111,7 +111,12 @@ InactiveLimit=0
 # Accounting is off, so sacct has nothing: keep finished jobs in `scontrol show job` for 5 min.
 MinJobAge=300
 MaxJobCount=10000
+# The GPUs below are placeholders: every task learns so (LAUNCH_ALLOW_CPU=1), so the trainer
+# trains on the CPU instead of refusing a GPU allocation that TensorFlow cannot see.
+TaskProlog=$CONF_DIR/task_prolog.sh
 EOF
+    printf '#!/bin/sh\necho export LAUNCH_ALLOW_CPU=1\n' >"$CONF_DIR/task_prolog.sh"
+    chmod 755 "$CONF_DIR/task_prolog.sh"
     : >"$CONF_DIR/gres.conf"
     for i in "${!NODES[@]}"; do
         node=${NODES[$i]}

@@ -29,24 +29,66 @@ def test_expected_gpus(env, flag, configured, expected):
 
 
 def test_slurm_gpus_that_tensorflow_cannot_see_say_so():
-    word, why = gpucheck.verdict(2, "SLURM_GPUS_ON_NODE", 0, cuda_build=True, driver_gpus=None)
+    cause = gpucheck.likely_cause(True, "12.5.1", {}, None, None, 0)
+    word, why = gpucheck.verdict(2, "SLURM_GPUS_ON_NODE", 0, cause)
     assert word == "NO GPU" and gpucheck.failed(word, 2)
     assert why.startswith("2 GPU(s) allocated by SLURM")
     assert "TensorFlow sees 0" in why and "nvidia-smi" in why
 
 
-@pytest.mark.parametrize("expected, seen, cuda, driver, word, fails, hint", [
-    (2, 2, True, 2, "OK", False, "sees 2 of 2"),
-    (2, 1, True, 2, "MISMATCH", True, "the driver lists 2"),
-    (1, 0, False, None, "NO GPU", True, "CPU-only build"),
-    (None, 0, True, None, "NO GPU", False, "runs on the CPU"),  # nothing expected: not an error
-    (0, 0, True, None, "OK", False, "sees 0 of 0"),
-    (None, 4, True, 4, "OK", False, "sees 4"),
+@pytest.mark.parametrize("expected, seen, word, fails, hint", [
+    (2, 2, "OK", False, "sees 2 of 2"),
+    (2, 1, "MISMATCH", True, "sees 1"),
+    (1, 0, "NO GPU", True, "sees 0"),
+    (None, 0, "NO GPU", False, "runs on the CPU"),  # nothing expected: not an error
+    (0, 0, "OK", False, "sees 0 of 0"),
+    (None, 4, "OK", False, "sees 4"),
 ])
-def test_verdicts(expected, seen, cuda, driver, word, fails, hint):
-    got, why = gpucheck.verdict(expected, "--expect-gpus", seen, cuda, driver)
+def test_verdicts(expected, seen, word, fails, hint):
+    got, why = gpucheck.verdict(expected, "--expect-gpus", seen)
     assert (got, gpucheck.failed(got, expected)) == (word, fails)
     assert hint in why
+
+
+CU12_WHEELS = {"nvidia-cudnn-cu12": "9.28.0.42", "nvidia-cuda-runtime-cu12": "12.5.82"}
+
+
+@pytest.mark.parametrize("cuda_build, cuda, wheels, driver, driver_gpus, seen, says", [
+    # What a user with each broken install reads, and the fix it names.
+    (False, None, {}, "580.65.06", 4, 0, "CPU-only build: install the gpu extra"),
+    (True, "12.5.1", {}, None, None, 0, "no NVIDIA driver"),
+    (True, "12.5.1", CU12_WHEELS, "470.82.01", 4, 0, "driver 470.82.01 is older than CUDA 12.5.1 needs"),
+    (True, "12.5.1", {}, "580.65.06", 4, 0, "no nvidia-*-cu12 wheels): install the gpu extra"),
+    (True, "12.5.1", {"nvidia-cudnn-cu13": "9.1"}, "580.65.06", 4, 0, "install the gpu extra"),
+    (True, "12.5.1", CU12_WHEELS, "580.65.06", 4, 2, "the driver lists 4"),
+    (True, "12.5.1", CU12_WHEELS, "525.60.13", 4, 4, ""),  # the oldest driver CUDA 12 runs on
+])
+def test_likely_cause_names_the_fix(cuda_build, cuda, wheels, driver, driver_gpus, seen, says):
+    cause = gpucheck.likely_cause(cuda_build, cuda, wheels, driver, driver_gpus, seen)
+    assert (says in cause) if says else cause == ""
+
+
+def test_trainer_refuses_to_train_on_cpu_when_slurm_gave_gpus(tmp_path):
+    (tmp_path / "config.yaml").write_text(dump(Config()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "LAUNCH_"))}
+    env.update(SLURM_GPUS_ON_NODE="2", CUDA_VISIBLE_DEVICES="0,1")
+    done = subprocess.run([sys.executable, "-m", "training.main", "--run-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("training: error:")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr[-2000:]
+    assert "2 GPU(s) allocated by SLURM" in errors[0] and "TensorFlow sees 0" in errors[0]
+    assert "runtime.allow_cpu=true" in errors[0]
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
+
+
+def test_allow_cpu_turns_the_refusal_into_a_warning(capsys):
+    env = {"SLURM_GPUS_ON_NODE": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    with pytest.raises(gpucheck.NoGPUError):
+        gpucheck.check_start(False, env)
+    gpucheck.check_start(True, env)
+    gpucheck.check_start(False, {**env, "LAUNCH_ALLOW_CPU": "1"})
+    assert capsys.readouterr().out.count("training anyway (runtime.allow_cpu)") == 2
+    gpucheck.check_start(False, {})  # no GPUs asked for: nothing to check
 
 
 def test_allocation_verdict_counts_nodes():
@@ -67,7 +109,7 @@ def test_local_check_prints_one_line_and_writes_json(tmp_path):
     assert len(lines) == 1, done.stdout + done.stderr
     word = gpucheck.parse_verdict(lines[0])
     assert word in gpucheck.VERDICTS and done.returncode == (0 if word == "OK" else 1)
-    for part in ("tf ", "tf-keras ", "horovod ", "nccl ", "built for "):
+    for part in ("tf ", "tf-keras ", "horovod ", "nccl ", "built for ", "driver ", "wheels "):
         assert f"| {part}" in lines[0]
     (report,) = (tmp_path / "logs").glob("gpucheck-*.json")
     assert json.loads(report.read_text())["verdict"] == word

@@ -51,9 +51,50 @@ def expected_gpus(environ: Mapping[str, str], flag: int | None = None,
     return None, ""
 
 
-def verdict(expected: int | None, source: str, seen: int, cuda_build: bool = True,
-            driver_gpus: int | None = None) -> tuple[str, str]:
-    """(OK | NO GPU | MISMATCH, one-line explanation) from the counts; pure, for tests."""
+# Oldest Linux driver each CUDA major runs on (minor-version compatibility), from NVIDIA's
+# CUDA compatibility table; a driver below it cannot run that CUDA at all.
+MIN_DRIVER = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580, 65, 6)}
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (text or "").split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
+
+
+def likely_cause(cuda_build: bool, cuda: str | None, wheels: Mapping[str, str],
+                 driver_version: str | None, driver_gpus: int | None, seen: int) -> str:
+    """Why TensorFlow sees fewer GPUs than the job got, as "; cause: what to do"; pure, for tests.
+
+    `wheels` maps the nvidia-* pip distributions installed (e.g. nvidia-cudnn-cu12) to versions.
+    """
+    if not cuda_build:
+        return "; this TensorFlow is a CPU-only build: install the gpu extra (pip install -e '.[gpu]')"
+    if driver_gpus is None:
+        return "; no NVIDIA driver here (nvidia-smi not found or failing): this node cannot use its GPUs"
+    major = _version_tuple(cuda)[:1]
+    need = MIN_DRIVER.get(major[0]) if major else None
+    have = _version_tuple(driver_version)
+    if need and have and have < need:
+        return (f"; driver {driver_version} is older than CUDA {cuda} needs "
+                f"(>= {'.'.join(map(str, need))}): use a node with a newer driver or ask the admins")
+    suffix = f"-cu{major[0]}" if major else "-cu"
+    if major and not any(name.startswith("nvidia-cudnn") and name.endswith(suffix) for name in wheels):
+        return (f"; the CUDA {major[0]} libraries this TensorFlow needs are not installed (no "
+                f"nvidia-*{suffix} wheels): install the gpu extra (pip install -e '.[gpu]')")
+    if driver_gpus and driver_gpus != seen:
+        return f"; the driver lists {driver_gpus}: CUDA/cuDNN libraries may not match this TensorFlow"
+    return ""
+
+
+def verdict(expected: int | None, source: str, seen: int, cause: str = "") -> tuple[str, str]:
+    """(OK | NO GPU | MISMATCH, one-line explanation) from the counts; pure, for tests.
+
+    `cause` (from `likely_cause`) is appended when TensorFlow sees fewer GPUs than expected.
+    """
     if expected is None:
         if seen:
             return "OK", f"TensorFlow sees {seen} GPU(s); no count was expected"
@@ -62,14 +103,7 @@ def verdict(expected: int | None, source: str, seen: int, cuda_build: bool = Tru
         return "OK", f"TensorFlow sees {seen} of {expected} expected GPU(s) ({source})"
     what = (f"{expected} GPU(s) allocated by SLURM on this node ({source})" if source.startswith("SLURM")
             else f"{expected} GPU(s) expected ({source})")
-    hint = ""
-    if not cuda_build:
-        hint = "; this TensorFlow is a CPU-only build"
-    elif driver_gpus is None:
-        hint = "; no NVIDIA driver here (nvidia-smi not found or failing)"
-    elif driver_gpus and driver_gpus != seen:
-        hint = f"; the driver lists {driver_gpus}: CUDA/cuDNN libraries may not match this TensorFlow"
-    return ("NO GPU" if seen == 0 else "MISMATCH"), f"{what} but TensorFlow sees {seen}{hint}"
+    return ("NO GPU" if seen == 0 else "MISMATCH"), f"{what} but TensorFlow sees {seen}{cause}"
 
 
 def failed(word: str, expected: int | None) -> bool:
@@ -80,7 +114,7 @@ def failed(word: str, expected: int | None) -> bool:
 def nvidia_smi(environ: Mapping[str, str]) -> list[dict[str, str]] | None:
     """GPUs the driver lists, restricted to CUDA_VISIBLE_DEVICES; None without a working driver."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
+        done = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,driver_version",
                                "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -89,8 +123,8 @@ def nvidia_smi(environ: Mapping[str, str]) -> list[dict[str, str]] | None:
     gpus = []
     for line in done.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 4:
-            gpus.append(dict(zip(("index", "uuid", "name", "memory_mib"), parts)))
+        if len(parts) == 5:
+            gpus.append(dict(zip(("index", "uuid", "name", "memory_mib", "driver_version"), parts)))
     wanted = environ.get("CUDA_VISIBLE_DEVICES")
     if wanted is not None:
         keys = [w.strip() for w in wanted.split(",") if w.strip() not in NO_DEVICE]
@@ -122,12 +156,26 @@ def _horovod() -> tuple[str, str | None]:
     return horovod.__version__, nccl
 
 
-def _tf_nccl(cuda_build: bool) -> str:
+def cuda_wheels() -> dict[str, str]:
+    """The NVIDIA library wheels installed beside TensorFlow (the gpu extra), name -> version."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("nvidia-") and name.rsplit("-", 1)[-1].startswith("cu"):
+            found[name] = dist.version
+    return dict(sorted(found.items()))
+
+
+def _wheel(wheels: Mapping[str, str], library: str) -> str | None:
+    """'9.3.0.75' for library 'cudnn' from {'nvidia-cudnn-cu12': '9.3.0.75'}; None when absent."""
+    return next((v for k, v in wheels.items() if k.startswith(f"nvidia-{library}-cu")), None)
+
+
+def _tf_nccl(cuda_build: bool, wheels: Mapping[str, str]) -> str:
     if not cuda_build:
         return "n/a (CPU build)"
-    for dist in ("nvidia-nccl-cu12", "nvidia-nccl-cu13", "nvidia-nccl-cu11"):
-        if version := _version(dist):
-            return f"{version} ({dist})"
+    if version := _wheel(wheels, "nccl"):
+        return f"{version} (wheel)"
     return "system libnccl" if ctypes.util.find_library("nccl") else "not found"
 
 
@@ -148,17 +196,48 @@ def collect(environ: Mapping[str, str] | None = None, expect: int | None = None,
     for gpu, listed in zip(gpus, driver or []):  # the same order unless CUDA_DEVICE_ORDER differs
         gpu["memory_mib"] = int(listed["memory_mib"]) if listed["memory_mib"].isdigit() else None
     want, source = expected_gpus(environ, expect, configured)
-    word, why = verdict(want, source, len(gpus), cuda_build, None if driver is None else len(driver))
+    wheels = cuda_wheels()
+    cuda = build.get("cuda_version") if cuda_build else None
+    driver_version = driver[0]["driver_version"] if driver else None
+    cause = likely_cause(cuda_build, cuda, wheels, driver_version, None if driver is None else len(driver),
+                         len(gpus))
+    word, why = verdict(want, source, len(gpus), cause)
     horovod, horovod_nccl = _horovod()
     return {
         "host": environ.get("SLURMD_NODENAME") or socket.gethostname(),
         "rank": environ.get("SLURM_PROCID") or environ.get("LAUNCH_RANK") or "0",
-        "gpus": gpus, "driver_gpus": driver, "cuda": build.get("cuda_version") if cuda_build else None,
-        "cudnn": build.get("cudnn_version") if cuda_build else None, "tensorflow": tf.__version__,
+        "gpus": gpus, "driver_gpus": driver, "driver_version": driver_version, "cuda": cuda,
+        "cudnn": build.get("cudnn_version") if cuda_build else None, "cuda_wheels": wheels,
+        "tensorflow": tf.__version__,
         "tf_keras": getattr(keras, "__version__", None) or _version("tf-keras"), "horovod": horovod,
-        "horovod_nccl": horovod_nccl, "tf_nccl": _tf_nccl(cuda_build), "expected": want,
+        "horovod_nccl": horovod_nccl, "tf_nccl": _tf_nccl(cuda_build, wheels), "expected": want,
         "expected_from": source, "verdict": word, "why": why,
     }
+
+
+class NoGPUError(RuntimeError):
+    """The job was given GPUs but TensorFlow cannot use them: training would silently run on CPU."""
+
+
+def check_start(allow_cpu: bool, environ: Mapping[str, str] | None = None) -> None:
+    """At job start: refuse to train on the CPU when SLURM allocated GPUs that TensorFlow cannot see.
+
+    `allow_cpu` (runtime.allow_cpu, or LAUNCH_ALLOW_CPU=1 in the environment) turns the refusal into
+    a warning, for who really wants a CPU run on a GPU allocation (or a test cluster whose GPUs are
+    stand-ins).
+    """
+    environ = os.environ if environ is None else environ
+    want, source = expected_gpus(environ)
+    if not want:
+        return
+    info = collect(environ)
+    if len(info["gpus"]) >= want:
+        return
+    message = f"gpucheck on {info['host']}: {info['why']}"
+    if allow_cpu or environ.get("LAUNCH_ALLOW_CPU") == "1":
+        print(f"[train] warning: {message}; training anyway (runtime.allow_cpu)", flush=True)
+        return
+    raise NoGPUError(f"{message}; set runtime.allow_cpu=true to train without them")
 
 
 def _describe_gpus(gpus: list[dict]) -> str:
@@ -178,9 +257,13 @@ def format_line(info: dict[str, Any]) -> str:
     """The one report line of a process."""
     nccl = f"tf {info['tf_nccl']}" + (f", horovod {info['horovod_nccl']}" if info["horovod_nccl"] else "")
     build = f"CUDA {info['cuda']} cuDNN {info['cudnn']}" if info["cuda"] else "CPU-only build"
+    wheels = info.get("cuda_wheels") or {}
+    libs = ", ".join(f"{lib} {_wheel(wheels, lib)}" for lib in ("cuda-runtime", "cudnn", "cublas")
+                     if _wheel(wheels, lib))
     return " | ".join([
         f"{PREFIX} {info['host']} rank {info['rank']}", f"GPUs {_describe_gpus(info['gpus'])}",
-        f"built for {build}", f"tf {info['tensorflow']}", f"tf-keras {info['tf_keras']}",
+        f"driver {info.get('driver_version') or 'none'}", f"built for {build}",
+        f"wheels {libs or 'none'}", f"tf {info['tensorflow']}", f"tf-keras {info['tf_keras']}",
         f"horovod {info['horovod']}", f"nccl {nccl}", f"verdict {info['verdict']}: {info['why']}",
     ])
 

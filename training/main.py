@@ -66,6 +66,9 @@ def run(run_dir: Path) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
     write_env_report(run_dir)
+    from training.gpucheck import check_start
+
+    check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
     from training.backends import create_backend
     from training.callbacks import write_status
     from training.loop import train
@@ -101,9 +104,10 @@ def run(run_dir: Path) -> int:
 def user_errors() -> tuple[type[Exception], ...]:
     from training.backends import BackendError
     from training.data import DataError
+    from training.gpucheck import NoGPUError
     from training.models import ModelError
 
-    return (ConfigError, BackendError, DataError, ModelError)
+    return (ConfigError, BackendError, DataError, ModelError, NoGPUError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,16 +101,47 @@ patch -d "$src" -p1 --forward --batch --quiet < "$patch_file" \
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
 export HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 export MAKEFLAGS=-j$(nproc)
+# CMake 4 refuses the cmake_minimum_required of the bundled gloo; 3.x ignores this variable.
+export CMAKE_POLICY_VERSION_MINIMUM=${CMAKE_POLICY_VERSION_MINIMUM:-3.5}
 export PIP_ROOT_USER_ACTION=ignore  # CI and the dev machines install into the root Python on purpose
-# NCCL GPU operations need both the CUDA compiler and an NCCL library; a CUDA toolkit without
-# NCCL (as on the CPU development machines) makes `find_package(NCCL REQUIRED)` fail the build.
-if command -v nvcc >/dev/null 2>&1 || [[ -n ${HOROVOD_CUDA_HOME:-} ]]; then
-    if [[ -n ${HOROVOD_NCCL_HOME:-} ]] || ldconfig -p 2>/dev/null | grep 'libnccl\.so' >/dev/null; then
-        export HOROVOD_GPU_OPERATIONS=NCCL
-        say "CUDA and NCCL found: building with HOROVOD_GPU_OPERATIONS=NCCL"
-    else
-        say "nvcc found but no NCCL library (ldconfig, HOROVOD_NCCL_HOME): building without GPU operations"
+# NCCL GPU operations need a CUDA compiler and an NCCL library of the CUDA major TensorFlow runs.
+# NCCL: HOROVOD_NCCL_HOME, else the nvidia-nccl wheel installed beside TensorFlow by the gpu extra
+# (linked with an rpath, so Horovod and TensorFlow load the same libnccl), else the system's.
+# Compiler: HOROVOD_CUDA_HOME, nvcc on PATH or /usr/local/cuda; the pip CUDA wheels carry no
+# nvcc, so a site without a CUDA toolkit (module load cuda) gets the CPU (Gloo/MPI) build.
+nvcc_bin=""
+if [[ -n ${HOROVOD_CUDA_HOME:-} ]]; then nvcc_bin=$HOROVOD_CUDA_HOME/bin/nvcc
+elif command -v nvcc >/dev/null 2>&1; then nvcc_bin=$(command -v nvcc)
+elif [[ -x /usr/local/cuda/bin/nvcc ]]; then nvcc_bin=/usr/local/cuda/bin/nvcc
+fi
+nccl_wheel=$("$py" - 2>/dev/null <<'EOF'
+import importlib.util, pathlib
+spec = importlib.util.find_spec("nvidia.nccl")
+if spec and spec.submodule_search_locations:
+    root = pathlib.Path(list(spec.submodule_search_locations)[0])
+    if (root / "include" / "nccl.h").is_file() and list((root / "lib").glob("libnccl.so*")):
+        print(root)
+EOF
+) || true
+if [[ -n $nvcc_bin && -x $nvcc_bin ]]; then
+    export HOROVOD_CUDA_HOME=${HOROVOD_CUDA_HOME:-$(cd "$(dirname "$nvcc_bin")/.." && pwd)}
+    if [[ -z ${HOROVOD_NCCL_HOME:-} && -n $nccl_wheel ]]; then
+        # The wheel ships libnccl.so.2 only; CMake's find_library wants libnccl.so beside it.
+        export HOROVOD_NCCL_HOME=$build_dir/nccl-wheel
+        rm -rf "$HOROVOD_NCCL_HOME" && mkdir -p "$HOROVOD_NCCL_HOME/lib"
+        ln -s "$nccl_wheel/include" "$HOROVOD_NCCL_HOME/include"
+        ln -s "$nccl_wheel/lib/libnccl.so.2" "$HOROVOD_NCCL_HOME/lib/libnccl.so"
+        export LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$nccl_wheel/lib"
+        say "NCCL from the pip wheel at $nccl_wheel"
     fi
+    if [[ -n ${HOROVOD_NCCL_HOME:-} ]] || ldconfig -p 2>/dev/null | grep 'libnccl\.so' >/dev/null; then
+        export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=${HOROVOD_NCCL_LINK:-SHARED}
+        say "CUDA compiler $nvcc_bin ($("$nvcc_bin" --version | grep -o 'release [0-9.]*')) and NCCL found: building with HOROVOD_GPU_OPERATIONS=NCCL"
+    else
+        say "nvcc found but no NCCL library (gpu extra, ldconfig, HOROVOD_NCCL_HOME): building without GPU operations"
+    fi
+elif [[ -n $nccl_wheel ]]; then
+    say "NCCL wheel found but no CUDA compiler (the pip wheels ship none): building without GPU operations; load a CUDA toolkit (module load cuda) and rerun with --force for NCCL"
 fi
 
 log=$build_dir/build.log
