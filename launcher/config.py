@@ -83,7 +83,10 @@ class OptimizerConfig:
     lr: float = 0.1  # peak learning rate at base_batch_size
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # adamw decoupled decay
+    # Decoupled decay (the tf-keras optimizer's own weight_decay, all three optimizers): each step
+    # every trainable weight, biases and BN scales included, shrinks by lr * weight_decay * w,
+    # apart from the gradient and momentum; not an L2 term in the loss. 0 = none; e.g. 1e-4 for sgd.
+    weight_decay: float = 0.0
     scale_lr: bool = True  # linear scaling: lr * global_batch / base_batch_size
     base_batch_size: int = 256  # batch the lr was tuned for
     label_smoothing: float = 0.0
@@ -193,6 +196,7 @@ _MINIMUM = {
     ("train", "epochs"): 1,
     ("runtime", "cpu_devices"): 0,
     ("runtime", "worker_timeout_s"): 1,
+    ("optimizer", "weight_decay"): 0.0,
 }
 
 

@@ -100,10 +100,14 @@ def build_schedule(sched: ScheduleConfig, peak_lr: float, steps_per_epoch: int,
 
 
 def build_optimizer(opt: OptimizerConfig, learning_rate) -> keras.optimizers.Optimizer:
+    """The optimizer named in `opt`; `opt.weight_decay` is decoupled decay (see OptimizerConfig)."""
+    # None, not 0.0: tf-keras would otherwise still run a zero decay over every weight each step.
+    decay = opt.weight_decay or None
     if opt.name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=opt.momentum, nesterov=opt.nesterov)
+        return keras.optimizers.SGD(learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
+                                    weight_decay=decay)
     if opt.name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if opt.name == "adamw":
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    if opt.name == "adamw":  # AdamW requires a float; 0.0 makes it Adam
         return keras.optimizers.AdamW(learning_rate, weight_decay=opt.weight_decay)
     raise ValueError(f"unknown optimizer {opt.name!r}")
