@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -309,8 +310,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         flags: `{"section.key": value}` from explicit command-line flags; None values are skipped.
     """
     cfg = Config()
-    if path is not None:
-        _apply_mapping(cfg, load_yaml(path), str(path))
+    data = load_yaml(path) if path is not None else None
+    _apply_mapping(cfg, data, str(path))
     for text in overrides:
         section, key, value = parse_override(text)
         _set(cfg, section, key, value, f"override '{text}'")
@@ -319,8 +320,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             section, key = dotted.split(".", 1)
             flag = "--" + key.replace("_", "-")
             _set(cfg, section, key, value, f"flag {flag}")
+    runtime = data.get("runtime") if isinstance(data, dict) else None
+    backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
+                     or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
+                     or (flags or {}).get("runtime.backend") is not None)
+    if note := resolve_backend(cfg, backend_given):
+        print(f"launch: note: {note}", file=sys.stderr)
     check(cfg)
     return cfg
+
+
+def resolve_backend(cfg: Config, backend_given: bool) -> str | None:
+    """Fits the default backend to the request: mirrored drives one node, so a request for several
+    nodes that names no backend (YAML, override or --backend) gets multiworker.
+
+    Returns:
+        One line saying what was chosen and why, or None when nothing changed.
+    """
+    if backend_given or cfg.slurm.nodes == 1:
+        return None
+    cfg.runtime.backend = "multiworker"
+    return (f"runtime.backend multiworker, as slurm.nodes is {cfg.slurm.nodes} and the default "
+            "mirrored drives one node; pass --backend horovod for Horovod")
 
 
 def check(cfg: Config) -> None:
@@ -328,7 +349,8 @@ def check(cfg: Config) -> None:
     if cfg.runtime.backend == "mirrored" and cfg.slurm.nodes > 1:
         raise ConfigError(
             f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
-            "use --backend multiworker or horovod for several nodes")
+            "use --backend multiworker or horovod for several nodes (or leave runtime.backend unset "
+            "and launch picks multiworker)")
     if cfg.runtime.backend == "horovod" and cfg.train.jit_compile:
         raise ConfigError("train.jit_compile needs Horovod ops compiled for XLA, which the project's "
                           "Horovod build leaves out; set train.jit_compile=false or use --backend mirrored")

@@ -95,7 +95,42 @@ def test_control_characters_are_refused_from_every_layer(tmp_path):
 
 def test_cross_field_rule_mirrored_is_single_node():
     with pytest.raises(ConfigError, match="multiworker or horovod"):
-        load_config(None, [], {"slurm.nodes": 2})
+        load_config(None, [], {"slurm.nodes": 2, "runtime.backend": "mirrored"})
+
+
+def test_several_nodes_without_a_backend_pick_multiworker_and_say_so_in_one_line(capsys):
+    cfg = load_config(None, ["slurm.gpus_per_node=4"], {"slurm.nodes": 2})
+    assert cfg.runtime.backend == "multiworker"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("launch: note: runtime.backend multiworker"), err
+    assert "slurm.nodes is 2" in err
+
+
+def test_one_node_without_a_backend_keeps_mirrored_quietly(capsys):
+    assert load_config(None, [], {"slurm.nodes": 1}).runtime.backend == "mirrored"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("where", ["yaml", "override", "flag"])
+def test_an_explicit_mirrored_on_two_nodes_stays_an_error_that_names_the_fix(tmp_path, capsys, where):
+    path = write(tmp_path, "runtime:\n  backend: mirrored\n") if where == "yaml" else None
+    overrides = ["runtime.backend=mirrored"] if where == "override" else []
+    flags = {"slurm.nodes": 2, "runtime.backend": "mirrored" if where == "flag" else None}
+    with pytest.raises(ConfigError, match="use --backend multiworker or horovod.*leave runtime.backend unset"):
+        load_config(path, overrides, flags)
+    assert capsys.readouterr().err == ""  # no note about a backend that was not chosen
+
+
+def test_an_explicit_backend_on_two_nodes_is_kept(capsys):
+    assert load_config(None, ["runtime.backend=horovod"], {"slurm.nodes": 2}).runtime.backend == "horovod"
+    assert capsys.readouterr().err == ""
+
+
+def test_the_picked_backend_is_written_to_the_run_config_so_a_resume_keeps_it(tmp_path, capsys):
+    cfg = load_config(None, [], {"slurm.nodes": 2})
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump(cfg))
+    assert load_config(saved).runtime.backend == "multiworker"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
