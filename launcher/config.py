@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -30,6 +30,37 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 CLUSTERS = ("auto", "slurm", "local")
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field, declared with it: `Annotated[float, Range(gt=0)]`.
+
+    A list field's bound applies to each item. None leaves that side open.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is out of range, or None."""
+        if self.ge is not None and value < self.ge:
+            return f"is below the minimum {self.ge}"
+        if self.gt is not None and value <= self.gt:
+            return f"must be above {self.gt}"
+        if self.le is not None and value > self.le:
+            return f"is above the maximum {self.le}"
+        if self.lt is not None and value >= self.lt:
+            return f"must be below {self.lt}"
+        return None
+
+
+COUNT = Range(ge=1)  # counts of things: at least one
+NON_NEGATIVE = Range(ge=0)
+FRACTION = Range(gt=0, le=1)  # a part of the whole, (0, 1]
+PROBABILITY = Range(ge=0, lt=1)  # dropout, smoothing, momentum: [0, 1)
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are batched."""
@@ -38,15 +69,15 @@ class DataConfig:
     data_dir: str = ""  # TFRecord shard folder, or class-folder root with train/ and val/
     train_split: str = "train"  # shard prefix (tfrecord) or sub-folder (folder) of training data
     val_split: str = "validation"  # shard prefix or sub-folder of validation data
-    label_offset: int = 0  # subtracted from stored labels; 1 for the standard ImageNet shards
-    num_classes: int = 0  # 0 = read from labels.json next to the shards
-    image_size: int = 224  # square model input side, pixels
-    batch_size: int = 256  # global batch, summed over all replicas
-    shuffle_buffer: int = 10000  # examples
-    min_crop_area: float = 0.08  # random-resized crop: smallest fraction of the image kept
-    val_crop_fraction: float = 0.875  # centre crop kept before resizing, eval only
-    synthetic_examples: int = 12800  # examples per epoch in synthetic mode
-    synthetic_classes: int = 1000
+    label_offset: Annotated[int, NON_NEGATIVE] = 0  # subtracted from stored labels; 1 for the standard ImageNet shards
+    num_classes: Annotated[int, NON_NEGATIVE] = 0  # 0 = read from labels.json next to the shards
+    image_size: Annotated[int, Range(ge=8)] = 224  # square model input side, pixels
+    batch_size: Annotated[int, COUNT] = 256  # global batch, summed over all replicas
+    shuffle_buffer: Annotated[int, COUNT] = 10000  # examples
+    min_crop_area: Annotated[float, FRACTION] = 0.08  # random-resized crop: smallest fraction of the image kept
+    val_crop_fraction: Annotated[float, FRACTION] = 0.875  # centre crop kept before resizing, eval only
+    synthetic_examples: Annotated[int, COUNT] = 12800  # examples per epoch in synthetic mode
+    synthetic_classes: Annotated[int, COUNT] = 1000
 
 
 @dataclass
@@ -54,12 +85,12 @@ class AugmentConfig:
     """Augmentation layers inside the model (run on the accelerator, training only). 0 disables."""
 
     flip: bool = True  # random horizontal flip
-    rotation: float = 0.0  # max rotation, fraction of a full turn
-    zoom: float = 0.0  # max zoom in/out, fraction of the side
-    translation: float = 0.0  # max shift, fraction of the side
-    brightness: float = 0.0  # max brightness change, fraction of the value range
-    contrast: float = 0.0  # max contrast factor change
-    saturation: float = 0.0  # max colour saturation change, fraction
+    rotation: Annotated[float, NON_NEGATIVE] = 0.0  # max rotation, fraction of a full turn
+    zoom: Annotated[float, NON_NEGATIVE] = 0.0  # max zoom in/out, fraction of the side
+    translation: Annotated[float, NON_NEGATIVE] = 0.0  # max shift, fraction of the side
+    brightness: Annotated[float, NON_NEGATIVE] = 0.0  # max brightness change, fraction of the value range
+    contrast: Annotated[float, NON_NEGATIVE] = 0.0  # max contrast factor change
+    saturation: Annotated[float, NON_NEGATIVE] = 0.0  # max colour saturation change, fraction
 
 
 @dataclass
@@ -68,12 +99,12 @@ class ModelConfig:
 
     name: str = "vgg19"  # registry name: vgg16, vgg19, resnet50, resnet101, mobilenetv2, efficientnetb0, small_cnn
     weights: str | None = None  # "imagenet", a path to an .h5 file, or null for random init
-    head_units: list[int] = field(default_factory=lambda: [1024])  # dense layers before the classifier
-    dropout: float = 0.5  # dropout before each head layer
-    trainable_layers: int = -1  # -1 trains every layer; N trains only the top N base layers
+    head_units: Annotated[list[int], COUNT] = field(default_factory=lambda: [1024])  # dense layers before the classifier
+    dropout: Annotated[float, PROBABILITY] = 0.5  # dropout before each head layer
+    trainable_layers: Annotated[int, Range(ge=-1)] = -1  # -1 trains every layer; N trains only the top N base layers
     channel_order: str = "bgr"  # rgb | bgr: order the base network expects
     mean: list[float] = field(default_factory=lambda: [103.939, 116.779, 123.68])  # per channel, 0..255 scale
-    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # per channel divisor after mean
+    std: Annotated[list[float], Range(gt=0)] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # per channel divisor after mean
 
 
 @dataclass
@@ -81,16 +112,16 @@ class OptimizerConfig:
     """Optimizer and the base learning rate."""
 
     name: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.1  # peak learning rate at base_batch_size
-    momentum: float = 0.9  # sgd only
+    lr: Annotated[float, Range(gt=0)] = 0.1  # peak learning rate at base_batch_size
+    momentum: Annotated[float, PROBABILITY] = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     # Decoupled decay (the tf-keras optimizer's own weight_decay, all three optimizers): each step
     # every trainable weight, biases and BN scales included, shrinks by lr * weight_decay * w,
     # apart from the gradient and momentum; not an L2 term in the loss. 0 = none; e.g. 1e-4 for sgd.
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.0
     scale_lr: bool = True  # linear scaling: lr * global_batch / base_batch_size
-    base_batch_size: int = 256  # batch the lr was tuned for
-    label_smoothing: float = 0.0
+    base_batch_size: Annotated[int, COUNT] = 256  # batch the lr was tuned for
+    label_smoothing: Annotated[float, PROBABILITY] = 0.0
 
 
 @dataclass
@@ -98,28 +129,28 @@ class ScheduleConfig:
     """Learning-rate schedule over steps; epochs here are converted to steps once at start-up."""
 
     name: str = "cosine"  # constant | cyclic_decay | smooth_decay | cosine | step
-    warmup_epochs: float = 0.0  # linear warmup from 0 to the peak lr
-    min_lr_fraction: float = 0.0  # floor of the schedule, fraction of the peak lr
-    decay_rate: float = 0.5  # smooth_decay: factor per decay_epochs; cyclic_decay: factor per cycle
-    decay_epochs: float = 10.0  # smooth_decay period
-    cycle_epochs: float = 4.0  # cyclic_decay: length of one triangular cycle
-    step_epochs: list[float] = field(default_factory=lambda: [30.0, 60.0, 80.0])  # step: boundaries
-    step_factor: float = 0.1  # step: multiplier applied at each boundary
+    warmup_epochs: Annotated[float, NON_NEGATIVE] = 0.0  # linear warmup from 0 to the peak lr
+    min_lr_fraction: Annotated[float, Range(ge=0, le=1)] = 0.0  # floor of the schedule, fraction of the peak lr
+    decay_rate: Annotated[float, FRACTION] = 0.5  # smooth_decay: factor per decay_epochs; cyclic_decay: factor per cycle
+    decay_epochs: Annotated[float, Range(gt=0)] = 10.0  # smooth_decay period
+    cycle_epochs: Annotated[float, Range(gt=0)] = 4.0  # cyclic_decay: length of one triangular cycle
+    step_epochs: Annotated[list[float], NON_NEGATIVE] = field(default_factory=lambda: [30.0, 60.0, 80.0])  # step: boundaries
+    step_factor: Annotated[float, Range(gt=0)] = 0.1  # step: multiplier applied at each boundary
 
 
 @dataclass
 class TrainConfig:
     """Loop length, numerics, checkpoint and logging cadence."""
 
-    epochs: int = 90
-    steps_per_epoch: int = 0  # 0 = examples / global batch
-    validation_steps: int = 0  # 0 = the whole validation split
+    epochs: Annotated[int, COUNT] = 90
+    steps_per_epoch: Annotated[int, NON_NEGATIVE] = 0  # 0 = examples / global batch
+    validation_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = the whole validation split
     seed: int = 42  # each worker uses seed + rank
     precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
     jit_compile: bool = False  # XLA
-    log_every_steps: int = 50  # TensorBoard scalar cadence, steps
-    checkpoint_every_steps: int = 0  # 0 = end of each epoch only
-    target_accuracy: float = 0.0  # reported in the summary; 0 = none
+    log_every_steps: Annotated[int, COUNT] = 50  # TensorBoard scalar cadence, steps
+    checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = end of each epoch only
+    target_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.0  # reported in the summary; 0 = none
 
 
 @dataclass
@@ -131,9 +162,9 @@ class RuntimeConfig:
     run_root: str = "./runs"  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
     python: str = ""  # interpreter on the compute nodes; "" = the one running launch
-    port: int = 29500  # first worker port; rank r listens on port + r
-    cpu_devices: int = 0  # split the CPU into N logical devices when no GPU is present (tests)
-    worker_timeout_s: int = 120  # a lost worker ends the job within this many seconds
+    port: Annotated[int, Range(ge=1, le=65535)] = 29500  # first worker port; rank r listens on port + r
+    cpu_devices: Annotated[int, NON_NEGATIVE] = 0  # split the CPU into N logical devices when no GPU is present (tests)
+    worker_timeout_s: Annotated[int, COUNT] = 120  # a lost worker ends the job within this many seconds
     allow_cpu: bool = False  # train even when the job got GPUs that TensorFlow cannot see
 
 
@@ -141,15 +172,15 @@ class RuntimeConfig:
 class SlurmConfig:
     """sbatch request. Site differences (GPU style, partition) belong here, not in templates."""
 
-    nodes: int = 1
-    gpus_per_node: int = 0
+    nodes: Annotated[int, COUNT] = 1
+    gpus_per_node: Annotated[int, NON_NEGATIVE] = 0
     gpu_type: str = ""  # e.g. a100; "" = any
     gpu_style: str = "gres"  # gres | gpus-per-node | constraint
-    cpus_per_task: int = 8
+    cpus_per_task: Annotated[int, COUNT] = 8
     mem: str = ""  # per node, sbatch syntax (e.g. 64G); "" = site default
-    time_min: int = 60  # wall-clock limit, minutes
-    signal_lead_s: int = 300  # SIGUSR1 this many seconds before the limit: checkpoint and requeue
-    max_requeues: int = 3
+    time_min: Annotated[int, COUNT] = 60  # wall-clock limit, minutes
+    signal_lead_s: Annotated[int, NON_NEGATIVE] = 300  # SIGUSR1 this many seconds before the limit: checkpoint and requeue
+    max_requeues: Annotated[int, NON_NEGATIVE] = 3
     partition: str = ""
     account: str = ""
     qos: str = ""
@@ -183,21 +214,6 @@ _CHOICES = {
     ("runtime", "cluster"): CLUSTERS,
     ("slurm", "gpu_style"): GPU_STYLES,
     ("model", "channel_order"): ("rgb", "bgr"),
-}
-# (section, key) -> smallest allowed value
-_MINIMUM = {
-    ("slurm", "nodes"): 1,
-    ("slurm", "gpus_per_node"): 0,
-    ("slurm", "cpus_per_task"): 1,
-    ("slurm", "time_min"): 1,
-    ("slurm", "signal_lead_s"): 0,
-    ("slurm", "max_requeues"): 0,
-    ("data", "batch_size"): 1,
-    ("data", "image_size"): 8,
-    ("train", "epochs"): 1,
-    ("runtime", "cpu_devices"): 0,
-    ("runtime", "worker_timeout_s"): 1,
-    ("optimizer", "weight_decay"): 0.0,
 }
 
 
@@ -255,10 +271,19 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    minimum = _MINIMUM.get((section, key))
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{where}: {value!r} is below the minimum {minimum}")
+    for bound in _ranges(type(sec), key):
+        for item in value if isinstance(value, list) else [value]:
+            if (problem := bound.problem(item)) is not None:
+                raise ConfigError(f"{where}: {item!r} {problem}")
     setattr(sec, key, value)
+
+
+def _ranges(section_type: type, key: str) -> list[Range]:
+    """The Range bounds declared on a field's annotation."""
+    hint = typing.get_type_hints(section_type, include_extras=True)[key]
+    if typing.get_origin(hint) is not Annotated:
+        return []
+    return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, Range)]
 
 
 def _apply_mapping(cfg: Config, data: Any, source: str) -> None:
@@ -275,17 +300,52 @@ def _apply_mapping(cfg: Config, data: Any, source: str) -> None:
             _set(cfg, str(section), str(key), value, source)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_WORDS = {"true": True, "false": False, "null": None, "~": None}
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """Splits `section.key=value`; the value is parsed as YAML (so 0.05, true, [1, 2] work)."""
+    """Splits `section.key=value`. The value is the text as typed, except a number, true/false,
+    null, or a list/mapping in YAML flow style ([8, 4], {a: 1}); a text field keeps even a number
+    as typed (slurm.account=007 stays "007"). YAML is not applied to the rest: it would cut
+    `proj #7` to `proj` and fold a newline without a word.
+    """
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05")
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
+    word = raw.strip(" ")
+    if word[:1] in ("[", "{"):
+        return section, key, _flow_value(word, text)
+    if word.lower() in _WORDS:
+        return section, key, _WORDS[word.lower()]
+    if _NUMBER.fullmatch(word) and not _is_text_field(section, key):
+        return section, key, float(word) if re.search(r"[.eE]", word) else int(word)
+    return section, key, raw
+
+
+def _is_text_field(section: str, key: str) -> bool:
+    sec = {f.name: f for f in dataclasses.fields(Config)}.get(section)
+    hint = typing.get_type_hints(sec.default_factory).get(key) if sec else None
+    return hint is str or hint == (str | None)
+
+
+def _flow_value(word: str, text: str) -> Any:
+    """A YAML flow list or mapping; refused when YAML would drop part of it (a # comment)."""
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return section, key, value
+        tokens = list(yaml.scan(word))
+        value = yaml.safe_load(word)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': not a valid list or mapping ({getattr(err, 'problem', err)}); "
+                          "write it like [8, 4] or {a: 1}") from None
+    kept = bytearray(len(word))
+    for token in tokens:
+        kept[token.start_mark.index:token.end_mark.index] = b"\1" * (token.end_mark.index - token.start_mark.index)
+    dropped = "".join(c for c, k in zip(word, kept) if not k).split()
+    if dropped:
+        raise ConfigError(f"override '{text}': YAML would drop {' '.join(dropped)!r} from the value "
+                          "(# starts a comment); quote that item, e.g. ['a #1']")
+    return value
 
 
 def load_yaml(path: str | Path) -> Any:

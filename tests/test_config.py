@@ -164,3 +164,64 @@ def test_dump_round_trips():
 def test_xla_with_horovod_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="train.jit_compile"):
         load_config(None, ["runtime.backend=horovod", "train.jit_compile=true"])
+
+
+# Ranges are declared on the fields (launcher.config.Range); every layer is checked against them.
+@pytest.mark.parametrize("override, says", [
+    ("optimizer.lr=0", "optimizer.lr in override 'optimizer.lr=0': 0.0 must be above 0"),
+    ("optimizer.lr=-1", "-1.0 must be above 0"),
+    ("model.dropout=1.5", "model.dropout in override 'model.dropout=1.5': 1.5 must be below 1"),
+    ("model.dropout=1", "1.0 must be below 1"),
+    ("data.min_crop_area=0", "data.min_crop_area in override 'data.min_crop_area=0': 0.0 must be above 0"),
+    ("data.val_crop_fraction=1.2", "1.2 is above the maximum 1"),
+    ("train.log_every_steps=0", "0 is below the minimum 1"),
+    ("model.head_units=[64, 0]", "model.head_units in override 'model.head_units=[64, 0]': 0 is below the minimum 1"),
+    ("model.std=[1, 0, 1]", "model.std in override 'model.std=[1, 0, 1]': 0.0 must be above 0"),
+    ("runtime.port=70000", "70000 is above the maximum 65535"),
+])
+def test_out_of_range_values_name_the_key_and_the_bound(override, says):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert says in str(err.value)
+
+
+def test_ranges_apply_to_the_file_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.dropout in .*run.yaml: 1.5 must be below 1"):
+        load_config(write(tmp_path, "model:\n  dropout: 1.5\n"))
+
+
+def test_values_at_the_edge_of_a_range_are_accepted():
+    cfg = load_config(None, ["model.dropout=0", "data.min_crop_area=1", "model.trainable_layers=-1",
+                             "schedule.min_lr_fraction=1"])
+    assert (cfg.model.dropout, cfg.data.min_crop_area, cfg.schedule.min_lr_fraction) == (0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("override, value", [
+    ("slurm.account=proj #7", "proj #7"),  # YAML would cut this at the comment
+    ("slurm.account=007", "007"),  # a text field keeps digits as typed
+    ("slurm.qos=off", "off"),  # YAML 1.1 reads off as false
+    ("slurm.mem=64G", "64G"),
+    ("slurm.account= spaced ", " spaced "),
+    ("model.weights=null", None),
+    ("optimizer.lr=1e-3", 0.001),  # YAML 1.1 leaves this a string
+    ("train.epochs=+3", 3),
+    ("train.jit_compile=True", True),
+    ("model.head_units=[8, 4]", [8, 4]),
+    ("slurm.setup=['module load a #b', c]", ["module load a #b", "c"]),
+])
+def test_override_values_keep_the_text_unless_it_is_a_number_bool_null_or_list(override, value):
+    section, key = override.split("=", 1)[0].split(".")
+    assert getattr(getattr(load_config(None, [override]), section), key) == value
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.head_units=[8, 4] # four", "YAML would drop '# four'"),
+    ("model.head_units=[8, 4", "not a valid list or mapping"),
+    ("optimizer.lr=0.1 # peak", "expected float, got '0.1 # peak'"),
+    ("slurm.account=proj\n7", "control character '\\n'"),
+    ("slurm.setup=[a, b]\n[c]", "not a valid list or mapping"),
+])
+def test_an_override_that_yaml_would_change_is_an_error_not_a_silent_change(override, says):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert says in str(err.value)
