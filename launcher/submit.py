@@ -1,11 +1,10 @@
-"""Starting a rendered job: through sbatch (via submitit) or as local processes.
+"""Starting a rendered job: through sbatch (via launcher/submitit_adapter.py) or as local processes.
 
 submitit is imported only when a job is submitted; `launch --dry-run` never pays for it.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
@@ -15,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
+
+from launcher.submitit_adapter import SbatchRefused, submit_script
 
 SINFO_HINT = 'sinfo -o "%N %G %f" lists what the nodes offer'
 
@@ -41,18 +42,6 @@ def slurm_refusal(output: str, asked: str) -> str:
     return f"{said} (asked for {asked}); {SINFO_HINT}"
 
 
-def _executor(folder: Path, script: str):
-    import submitit  # noqa: PLC0415 (deferred: only submission needs it)
-
-    class RenderedScriptExecutor(submitit.SlurmExecutor):
-        """submitit's sbatch call and job-id parsing, with our rendered script as the batch file."""
-
-        def _make_submission_file_text(self, command: str, uid: str) -> str:
-            return script
-
-    return RenderedScriptExecutor(folder=folder)
-
-
 def submit_slurm(script: str, run_dir: Path, asked: str, fresh: bool) -> str:
     """Submits `script` with sbatch and returns the job id.
 
@@ -66,21 +55,12 @@ def submit_slurm(script: str, run_dir: Path, asked: str, fresh: bool) -> str:
     Raises:
         SubmitError: sbatch refused the job or could not be run.
     """
-    from submitit.core.utils import FailedJobError, FailedSubmissionError  # noqa: PLC0415
-
-    folder = run_dir / "logs" / "submitit"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        executor = _executor(folder, script)
-        # submitit prints sbatch's stderr itself on failure; we report it as one line instead.
-        with contextlib.redirect_stderr(io.StringIO()):
-            job = executor._submit_command("launch")  # the command text is unused: the script is ours
-    except FailedJobError as err:
+        return submit_script(script, run_dir / "logs" / "submitit")
+    except SbatchRefused as err:
         message = slurm_refusal(str(err), asked)
-    except (FailedSubmissionError, RuntimeError, OSError) as err:
-        message = f"could not submit with sbatch: {str(err).splitlines()[0] if str(err) else err!r}"
-    else:
-        return str(job.job_id)
+    except (RuntimeError, OSError) as err:
+        message = f"could not submit with sbatch: {(str(err).splitlines() or [repr(err)])[0]}"
     if fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
     raise SubmitError(message)
