@@ -159,15 +159,33 @@ stop_pidfile() {   # stop_pidfile PIDFILE NAME: SIGTERM, then SIGKILL after 10 s
     rm -f "$1"
 }
 
+# Ids of the jobs in the controller's saved state (queued, running or finished in the last
+# MinJobAge), one line; what `slurmctld -c` drops when the controller is not there to ask.
+saved_job_ids() {
+    local dir ids=()
+    for dir in "$STATE_DIR"/ctld/hash.*/job.*; do [[ -d $dir ]] && ids+=("${dir##*/job.}"); done
+    [[ ${#ids[@]} -gt 0 ]] && printf '%s\n' "${ids[@]}" | sort -n | paste -sd' '
+    return 0
+}
+
 stop_cluster() {
-    local node
-    # Cancel jobs first so no slurmstepd or job process outlives its slurmd.
-    if scontrol ping >/dev/null 2>&1 && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
-        squeue -h -o %i | xargs -r scancel
-        for _ in $(seq 30); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.5; done
+    local node queued asked=""
+    # Cancel jobs first so no slurmstepd or job process outlives its slurmd; name them, since
+    # they are someone's runs and no restart brings them back.
+    if scontrol ping >/dev/null 2>&1; then
+        asked=1
+        queued=$(squeue -h -o %i 2>/dev/null) || queued=""
+        if [[ -n $queued ]]; then
+            echo "local_cluster: cancelling $(wc -w <<<"$queued") queued or running job(s):" $queued >&2
+            xargs -r scancel <<<"$queued"
+            for _ in $(seq 30); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.5; done
+        fi
     fi
     for node in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$node.pid" "slurmd $node"; done
     stop_pidfile "$RUN_DIR/slurmctld.pid" slurmctld
+    # Its jobs are finished or were named above: without their saved scripts the next start
+    # does not name them again as dropped (saved_job_ids).
+    [[ -z $asked ]] || rm -rf "$STATE_DIR"/ctld/hash.*
     if [[ -e $MUNGE_OURS ]]; then
         stop_pidfile "$MUNGE_PIDFILE" munged
         rm -f "$MUNGE_OURS"
@@ -175,13 +193,20 @@ stop_cluster() {
 }
 
 start_cluster() {
-    local node log
+    local node log dropped=""
     install_packages
     # Busy with other users' jobs still counts as up.
     if daemons_alive && nodes_in_state 'idle|mixed|allocated|completing'; then
         echo "local_cluster: already running"; sinfo; return
     fi
+    # A controller that answers has its jobs cancelled (and named) by stop_cluster; one that is
+    # down cannot be asked, so name the jobs its saved state holds, which `slurmctld -c` drops.
+    scontrol ping >/dev/null 2>&1 || dropped=$(saved_job_ids)
     stop_cluster   # clears a half-dead cluster; a no-op when nothing runs
+    if [[ -n $dropped ]]; then
+        echo "local_cluster: slurmctld was down; starting afresh drops the $(wc -w <<<"$dropped")" \
+            "job(s) it had saved, queued, running or recently finished:" $dropped >&2
+    fi
     start_munge
     add_host_names
     write_config
