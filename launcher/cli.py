@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from launcher import fsutil, rundir
+from launcher import fsutil, preflight, rundir
 from launcher.config import Config, ConfigError, dump, load_config
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="create the run directory and write the script to FILE; submit nothing")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an earlier run in its own directory, from its config.yaml")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the checks of data, cluster fit and free space (launcher/preflight.py)")
     return p
 
 
@@ -135,6 +137,10 @@ def _launch(args: argparse.Namespace) -> int:
     cluster, why = choose_cluster(cfg.runtime.cluster)
     run_dir = reused or rundir.planned_run_dir(cfg.runtime.run_root, name)
     script = _render(_resolved(cfg, run_dir), run_dir)  # validation by rendering, before any write
+    if not args.no_preflight:
+        to_slurm = cluster == "slurm" or bool(args.emit_sbatch)
+        for note in preflight.run(cfg, to_slurm=to_slurm, dry_run=args.dry_run):
+            print(f"launch: warning: {_one_line(note)}", file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(script)
         if cluster == "local":
@@ -144,14 +150,27 @@ def _launch(args: argparse.Namespace) -> int:
     if submitting and shutil.which("sbatch") is None:
         raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                           "login node, or pass --cluster local")
-    if reused is None:
-        run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
-    # A refused resubmission puts a resumed run's files back as they were.
-    earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH)
-               if reused is not None and p.is_file()}
-    cfg = _resolved(cfg, run_dir)
-    script = _render(cfg, run_dir)
-    _write_run_files(run_dir, cfg, script)
+    root = Path(cfg.runtime.run_root).expanduser().resolve()
+    before = set(os.listdir(root)) if reused is None and root.is_dir() else set()
+    try:
+        if reused is None:
+            run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
+        # A refused resubmission puts a resumed run's files back as they were.
+        earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH)
+                   if reused is not None and p.is_file()}
+        cfg = _resolved(cfg, run_dir)
+        script = _render(cfg, run_dir)
+        _write_run_files(run_dir, cfg, script)
+    except OSError as err:  # e.g. the disk filled up: say where, and leave no empty run dir behind
+        # new_run_dir may fail after its mkdir, before it returns the folder: find what it made.
+        made = set(os.listdir(root)) - before if reused is None and root.is_dir() else set()
+        for leftover in made:
+            if leftover.startswith(f"{name}-"):
+                shutil.rmtree(root / leftover, ignore_errors=True)
+        inside = err.filename is None or str(err.filename).startswith(f"{run_dir}{os.sep}")
+        where = f"the run directory {run_dir}" if inside else err.filename  # not a temp file's name
+        return _fail(f"cannot write {where}: {err.strerror or err}; free space there or pass --run-root "
+                     "elsewhere", 1)
     if args.emit_sbatch:
         fsutil.atomic_write_text(args.emit_sbatch, script)
         print(f"run dir: {run_dir}")
@@ -171,6 +190,8 @@ def _launch(args: argparse.Namespace) -> int:
             fsutil.atomic_write_text(path, text)
         raise
     _print_submitted(job_id, cfg, run_dir)
+    if not args.no_preflight and (warning := preflight.job_warning(job_id)):
+        print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     return 0
 
 
