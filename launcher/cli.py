@@ -190,7 +190,7 @@ def _launch(args: argparse.Namespace) -> int:
             fsutil.atomic_write_text(path, text)
         raise
     _print_submitted(job_id, cfg, run_dir)
-    if not args.no_preflight and (warning := preflight.job_warning(job_id)):
+    if warning := preflight.job_warning(job_id):  # also after --no-preflight: it only warns
         print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     return 0
 
