@@ -4,6 +4,8 @@
     launch runs ...        (listing runs; see launcher/runs.py)
 
 Layers, later wins: config defaults, the YAML file, dotted overrides, explicit flags.
+Before anything is created or submitted, launcher/preflight.py checks the data, the request
+against the cluster and the free space of the run root (--no-preflight skips it).
 LAUNCH_RUN_ROOT, when set, is the default of --run-root.
 """
 from __future__ import annotations

@@ -24,8 +24,6 @@ from launcher.config import Config, ConfigError, DataConfig, SlurmConfig
 from launcher.render import tasks_per_node
 
 LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
-# data.source demo fixes its split names (training/data/pipeline.py, which imports TensorFlow).
-DEMO_PREFIXES = {"train": "train", "val": "validation"}
 MIN_FREE_BYTES = 64 << 20  # below this a run cannot even write its first checkpoint
 SCONTROL_TIMEOUT_S = 10
 # squeue reasons that do not clear by waiting: the job sits in the queue until someone acts.
@@ -63,8 +61,8 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
 
 
 def _prefix(data: DataConfig, split: str) -> str:
-    if data.source == "demo":
-        return DEMO_PREFIXES[split]
+    """The shard name prefix of a split, as training/data/pipeline.py (which imports TensorFlow)
+    names it for data.source tfrecord: `{prefix}-*`."""
     return data.train_split if split == "train" else data.val_split
 
 
