@@ -163,7 +163,7 @@ def _image_dataset(paths: list[Path], data_cfg: config_lib.DataConfig, batch_siz
     def load(index, path):
         # The pipeline's own eval transform, so predictions see what validation saw.
         no_seed = tf.constant([0, 0], tf.int64)  # evaluation crops are not random
-        image = pipeline._decode_crop_resize(tf.io.read_file(path), data_cfg, False, no_seed)
+        image = pipeline.decode_crop_resize(tf.io.read_file(path), data_cfg, False, no_seed)
         return index, image
 
     ds = tf.data.Dataset.from_tensor_slices((list(range(len(paths))), [str(p) for p in paths]))

@@ -95,10 +95,15 @@ def run(run_dir: Path) -> int:
             final_report(cfg, run_dir, result, backend)
             write_status(run_dir, state="completed", epoch=result["epoch"], message="")
         return 0
-    except Exception as err:
+    except Exception as caught:
+        from training.data import as_data_error
+
+        err = as_data_error(caught)  # a pipeline check inside TensorFlow names the shard and key
         if backend.is_chief:
             write_status(run_dir, state="failed", message=f"{type(err).__name__}: {err}"[:500])
-        raise
+        if err is caught:
+            raise
+        raise err from None  # the TensorFlow error around it only repeats the message
 
 
 def user_errors() -> tuple[type[Exception], ...]:

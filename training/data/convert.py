@@ -7,6 +7,8 @@ SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validati
 `test/<class>/...`. OUT receives `{split}-{i:05d}-of-{n:05d}` shards (`val` becomes
 `validation`), `skipped.txt` and, written last, `labels.json`: the output is complete only
 once `labels.json` exists. Labels are 0-based indices into the sorted training class names.
+`labels.json` also holds the manifest `"shards": {file name: {"bytes": size, "records": n}}`,
+which `launch` (one stat per shard) and the pipeline (counting as it reads) check shards against.
 
 Worker processes decode every file with Pillow and never load TensorFlow; the calling process
 writes the records. RGB JPEGs are kept byte for byte; any other readable image (PNG, grayscale,
@@ -179,8 +181,12 @@ def _encode_shard(task):
     return split, index, num_shards, kept, skipped
 
 
-def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: list) -> None:
-    """Writes one shard under a temporary name and renames it into place."""
+def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: list) -> tuple[str, dict]:
+    """Writes one shard under a temporary name and renames it into place.
+
+    Returns:
+        (file name, its manifest entry {"bytes": size on disk, "records": records written}).
+    """
     from training.keras_compat import tf
 
     def _bytes(value: bytes):
@@ -203,6 +209,7 @@ def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: l
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     _readable_by_others(path)
+    return path.name, {"bytes": path.stat().st_size, "records": len(kept)}
 
 
 def _bounded(pool, tasks: list, window: int):
@@ -265,6 +272,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
 
     out.mkdir(parents=True, exist_ok=True)
     counts = {split: 0 for split in per_split}
+    manifest = {}
     workers = max(1, min(workers or _default_workers(), len(tasks)))
     log(f"converting {', '.join(f'{s}: {len(f)} files' for s, f in per_split.items())} "
         f"with {workers} workers into {out}")
@@ -279,7 +287,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
                 workers, mp_context=multiprocessing.get_context("spawn")))
             results = _bounded(pool, tasks, 2 * workers)
         for done, (split, index, n, kept, bad) in enumerate(results, 1):
-            _write_shard(out, split, index, n, kept)
+            name, manifest[name] = _write_shard(out, split, index, n, kept)
             counts[split] += len(kept)
             skipped += bad
             if done % max(1, len(tasks) // 10) == 0 or done == len(tasks):
@@ -288,7 +296,8 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
     # Newlines in a file name would split its line; they are the one character escaped.
     _write_text(out / SKIPPED_FILE, "".join(
         f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
-    labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped)}
+    labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped),
+              "shards": dict(sorted(manifest.items()))}
     _write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
     return ConvertSummary(out, classes, counts, num_shards, skipped)
 

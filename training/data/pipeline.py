@@ -3,7 +3,8 @@
 Every dataset yields `(images, labels)`: float32 [B, S, S, 3] RGB in 0..255 and int32 [B].
 The pipeline only crops and resizes; flips and colour changes live in the model, on the
 accelerator. Input is split between pipelines by file, never by example, so each worker reads
-only its own shards (`shard_files` says which).
+only its own shards (`shard_files` says which). TFRecord shards are checked against the
+converter's manifest at start and counted as they are read (`training.data.shards`).
 
 Sources (`data.source`):
     tfrecord: `{prefix}-*` files in data.data_dir, with the standard ImageNet feature keys.
@@ -13,14 +14,12 @@ Sources (`data.source`):
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import struct
 from dataclasses import dataclass
 
 from launcher.config import DataConfig
-from training.data import DataError
+from training.data import DataError, shards
 from training.data.convert import LABELS_FILE
 from training.keras_compat import tf
 
@@ -146,30 +145,29 @@ def shard_files(data: DataConfig, split: str,
     return _sharded(data, split, input_context)[0]
 
 
-def _count_records(path: str) -> int:
-    """Counts records by hopping from header to header, without reading the images."""
-    count = 0
-    with tf.io.gfile.GFile(path, "rb") as fh:
-        while len(header := fh.read(12)) == 12:  # uint64 length + uint32 length crc
-            (length,) = struct.unpack("<Q", header[:8])
-            fh.seek(length + 4, 1)  # the data and its crc
-            count += 1
-    return count
-
-
 def _count_examples(files: list[str], prefix: str) -> int:
     known = IMAGENET_COUNTS.get((prefix, len(files)))
     if known and re.search(rf"-of-{len(files):05d}$", files[0]):
         return known
-    return sum(_count_records(f) for f in files)
+    return sum(shards.count_records(f) for f in files)
+
+
+def _num_classes(data: DataConfig, labels: dict | None, data_dir: str) -> int:
+    if labels is not None:
+        return len(labels["classes"])
+    if data.num_classes <= 0:
+        raise DataError(f"{data_dir} has no {LABELS_FILE}, so set data.num_classes (for the standard "
+                        "ImageNet shards: data.num_classes=1000 data.label_offset=1)")
+    return data.num_classes
 
 
 def dataset_info(data: DataConfig) -> DatasetInfo:
     """Class names and example counts.
 
-    tfrecord/demo: from labels.json next to the shards. Without one (the standard ImageNet
-    shards), data.num_classes must be set; counts are the known ImageNet-1k numbers when the
-    files have the standard 1024/128 layout, else counted by reading record headers only.
+    tfrecord/demo: from labels.json next to the shards, whose shard list must match the files.
+    Without one (the standard ImageNet shards), data.num_classes must be set; counts are the
+    known ImageNet-1k numbers when the files have the standard 1024/128 layout, else counted by
+    reading record headers only (which also finds a shard cut short).
     folder: class folders of the train split, image files per split. synthetic: the config.
     """
     if data.source == "synthetic":
@@ -182,17 +180,14 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
                            len(_folder_examples(data, "val")[0]), data.data_dir)
 
     data_dir = resolve_data_dir(data)
-    train_prefix, val_prefix = _prefix(data, "train"), _prefix(data, "val")
-    labels_path = tf.io.gfile.join(data_dir, LABELS_FILE)
-    if not tf.io.gfile.exists(labels_path):
-        if data.num_classes <= 0:
-            raise DataError(f"{data_dir} has no {LABELS_FILE}, so set data.num_classes (for the standard "
-                            "ImageNet shards: data.num_classes=1000 data.label_offset=1)")
-        counts = [_count_examples(_tfrecord_files(data_dir, p), p) for p in (train_prefix, val_prefix)]
-        return DatasetInfo(data.num_classes, [str(i) for i in range(data.num_classes)], *counts, data_dir)
+    prefixes = _prefix(data, "train"), _prefix(data, "val")
+    labels = shards.read_labels(data_dir)
+    num_classes = _num_classes(data, labels, data_dir)
+    if labels is None:
+        counts = [_count_examples(_tfrecord_files(data_dir, p), p) for p in prefixes]
+        return DatasetInfo(num_classes, [str(i) for i in range(num_classes)], *counts, data_dir)
 
-    with tf.io.gfile.GFile(labels_path) as fh:
-        labels = json.load(fh)
+    labels_path = tf.io.gfile.join(data_dir, LABELS_FILE)
     classes, offset = labels["classes"], labels.get("label_offset", 0)
     if offset != data.label_offset:
         raise DataError(f"{labels_path} says label_offset {offset} but data.label_offset is "
@@ -201,11 +196,13 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
         raise DataError(f"data.num_classes is {data.num_classes} but {labels_path} lists {len(classes)} "
                         "classes; set data.num_classes=0 to use the file")
     counts = labels.get("counts", {})
-    for prefix in (train_prefix, val_prefix):
+    for prefix in prefixes:
         if prefix not in counts:
             raise DataError(f"{labels_path} has no count for split {prefix!r}; its splits are "
                             f"{', '.join(counts) or 'none'} (set data.train_split / data.val_split)")
-    return DatasetInfo(len(classes), list(classes), counts[train_prefix], counts[val_prefix], data_dir)
+        names = [f.rsplit("/", 1)[-1] for f in _tfrecord_files(data_dir, prefix)]
+        shards.check_listed(data_dir, prefix, names, labels)
+    return DatasetInfo(len(classes), list(classes), counts[prefixes[0]], counts[prefixes[1]], data_dir)
 
 
 def _synthetic_val_examples(data: DataConfig) -> int:
@@ -227,7 +224,8 @@ def _crop_window(shape, data: DataConfig, training: bool, seed):
     return tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
 
 
-def _decode_crop_resize(encoded, data: DataConfig, training: bool, seed):
+def decode_crop_resize(encoded, data: DataConfig, training: bool, seed):
+    """One image: decoded, cropped (random-resized when training, centred otherwise), resized."""
     def jpeg():
         # Decodes only the crop window: most of a large training image is never decompressed.
         window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, seed)
@@ -292,31 +290,34 @@ def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, i
     # Training order may vary run to run for speed; evaluation order stays fixed.
     deterministic = not training
     if labels is None:
-        ds = tf.data.Dataset.from_tensor_slices(files)
+        data_dir = resolve_data_dir(data)
+        manifest = shards.read_labels(data_dir)
+        num_classes = _num_classes(data, manifest, data_dir)
+        sizes, expected = shards.check_shards(files, manifest)  # this pipeline's shards only
+        ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files)), files, tf.constant(sizes, tf.int64),
+                                                 tf.constant(expected, tf.int64)))
     else:
         ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int32)))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
 
     if labels is None:
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=TFRECORD_READ_BUFFER),
+        ds = ds.interleave(lambda *shard: shards.records(*shard, buffer_size=TFRECORD_READ_BUFFER),
                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if training:
             ds = ds.shuffle(data.shuffle_buffer, seed=seed)
-        spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
-                "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+        paths = tf.constant(files)
 
-        def read(record):
-            example = tf.io.parse_single_example(record, spec)
-            return example["image/encoded"], tf.cast(example["image/class/label"] - data.label_offset, tf.int32)
+        def read(record, index):
+            return shards.parse(record, index, paths, num_classes, data.label_offset)
     else:
         def read(path, label):  # the file list is already shuffled whole; no example shuffle needed
             return tf.io.read_file(path), label
 
     def load(position, element):
-        encoded, label = read(*element) if isinstance(element, tuple) else read(element)
+        encoded, label = read(*element)
         # Stateless crops keyed by (seed, position): map threads share no random state.
-        image = _decode_crop_resize(encoded, data, training, tf.stack([tf.cast(seed, tf.int64), position]))
+        image = decode_crop_resize(encoded, data, training, tf.stack([tf.cast(seed, tf.int64), position]))
         return image, label
 
     ds = ds.enumerate().map(load, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
