@@ -32,7 +32,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["--backend", "tpu"], "'tpu' is not one of mirrored, multiworker, horovod"),
     (["--gpu-style", "magic"], "'magic' is not one of gres, gpus-per-node, constraint"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    (["--nodes", "2"], "use --backend multiworker or horovod"),
+    (["--nodes", "2", "--backend", "mirrored"], "use --backend multiworker or horovod"),
     (["--job-name", "a\nb"], "control character '\\n'"),
     (["--time", "3"], "signal_lead_s 300 is not shorter than the time limit of 3 min"),
     (["--dry-run", "--emit-sbatch", "x.sbatch"], "not allowed with argument"),

@@ -72,8 +72,10 @@ def test_multiworker_job_returns_at_once_and_runs_one_task_per_node(slurm_cluste
 
 
 def test_unavailable_gpu_type_is_one_line_with_slurms_reason(slurm_cluster, launch_cli, run_root):
+    # --no-preflight: preflight refuses this before sbatch (tests/test_preflight.py); this test is
+    # about what reaches the user when SLURM itself refuses.
     done = launch_cli("--nodes", "2", "--gpus", "2", "--gpu-type", "v100", "--backend",
-                      "multiworker", "--run-root", run_root)
+                      "multiworker", "--run-root", run_root, "--no-preflight")
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1, done.stderr
     line = done.stderr
@@ -87,7 +89,7 @@ def test_refused_resume_keeps_the_run_as_it_was(slurm_cluster, launch_cli, run_r
     assert launch_cli("--emit-sbatch", tmp_path / "a.sbatch", "--run-root", run_root).returncode == 0
     (run_dir,) = run_root.iterdir()
     before = {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}
-    done = launch_cli("--resume", run_dir, "--gpus", "2", "--gpu-type", "v100")
+    done = launch_cli("--resume", run_dir, "--gpus", "2", "--gpu-type", "v100", "--no-preflight")
     assert done.returncode != 0 and "Requested node configuration is not available" in done.stderr
     assert {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()} == before
 
