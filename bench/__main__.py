@@ -33,7 +33,8 @@ LAUNCH_GOAL_S = 0.5
 LAUNCH_LINE = re.compile(
     r"launch --dry-run: best (?P<launch_best>[\d.]+) s, median (?P<launch_median>[\d.]+) s; "
     r"python -c pass: best (?P<pass_best>[\d.]+) s, median (?P<pass_median>[\d.]+) s; "
-    r"overhead (?P<overhead>-?[\d.]+) s median.*TensorFlow imported: (?P<heavy>.*)$")
+    r"overhead (?P<overhead>-?[\d.]+) s median.*TensorFlow imported: (?P<heavy>.*)$", re.MULTILINE)
+PREFLIGHT_LINE = re.compile(r"preflight: median (?P<with>[\d.]+) s with, (?P<without>[\d.]+) s without")
 
 
 def launcher_latency(runs: int) -> list[Figure]:
@@ -43,7 +44,7 @@ def launcher_latency(runs: int) -> list[Figure]:
     script = REPO / "bench" / "launcher_latency.py"
     done = subprocess.run([sys.executable, str(script), "--runs", str(runs)], cwd=REPO,
                           capture_output=True, text=True)
-    line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    line = done.stdout.strip()
     found = LAUNCH_LINE.search(line)
     if not found:
         why = f"launcher_latency.py exited {done.returncode} without its result line: {done.stderr.strip()[-300:]}"
@@ -51,9 +52,14 @@ def launcher_latency(runs: int) -> list[Figure]:
     n = {k: float(v) for k, v in found.groupdict().items() if k != "heavy"}
     heavy = found["heavy"].strip()
     passed = n["overhead"] < LAUNCH_GOAL_S and heavy == "no"
-    return [Figure(name, n["launch_median"], n["pass_median"], "s", goal, passed,
-                   "median wall time of launch --dry-run vs python -c pass; TensorFlow imported: " + heavy,
-                   {**n, "tensorflow_imported": heavy, "runs": runs, "line": line})]
+    figures = [Figure(name, n["launch_median"], n["pass_median"], "s", goal, passed,
+                      "median wall time of launch --dry-run vs python -c pass; TensorFlow imported: " + heavy,
+                      {**n, "tensorflow_imported": heavy, "runs": runs, "line": line})]
+    if pre := PREFLIGHT_LINE.search(line):
+        figures.append(Figure("launcher.preflight_cost", float(pre["with"]), float(pre["without"]), "s",
+                              "", None, "launch --dry-run of the demo config with preflight vs --no-preflight",
+                              {"runs": runs}))
+    return figures
 
 
 def run_module(module: str, args: list[str], scratch: Path) -> tuple[list[Figure], dict]:

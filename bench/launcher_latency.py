@@ -3,8 +3,10 @@
     python bench/launcher_latency.py [--runs N] [--config FILE]
 
 Prints one line: best and median wall time of `launch --dry-run` and of `python -c pass`, measured
-alternately in the same run, and their difference against the goal of 0.5 s. Exits 1 if the dry run
-imported TensorFlow (checked with -X importtime), which would make a login node slow to answer.
+alternately in the same run, and their difference against the goal of 0.5 s; then a second line
+with the cost of preflight: the same dry run with and without `--no-preflight`, as a ratio.
+Exits 1 if the dry run imported TensorFlow (checked with -X importtime), which would make a login
+node slow to answer.
 """
 from __future__ import annotations
 
@@ -44,11 +46,13 @@ def main() -> int:
         launch = [sys.executable, "-m", "launcher.cli", "--config", args.config, "--dry-run",
                   "--run-root", str(Path(scratch) / "runs")]
         baseline = [sys.executable, "-c", "pass"]
-        timed(launch), timed(baseline)  # warm the file cache before measuring
-        launch_s, baseline_s = [], []
-        for _ in range(args.runs):  # alternate, so drift in machine load hits both alike
+        unchecked = [*launch, "--no-preflight"]
+        timed(launch), timed(baseline), timed(unchecked)  # warm the file cache before measuring
+        launch_s, baseline_s, unchecked_s = [], [], []
+        for _ in range(args.runs):  # alternate, so drift in machine load hits all alike
             launch_s.append(timed(launch))
             baseline_s.append(timed(baseline))
+            unchecked_s.append(timed(unchecked))
         heavy = heavy_imports(launch)
     overhead = statistics.median(launch_s) - statistics.median(baseline_s)
     verdict = "within" if overhead < GOAL_S else "OVER"
@@ -56,6 +60,9 @@ def main() -> int:
           f"python -c pass: best {min(baseline_s):.3f} s, median {statistics.median(baseline_s):.3f} s; "
           f"overhead {overhead:.3f} s median ({verdict} the {GOAL_S} s goal, {args.runs} runs); "
           f"TensorFlow imported: {', '.join(heavy) if heavy else 'no'}")
+    with_s, without_s = statistics.median(launch_s), statistics.median(unchecked_s)
+    print(f"preflight: median {with_s:.3f} s with, {without_s:.3f} s without (--no-preflight); "
+          f"ratio {with_s / without_s:.3f}")
     return 1 if heavy else 0
 
 
