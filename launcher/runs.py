@@ -10,13 +10,19 @@ Where the STATE column comes from, first that answers:
 What the states say:
     PENDING, RUNNING, COMPLETED, TIMEOUT, ...  SLURM's word for the job.
     REQUEUED (PENDING)   the chief stopped for a requeue and the job waits in the queue again.
-    LOST (last status running)   SLURM no longer knows the job, yet the chief never wrote an
-        end state: the job died without a clean stop (node failure, OOM kill, scancel -9, or
-        a time limit with no requeue left). Its logs/slurm-<id>.out says which.
-    COMPLETED / FAILED   from status.json once SLURM has forgotten the job.
+    FAILED (status not updated; job N is gone)   SLURM no longer knows the job, yet the chief
+        never wrote an end state: the job died without a clean stop (node failure, OOM kill,
+        scancel -9, or a time limit with no requeue left). Its logs/slurm-N.err says which.
+    LOST (last status requeued)   the same for a job the chief had requeued.
+    COMPLETED / FAILED / KILLED / STOPPED   from status.json once SLURM has forgotten the job.
     RUNNING?   a trailing ? marks a state read from status.json alone, because squeue could
         not be run or the run has no job id (local mode): nothing confirms it is still alive.
     NO JOB   config.yaml only: not submitted, or submitted and not yet recorded.
+
+A run that SLURM shows ended (or has forgotten) while its status.json still says running gets
+its status.json rewritten to killed/failed (launcher/runstatus.py), so that every tool reading
+it, not only this listing, stops calling a dead run running. The batch script does the same
+when it outlives the step; this covers a batch shell killed along with it.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from typing import Callable
 
 import yaml
 
-from launcher import rundir
+from launcher import rundir, runstatus
 
 # squeue states of a job that is still (or again) in the queue.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -134,11 +140,25 @@ def decide_state(status_state: str | None, job_id: str | None, queue: str | None
         return ("UNKNOWN?" if job_id else "NO JOB"), "none"
     word = status_state.upper()
     if job_id and squeue_ok:  # the scheduler was asked and has forgotten the job
-        if status_state in ("running", "requeued"):
+        if status_state in runstatus.LIVE_STATES:
+            return f"FAILED (status not updated; job {job_id} is gone)", "status.json"
+        if status_state == "requeued":
             return f"LOST (last status {status_state})", "status.json"
         return word, "status.json"
     # Unconfirmed: finished states stand on their own, live ones cannot be checked.
-    return (word if status_state in ("completed", "failed") else word + "?"), "status.json"
+    return (word if status_state in ("completed", "failed", "killed") else word + "?"), "status.json"
+
+
+def settle_dead_run(run: Path, status: dict, job_id: str | None, scheduler: str | None,
+                    squeue_ok: bool) -> dict:
+    """status.json after making it truthful: rewritten when SLURM says the job is over but it says running."""
+    if status.get("state") not in runstatus.LIVE_STATES or not job_id:
+        return status
+    ended = scheduler is not None and scheduler not in ACTIVE
+    gone = scheduler is None and squeue_ok
+    if not (ended or gone):
+        return status
+    return runstatus.settle_from_slurm(run, job_id, scheduler) or status
 
 
 def _read_json(path: Path) -> dict:
@@ -197,6 +217,8 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
     for run, status, job in found:
         status_state = status.get("state")
         state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok)
+        status = settle_dead_run(run, status, job, queue.get(job or "") or acct.get(job or ""), squeue_ok)
+        status_state = status.get("state")
         last_epoch, best_acc = _from_history(run)
         epoch = status.get("epoch", last_epoch)
         runs.append(Run(

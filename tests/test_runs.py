@@ -47,7 +47,10 @@ CASES = [
     ("done", status("completed", "11"), None, {}, None, "COMPLETED", "status.json"),
     ("crashed", status("failed", "12"), None, {}, None, "FAILED", "status.json"),
     ("live", status("running", "13"), None, {"13": "RUNNING"}, None, "RUNNING", "squeue"),
-    ("vanished", status("running", "14"), None, {}, None, "LOST (last status running)", "status.json"),
+    ("vanished", status("running", "14"), None, {}, None, "FAILED (status not updated; job 14 is gone)",
+     "status.json"),
+    ("vanished-requeued", status("requeued", "22"), None, {}, None, "LOST (last status requeued)", "status.json"),
+    ("killed", status("killed", "23"), None, {}, None, "KILLED", "status.json"),
     ("requeued", status("requeued", "15"), None, {"15": "PENDING"}, None, "REQUEUED (PENDING)", "squeue"),
     ("timed-out", status("running", "16"), None, {}, {"16": "TIMEOUT"}, "TIMEOUT", "sacct"),
     ("queued", None, "17", {"17": "PENDING"}, None, "PENDING", "squeue"),
@@ -65,6 +68,45 @@ def test_state_of_each_kind_of_run(tmp_path, name, st, submitted, queue, acct, s
     (run,), squeue_ok = runs.list_runs(tmp_path, squeue=fake(queue), sacct=fake(acct))
     assert (run.state, run.state_source) == (shown, source)
     assert squeue_ok
+
+
+# status.json after listing: rewritten only where SLURM says the job is over and status.json
+# still says running for that same job.
+REWRITES = [
+    # name, status.json, submitit job id, squeue knows, sacct knows, status.json state afterwards
+    ("vanished", status("running", "14"), None, {}, None, "failed"),
+    ("just-ended", status("running", "21"), None, {"21": "CANCELLED"}, None, "killed"),
+    ("failed-in-slurm", status("running", "24"), None, {"24": "FAILED"}, None, "failed"),
+    ("timed-out", status("running", "16"), None, {}, {"16": "TIMEOUT"}, "killed"),
+    ("live", status("running", "13"), None, {"13": "RUNNING"}, None, "running"),
+    ("completing", status("running", "25"), None, {"25": "COMPLETING"}, None, "running"),
+    ("resumed", status("running", "18"), "19", {"19": "PENDING"}, None, "running"),
+    # The newest job is gone but status.json speaks for an older one: not ours to rewrite.
+    ("other-job", status("running", "26"), "27", {}, None, "running"),
+    ("stopped", status("stopped", "28"), None, {}, None, "stopped"),
+    ("local", status("running", None), None, {}, None, "running"),
+]
+
+
+@pytest.mark.parametrize("name, st, submitted, queue, acct, after", REWRITES, ids=[c[0] for c in REWRITES])
+def test_dead_run_status_json_is_rewritten(tmp_path, name, st, submitted, queue, acct, after):
+    run_dir = make_run(tmp_path, name, st, submitted)
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake(queue), sacct=fake(acct))
+    written = json.loads((run_dir / rundir.STATUS).read_text())
+    assert written["state"] == after
+    assert run.status_state == after
+    if run.job_id and (queue or {}).get(run.job_id) != "RUNNING":
+        assert "RUNNING" not in run.state  # a job SLURM does not run is never listed as running
+    if after != st["state"]:
+        assert "launch --resume" in written["message"] and written["epoch"] == st["epoch"]
+        assert run.message == written["message"]
+
+
+def test_without_squeue_nothing_is_rewritten(tmp_path):
+    run_dir = make_run(tmp_path, "b", status("running", "6"))
+    (run,), squeue_ok = runs.list_runs(tmp_path, squeue=fake(None), sacct=fake(None))
+    assert not squeue_ok and run.state == "RUNNING?"
+    assert json.loads((run_dir / rundir.STATUS).read_text())["state"] == "running"
 
 
 def test_without_squeue_live_states_are_marked_unconfirmed(tmp_path):
@@ -129,8 +171,9 @@ def test_real_job_running_then_cancelled(tmp_path, slurm_cluster):
     while run.state == "RUNNING" and time.monotonic() < deadline:
         time.sleep(1)
         (run,), _ = runs.list_runs(tmp_path)
-    # squeue remembers an ended job for MinJobAge (5 min here); after that the run is LOST.
-    assert run.state in ("CANCELLED", "LOST (last status running)"), run
+    # squeue remembers an ended job for MinJobAge (5 min here); after that it is gone.
+    assert run.state in ("CANCELLED", f"FAILED (status not updated; job {job} is gone)"), run
+    assert run.status_state == "killed" or run.state != "CANCELLED", run  # status.json rewritten
     out = subprocess.run([sys.executable, "-m", "launcher.runs", "--run-root", str(tmp_path)],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0 and job in out.stdout and run.state in out.stdout

@@ -7,15 +7,15 @@ guarded by `backend.is_chief`.
 from __future__ import annotations
 
 import csv
-import datetime
 import io
-import json
 import math
 import time
 from pathlib import Path
 
 from launcher import rundir
 from launcher.fsutil import atomic_write_text
+# TF-free, so the batch script can also write a killed run's end state; here only the chief calls it.
+from launcher.runstatus import write_status  # also imported from here by training.loop and main
 from training import signals
 from training.backends import Backend
 from training.checkpoints import CheckpointManager
@@ -23,14 +23,6 @@ from training.keras_compat import keras
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "top5", "val_loss", "val_accuracy", "val_top5", "lr",
                   "images_per_sec", "epoch_time_s")
-
-
-def write_status(run_dir: Path, **fields) -> None:
-    """Merges `fields` into status.json (chief only)."""
-    path = Path(run_dir) / rundir.STATUS
-    status = json.loads(path.read_text()) if path.is_file() else {}
-    status.update(fields, updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-    atomic_write_text(path, json.dumps(status, indent=1))
 
 
 def write_history(run_dir: Path, rows: list[dict]) -> None:
@@ -65,30 +57,36 @@ class RunRecorder(keras.callbacks.Callback):
         self.best_val_loss = state.get("best_val_loss", math.inf)
         self.on_epoch_written = on_epoch_written
         self._epoch_start = 0.0
+        self._epoch_first_step = 0
 
     def state(self, epoch_done: int, step: int, partial: bool = False) -> dict:
         best_acc = max((r["val_accuracy"] for r in self.history), default=None)
         return {"epoch": epoch_done, "step": step, "partial_epoch": partial,
+                "steps_per_epoch": self.plan.steps_per_epoch,
                 "best_val_loss": self.best_val_loss, "best_val_accuracy": best_acc,
                 "history": self.history}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.time()
+        # An epoch resumed mid-way runs only its remaining steps; the speed counts those.
+        self._epoch_first_step = int(self.model.optimizer.iterations.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stopper is not None and self.stopper.stopped_at is not None:
             return  # the epoch was cut short by a stop request; the loop saves a partial checkpoint
         logs = logs or {}
         seconds = time.time() - self._epoch_start
+        step = int(self.model.optimizer.iterations.numpy())
+        steps_run = step - self._epoch_first_step
         row = {"epoch": epoch + 1, "lr": current_lr(self.model), "epoch_time_s": round(seconds, 3),
-               "images_per_sec": round(self.plan.steps_per_epoch * self.plan.global_batch_size / seconds, 2)}
+               "images_per_sec": round(steps_run * self.plan.global_batch_size / seconds, 2)}
         row.update({k: float(logs[k]) for k in HISTORY_FIELDS if k in logs})
         self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
         val_loss = row.get("val_loss", math.inf)
         if val_loss < self.best_val_loss:  # the same value on every worker: metrics are reduced
             self.best_val_loss = val_loss
             self.checkpoints.save_best(self.model)
-        state = self.state(epoch + 1, int(self.model.optimizer.iterations.numpy()))
+        state = self.state(epoch + 1, step)
         self.checkpoints.save_latest(self.model, state)
         if self.backend.is_chief:
             write_history(self.run_dir, self.history)
@@ -161,9 +159,88 @@ class StopOnSignal(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StepCheckpoint(keras.callbacks.Callback):
+    """Mid-epoch resumable checkpoints every `every_steps` optimizer steps and every
+    `every_minutes` of wall clock (0 turns either off), written like the end-of-epoch ones.
+
+    Saving is a collective under MultiWorkerMirrored, so every worker must decide to save at the
+    same step. The step trigger reads the step counter, which all workers share. The time
+    trigger is the chief's clock alone: every `check_every` steps the chief's "due" travels to
+    the others through `backend.any_worker`, the same agreement collective as stop requests
+    (the others vote no). The clock restarts at every checkpoint, end-of-epoch ones included.
+    The last step of an epoch is left to the end-of-epoch checkpoint that follows it, and a step
+    where a stop was agreed to the loop, which saves then.
+
+    Args:
+        clock: seconds, monotonic; tests pass a fake one.
+        log: called with one line on the chief after each save.
+    """
+
+    def __init__(self, backend: Backend, checkpoints: CheckpointManager, recorder: RunRecorder,
+                 every_steps: int = 0, every_minutes: float = 0.0, stopper: StopOnSignal | None = None,
+                 check_every: int = 10, clock=time.monotonic, log=None):
+        super().__init__()
+        self._supports_tf_logs = True  # never converts the step's logs to numpy
+        self.backend = backend
+        self.checkpoints = checkpoints
+        self.recorder = recorder
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60
+        self.stopper = stopper
+        self.check_every = max(check_every, 1)
+        self.clock = clock
+        self.log = log
+        self.saved_steps: list[int] = []
+        self._epoch = 0
+        self._step = 0  # the optimizer's step, counted here: reading it each step would sync
+        self._batches = 0
+        self._last_save = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.every_steps or self.every_seconds)
+
+    def on_train_begin(self, logs=None):
+        self._step = int(self.model.optimizer.iterations.numpy())
+        self._last_save = self.clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_save = self.clock()  # the end-of-epoch checkpoint was just written
+
+    def _due(self) -> bool:
+        """The same answer on every worker; a collective when the time trigger is on."""
+        if self.every_steps and self._step % self.every_steps == 0:
+            return True
+        if not self.every_seconds or self._batches % self.check_every:
+            return False
+        late = self.backend.is_chief and self.clock() - self._last_save >= self.every_seconds
+        return self.backend.any_worker(late)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        self._batches += 1
+        if self._step % self.recorder.plan.steps_per_epoch == 0:
+            return
+        if self.stopper is not None and self.stopper.stopped_at is not None:
+            return
+        if not self._due():
+            return
+        name = self.checkpoints.save_latest(self.model, self.recorder.state(self._epoch, self._step, partial=True))
+        self._last_save = self.clock()
+        self.saved_steps.append(self._step)
+        if self.backend.is_chief and self.log is not None:
+            self.log(f"step checkpoint: saved {name} in epoch {self._epoch + 1} at step {self._step}")
+
+
 class RunTensorBoard(keras.callbacks.TensorBoard):
     """TensorBoard that leaves out an epoch cut short by a stop request, so a resumed run
-    continues the curves without a duplicate point at that epoch."""
+    continues the curves without a duplicate point at that epoch. Each epoch's points are
+    flushed at once: after a hard kill the resumed run continues from the last checkpoint, and
+    curves with points still in the writer's queue (flushed every 2 minutes by default) would
+    have a gap."""
 
     def __init__(self, stopper: StopOnSignal, **kwargs):
         super().__init__(**kwargs)
@@ -172,3 +249,5 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
     def on_epoch_end(self, epoch, logs=None):
         if self.stopper.stopped_at is None:
             super().on_epoch_end(epoch, logs)
+            for writer in self._writers.values():  # tf-keras private; the kill test reads the points
+                writer.flush()
