@@ -11,6 +11,7 @@ LAUNCH_RUN_ROOT, when set, is the default of --run-root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import re
@@ -19,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from launcher import fsutil, preflight, rundir
+from launcher import fsutil, preflight, resume, rundir
 from launcher.config import Config, ConfigError, dump, load_config
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
@@ -94,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolved(cfg: Config, run_dir: Path) -> Config:
-    """The config as the job will see it: names, paths and interpreter filled in."""
+    """The config as the job will see it: names, absolute paths and interpreter filled in."""
     cfg = copy.deepcopy(cfg)
+    resume.absolute_paths(cfg, Path.cwd())  # relative to where launch ran, as the user meant
     cfg.runtime.run_root = str(run_dir.parent)
     cfg.runtime.run_name = run_dir.name
     cfg.runtime.python = cfg.runtime.python or sys.executable
@@ -114,7 +116,10 @@ def _write_run_files(run_dir: Path, cfg: Config, script: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
-    """Returns (config, run dir to reuse or None, run name)."""
+    """Returns (config, run dir to reuse or None, run name).
+
+    A resume's overrides are checked against the run's checkpoint here (launcher/resume.py),
+    before anything is written or submitted."""
     flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
     if args.resume:
         if args.config:
@@ -125,6 +130,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
             raise ConfigError(f"--resume {args.resume}: not a run directory (no {rundir.CONFIG}); "
                               "pass a folder that launch created under the run root")
         cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
+        resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
         return cfg, run_dir, run_dir.name
     path = Path(args.config) if args.config else DEFAULT_CONFIG
     cfg = load_config(path, args.overrides, flags)
@@ -152,20 +158,20 @@ def _launch(args: argparse.Namespace) -> int:
     if submitting and shutil.which("sbatch") is None:
         raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                           "login node, or pass --cluster local")
+    if reused is not None:
+        with resume.launch_lock(reused):  # two resumes at once: the second sees the first's job
+            resume.check_idle(reused)
+            return _resume(args, cfg, reused, cluster, why)
     root = Path(cfg.runtime.run_root).expanduser().resolve()
-    before = set(os.listdir(root)) if reused is None and root.is_dir() else set()
+    before = set(os.listdir(root)) if root.is_dir() else set()
     try:
-        if reused is None:
-            run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
-        # A refused resubmission puts a resumed run's files back as they were.
-        earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH)
-                   if reused is not None and p.is_file()}
+        run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
         cfg = _resolved(cfg, run_dir)
         script = _render(cfg, run_dir)
         _write_run_files(run_dir, cfg, script)
     except OSError as err:  # e.g. the disk filled up: say where, and leave no empty run dir behind
         # new_run_dir may fail after its mkdir, before it returns the folder: find what it made.
-        made = set(os.listdir(root)) - before if reused is None and root.is_dir() else set()
+        made = set(os.listdir(root)) - before if root.is_dir() else set()
         for leftover in made:
             if leftover.startswith(f"{name}-"):
                 shutil.rmtree(root / leftover, ignore_errors=True)
@@ -184,15 +190,56 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
               f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
         return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
-    try:
-        job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
-                              fresh=reused is None)
-    except SubmitError:
-        for path, text in earlier.items():
-            fsutil.atomic_write_text(path, text)
-        raise
+    job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend), fresh=True)
+    with contextlib.suppress(OSError):  # submitit's copy of the script records the id as well
+        rundir.record_job(run_dir, job_id)
     _print_submitted(job_id, cfg, run_dir)
     if warning := preflight.job_warning(job_id):  # also after --no-preflight: it only warns
+        print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
+    return 0
+
+
+def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, why: str) -> int:
+    """Continues `run_dir`; its config.yaml and job.sbatch change only once the job is accepted.
+
+    The job is submitted held, its id recorded, the files written, and only then released, so
+    a refused or failed resume leaves config.yaml as it was and the job never reads an old one.
+    """
+    cfg = _resolved(cfg, run_dir)
+    script = _render(cfg, run_dir)
+    earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH) if p.is_file()}
+    if args.emit_sbatch or cluster == "local":
+        _write_run_files(run_dir, cfg, script)
+        if args.emit_sbatch:
+            fsutil.atomic_write_text(args.emit_sbatch, script)
+            print(f"run dir: {run_dir}")
+            print(f"wrote {args.emit_sbatch} (also {run_dir / rundir.SBATCH}); submit it with:")
+            print(f"  sbatch {shlex.quote(str(args.emit_sbatch))}")
+            return 0
+        n = world_size(cfg.slurm, cfg.runtime.backend)
+        print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
+              f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
+        try:  # rank 0 takes the run's writer lock as it starts
+            return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
+        except SubmitError:
+            for path, text in earlier.items():
+                fsutil.atomic_write_text(path, text)
+            raise
+    job_id = submit_slurm(resume.held(script), run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
+                          fresh=False)
+    try:
+        rundir.record_job(run_dir, job_id)
+        _write_run_files(run_dir, cfg, script)
+    except OSError as err:
+        resume.cancel(job_id)
+        for path, text in earlier.items():
+            with contextlib.suppress(OSError):
+                fsutil.atomic_write_text(path, text)
+        return _fail(f"cannot write {err.filename or run_dir}: {err.strerror or err}; cancelled job "
+                     f"{job_id}, the run is as it was; free space there and resume again", 1)
+    resume.release(job_id)
+    _print_submitted(job_id, cfg, run_dir)
+    if warning := preflight.job_warning(job_id):
         print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     return 0
 

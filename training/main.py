@@ -16,7 +16,9 @@ import yaml
 
 from launcher import rundir
 from launcher.config import Config, ConfigError, from_dict
+from launcher.resume import writer_lock
 from training import signals
+from training.cluster import cluster_from_env
 from training.envreport import write_env_report
 
 
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by launch")
     args = parser.parse_args(argv)
     try:
-        return run(args.run_dir.resolve())
+        spec = cluster_from_env(os.environ)  # the chief holds the run's writer lock for the job
+        with writer_lock(args.run_dir.resolve(), spec.job_id, spec.is_chief):
+            return run(args.run_dir.resolve())
     except user_errors() as err:
         # Problems a user can fix get one line; anything else keeps its traceback.
         print(f"training: error: {err}", file=sys.stderr, flush=True)
