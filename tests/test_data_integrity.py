@@ -149,7 +149,7 @@ def test_shard_with_fewer_records_than_written_fails(data_dir):
 def test_record_count_is_checked_while_reading_too(data_dir):
     shard = str(data_dir / SHARD)
     written = len(_records(data_dir / SHARD))
-    ds = shards.records(0, shard, os.path.getsize(shard), written + 1, buffer_size=1 << 16)
+    ds = shards.read_shard(shard, os.path.getsize(shard), written + 1, 3, 0, buffer_size=1 << 16)
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
         list(ds)
     assert str(as_data_error(caught.value)).startswith(

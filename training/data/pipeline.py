@@ -294,22 +294,22 @@ def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, i
         manifest = shards.read_labels(data_dir)
         num_classes = _num_classes(data, manifest, data_dir)
         sizes, expected = shards.check_shards(files, manifest)  # this pipeline's shards only
-        ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files)), files, tf.constant(sizes, tf.int64),
-                                                 tf.constant(expected, tf.int64)))
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64), tf.constant(expected, tf.int64)))
     else:
         ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int32)))
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
 
     if labels is None:
-        ds = ds.interleave(lambda *shard: shards.records(*shard, buffer_size=TFRECORD_READ_BUFFER),
-                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        def shard(path, size, expected):
+            return shards.read_shard(path, size, expected, num_classes, data.label_offset, TFRECORD_READ_BUFFER)
+
+        ds = ds.interleave(shard, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if training:
             ds = ds.shuffle(data.shuffle_buffer, seed=seed)
-        paths = tf.constant(files)
 
-        def read(record, index):
-            return shards.parse(record, index, paths, num_classes, data.label_offset)
+        def read(encoded, label):  # parsed and checked per shard, by read_shard
+            return encoded, label
     else:
         def read(path, label):  # the file list is already shuffled whole; no example shuffle needed
             return tf.io.read_file(path), label
