@@ -150,6 +150,7 @@ class TrainConfig:
     jit_compile: bool = False  # XLA
     log_every_steps: Annotated[int, COUNT] = 50  # TensorBoard scalar cadence, steps
     checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = end of each epoch only
+    checkpoint_every_minutes: Annotated[float, NON_NEGATIVE] = 0.0  # wall clock, mid-epoch too; 0 = off
     target_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.0  # reported in the summary; 0 = none
 
 

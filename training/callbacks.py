@@ -228,7 +228,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             return
         if not self._due():
             return
-        name = self.checkpoints.save_latest(self.model, self.recorder.state(self._epoch, self._step, partial=True))
+        state = self.recorder.state(self._epoch, self._step, partial=True)
+        name = self.checkpoints.save_latest(self.model, state)
         self._last_save = self.clock()
         self.saved_steps.append(self._step)
         if self.backend.is_chief and self.log is not None:

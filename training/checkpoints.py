@@ -4,6 +4,10 @@
 weights and optimizer state (including the step counter, hence the LR schedule position) and
 records epoch, step, best metric and the history so far. Files are written to a temporary name
 and renamed, so a kill at any moment leaves the previous checkpoint loadable.
+
+A checkpoint is either at an epoch's end or mid-epoch (`partial_epoch`: a stop request, or
+`train.checkpoint_every_steps` / `train.checkpoint_every_minutes`); `training.loop` resumes a
+mid-epoch one at its step.
 """
 from __future__ import annotations
 
@@ -66,21 +70,25 @@ class CheckpointManager:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    def save_latest(self, model: keras.Model, state: dict) -> None:
-        """Saves a resumable checkpoint; `state` holds epoch, step, best and history."""
+    def save_latest(self, model: keras.Model, state: dict) -> str:
+        """Saves a resumable checkpoint; `state` holds epoch, step, best and history.
+
+        Every worker calls it (see `_save_model`); only the chief writes. Returns the file name.
+        """
         name = f"latest-{state['step']:09d}.h5"
         self._save_model(model, self.dir / name)
         if not self.backend.is_chief:
-            return
+            return name
         committed = self.dir / "latest.json"
         previous = json.loads(committed.read_text())["weights"] if committed.is_file() else name
         atomic_write_text(committed, json.dumps({**state, "weights": name}, indent=1))
-        # Keep the new and the previous committed files. Not by step order: a resumed partial
-        # epoch restarts its step count below the checkpoint it came from.
+        # Keep the new and the previous committed files. Not by step order: a cut epoch that
+        # cannot continue at its step (steps per epoch changed) restarts below its checkpoint.
         keep = {name, previous}
         for old in self.dir.glob("latest-*.h5"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
+        return name
 
     def save_best(self, model: keras.Model) -> None:
         self._save_model(model, self.best_path)

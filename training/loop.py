@@ -14,8 +14,8 @@ from launcher.config import Config, dump
 from launcher.fsutil import atomic_write_text
 from training import task
 from training.backends import Backend
-from training.callbacks import (RunRecorder, RunTensorBoard, StepLogger, StopOnSignal, write_history,
-                                write_status)
+from training.callbacks import (RunRecorder, RunTensorBoard, StepCheckpoint, StepLogger, StopOnSignal,
+                                write_history, write_status)
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras, tf
 from training.report.curves import write_curves
@@ -79,6 +79,20 @@ def _write_rank_report(cfg: Config, run_dir: Path, backend: Backend, model: kera
 def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     """Trains to `cfg.train.epochs`, resuming from the run's latest checkpoint if there is one.
 
+    Checkpoints come at each epoch's end, and mid-epoch on a stop request and every
+    `train.checkpoint_every_steps` steps / `train.checkpoint_every_minutes` minutes.
+
+    Resuming a mid-epoch checkpoint continues at its step: the cut epoch runs only its
+    remaining steps, so the step count, the LR schedule and the epoch numbering are those of an
+    uninterrupted run and no finished step is redone. Data order: the training input is an
+    endless shuffled stream and an epoch is `steps_per_epoch` batches of it, so even without a
+    resume an epoch is not an exact pass over the examples. After any resume the stream starts
+    again with a new shuffle (seed + rank + step reached), so the rest of a cut epoch is a fresh
+    random draw from the whole split: an example may come twice or not at all in that epoch, and
+    the batches the run began with are not replayed. The cut epoch's history row (loss,
+    accuracy, time, speed) covers the steps run after the resume. Only if the steps per epoch
+    changed since the checkpoint is the cut epoch redone from its start with the weights reached.
+
     Returns:
         A dict with `state` ("completed" or "stopped"), the epoch reached and the step.
     """
@@ -96,15 +110,25 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     state = checkpoints.load_state()
     model = task.build_compiled_model(cfg, plan, backend, seed)
     initial_epoch = 0
+    steps_into_epoch = 0  # steps of the cut epoch already done, when resuming mid-epoch
     if state is not None:
         with backend.strategy.scope():
             checkpoints.restore(model, state)
         initial_epoch = state["epoch"]
+        resumed = f"resumed from {state['weights']}: {initial_epoch} epochs done, step {state['step']}"
         if state.get("partial_epoch"):
-            # The cut-short epoch is redone from its start with the weights reached so far; the
-            # step counter goes back so the LR schedule and the epoch numbering stay aligned.
-            model.optimizer.iterations.assign(initial_epoch * plan.steps_per_epoch)
-        _log(backend, f"resumed from {state['weights']}: {initial_epoch} epochs done, step {state['step']}")
+            steps_into_epoch = state["step"] - initial_epoch * plan.steps_per_epoch
+            if not 0 <= steps_into_epoch < plan.steps_per_epoch:
+                # The steps per epoch changed since the checkpoint: its step is no place in this
+                # run's epochs. Redo the cut epoch from its start with the weights reached; the
+                # step counter goes back so the LR schedule and the epoch numbering stay aligned.
+                steps_into_epoch = 0
+                model.optimizer.iterations.assign(initial_epoch * plan.steps_per_epoch)
+                resumed += f"; epoch {initial_epoch + 1} restarts from its beginning"
+            elif steps_into_epoch:
+                resumed += (f"; epoch {initial_epoch + 1} continues at step {state['step']} "
+                            f"({steps_into_epoch} of its {plan.steps_per_epoch} steps done)")
+        _log(backend, resumed)
     if backend.is_chief:
         atomic_write_text(run_dir / rundir.MODEL / "model_spec.json",
                           json.dumps(_model_spec(cfg, plan), indent=1))
@@ -112,18 +136,34 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
         write_status(run_dir, state="running", epoch=initial_epoch, epochs=plan.epochs,
                      job_id=backend.spec.job_id, restarts=backend.spec.restart_count, message="")
 
-    train_ds, val_ds = task.datasets(cfg, plan, backend, seed)
+    # A resumed stream is shuffled anew rather than replaying the batches the run began with.
+    data_seed = seed + (int(model.optimizer.iterations.numpy()) if state is not None else 0)
+    train_ds, val_ds = task.datasets(cfg, plan, backend, data_seed)
     stopper = StopOnSignal(backend)
     recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
                            on_epoch_written=lambda: write_curves(run_dir))
-    callbacks = [*backend.callbacks(), stopper, recorder, *_tensorboard(cfg, run_dir, backend, stopper)]
+    # After the stopper (a step where a stop was agreed is saved by the loop), before TensorBoard.
+    step_checkpoints = StepCheckpoint(backend, checkpoints, recorder, cfg.train.checkpoint_every_steps,
+                                      cfg.train.checkpoint_every_minutes, stopper,
+                                      check_every=stopper.check_every, log=lambda line: _log(backend, line))
+    callbacks = [*backend.callbacks(), stopper, recorder]
+    if step_checkpoints.active:
+        callbacks.append(step_checkpoints)
+    callbacks += _tensorboard(cfg, run_dir, backend, stopper)
     if backend.is_chief:
         callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
-    if initial_epoch < plan.epochs:
-        model.fit(train_ds, epochs=plan.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=plan.steps_per_epoch, validation_data=val_ds,
-                  validation_steps=plan.validation_steps, callbacks=callbacks,
+
+    def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
+        model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+                  validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks,
                   verbose=2 if backend.is_chief else 0)
+
+    if steps_into_epoch and initial_epoch < plan.epochs:
+        # Keras runs whole epochs of one length: the rest of the cut epoch is a fit of its own.
+        fit(initial_epoch, initial_epoch + 1, plan.steps_per_epoch - steps_into_epoch)
+        initial_epoch += 1
+    if initial_epoch < plan.epochs and stopper.stopped_at is None:
+        fit(initial_epoch, plan.epochs, plan.steps_per_epoch)
 
     if stopper.stopped_at is not None:
         epoch, step = stopper.stopped_at

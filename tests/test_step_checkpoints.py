@@ -1,0 +1,213 @@
+"""Mid-epoch checkpoints every N steps or M minutes: a run killed hard (SIGKILL, a lost node)
+resumes at the step of its last checkpoint, with history and TensorBoard continuous."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = str(REPO / "configs" / "demo.yaml")
+STEPS_PER_EPOCH, EVERY_STEPS, EPOCHS = 60, 20, 3
+SAVED = re.compile(r"step checkpoint: saved (latest-\d+\.h5) in epoch (\d+) at step (\d+)")
+
+
+# --- the trigger, in-process -------------------------------------------------------------------
+
+class FakeClock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def advance(clock: FakeClock, seconds: float):
+    """A callback that lets `seconds` pass on the fake clock after every step."""
+    from training.keras_compat import keras
+
+    def tick(batch, logs):
+        clock.now += seconds
+
+    return keras.callbacks.LambdaCallback(on_train_batch_end=tick)
+
+
+def tiny_model():
+    from training.keras_compat import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def fit_steps(model, callbacks: list, steps: int) -> None:
+    import numpy as np
+
+    x, y = np.ones((steps * 2, 4), "float32"), np.zeros((steps * 2,), "int32")
+    model.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
+              callbacks=callbacks)
+
+
+def trigger(backend, checkpoints, run_dir: Path, **kwargs):
+    """A StepCheckpoint for 10 steps per epoch, with a real RunRecorder for the state it saves."""
+    from training.callbacks import RunRecorder, StepCheckpoint
+
+    plan = SimpleNamespace(steps_per_epoch=10, global_batch_size=2, epochs=2)
+    return StepCheckpoint(backend, checkpoints, RunRecorder(run_dir, backend, checkpoints, plan, None),
+                          **kwargs)
+
+
+def test_every_minutes_writes_a_resumable_checkpoint_on_the_chiefs_clock(tmp_path):
+    from launcher.config import RuntimeConfig
+    from training.backends import MirroredBackend
+    from training.checkpoints import CheckpointManager
+    from training.cluster import ClusterSpec
+    from training.keras_compat import keras
+
+    backend = MirroredBackend(ClusterSpec(0, 1, 0, ("localhost",), None, "localhost"), RuntimeConfig())
+    checkpoints = CheckpointManager(tmp_path, backend)
+    clock = FakeClock()
+    model = tiny_model()
+    every_minute = trigger(backend, checkpoints, tmp_path, every_minutes=1.0, check_every=1, clock=clock)
+    # 25 s a step: a minute has passed at steps 3, 6 and 9; step 10 ends the epoch and is left
+    # to the end-of-epoch checkpoint.
+    fit_steps(model, [advance(clock, 25.0), every_minute], 10)
+    assert every_minute.saved_steps == [3, 6, 9]
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert latest["partial_epoch"] and latest["epoch"] == 0 and latest["step"] == 9
+    assert latest["steps_per_epoch"] == 10
+    # It restores: weights and the step counter, which is where the resumed run continues.
+    restored = tiny_model()
+    checkpoints.restore(restored, checkpoints.load_state())
+    assert int(restored.optimizer.iterations.numpy()) == 9
+    for saved, now in zip(keras.models.load_model(tmp_path / "checkpoints" / latest["weights"]).weights,
+                          restored.weights):
+        assert (saved.numpy() == now.numpy()).all()
+
+
+def test_every_minutes_on_a_worker_follows_the_agreement_not_its_own_clock(tmp_path):
+    """A worker's clock never decides: it votes no and saves exactly when the collective (the
+    chief's vote) says so, at the same step as every other worker."""
+    clock = FakeClock()
+    votes, saved = [], []
+    chief_says = iter([False, True, False, False, True])
+
+    class Worker:
+        is_chief = False
+
+        def any_worker(self, flag):
+            votes.append(flag)
+            return next(chief_says)
+
+    class Checkpoints:
+        def save_latest(self, model, state):
+            saved.append(state["step"])
+            return f"latest-{state['step']:09d}.h5"
+
+    worker = trigger(Worker(), Checkpoints(), tmp_path, every_minutes=0.001, check_every=2, clock=clock)
+    fit_steps(tiny_model(), [advance(clock, 3600.0), worker], 13)
+    # Checked every 2 steps but not at step 10, the epoch's end, which every worker skips alike.
+    assert votes == [False] * 5
+    assert saved == [4, 12]
+
+
+def test_every_steps_saves_at_multiples_of_n_and_not_at_an_epoch_end(tmp_path):
+    saved = []
+
+    class Chief:
+        is_chief = True
+
+        def any_worker(self, flag):
+            raise AssertionError("the step trigger needs no collective")
+
+    class Checkpoints:
+        def save_latest(self, model, state):
+            saved.append((state["epoch"], state["step"]))
+            return "x.h5"
+
+    fit_steps(tiny_model(), [trigger(Chief(), Checkpoints(), tmp_path, every_steps=4)], 13)
+    assert saved == [(0, 4), (0, 8), (0, 12)]
+
+
+# --- a hard kill of a real run, then launch --resume --------------------------------------------
+
+def tensorboard_steps(folder: Path, tag: str) -> list[int]:
+    """Every point of `tag` in every event file of `folder`, duplicates kept (TensorBoard's own
+    reader would hide them by purging what it takes for a restart)."""
+    from training.keras_compat import tf
+
+    steps = []
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def launch_until_step_checkpoint(run_root: Path, epoch: int, *args: str) -> tuple[subprocess.Popen, Path, str]:
+    """Starts a local demo run and reads its output until a step checkpoint in `epoch` (1-based)."""
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--cluster", "local",
+           "--run-root", str(run_root), f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
+           *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            found = SAVED.search(line)
+            if found and int(found.group(2)) == epoch:
+                (run_dir,) = list(run_root.iterdir())
+                return proc, run_dir, "".join(seen)
+    finally:
+        watchdog.cancel()
+    pytest.fail(f"no step checkpoint in epoch {epoch}; output:\n" + "".join(seen)[-3000:])
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_step_checkpoint_resumes_at_that_step(tmp_path):
+    run_root = tmp_path / "runs"
+    proc, run_dir, _ = launch_until_step_checkpoint(run_root, 2, f"train.checkpoint_every_steps={EVERY_STEPS}")
+    # Kill the trainer's whole session at once, as a lost node would: no handler runs.
+    trainer = json.loads((run_dir / "logs" / "env-0.json").read_text())["pid"]
+    os.killpg(trainer, signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    step = latest["step"]
+    assert latest["partial_epoch"] and latest["epoch"] == 1, latest
+    assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH and step % EVERY_STEPS == 0
+    assert latest["weights"] == f"latest-{step:09d}.h5"
+    assert [row["epoch"] for row in latest["history"]] == [1]
+
+    log = run_dir / "logs" / "local-0.out"
+    before = len(log.read_text())
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir), "--cluster", "local"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    resumed = log.read_text()[before:]
+    assert (f"resumed from latest-{step:09d}.h5: 1 epochs done, step {step}; epoch 2 continues at step "
+            f"{step} ({step - STEPS_PER_EPOCH} of its {STEPS_PER_EPOCH} steps done)") in resumed
+    # Only the rest of the cut epoch was run, then whole epochs: no finished step done twice.
+    rest = 2 * STEPS_PER_EPOCH - step
+    assert re.search(rf"^{rest}/{rest} - ", resumed, re.M), resumed[-3000:]
+    assert re.search(rf"^{STEPS_PER_EPOCH}/{STEPS_PER_EPOCH} - ", resumed, re.M)
+    final = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert final["step"] == EPOCHS * STEPS_PER_EPOCH and not final["partial_epoch"]
+
+    with open(run_dir / "history.csv") as fh:
+        assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2, 3]
+    for sub in ("train", "validation"):
+        assert tensorboard_steps(run_dir / "tensorboard" / sub, "epoch_loss") == [0, 1, 2], sub
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
