@@ -90,7 +90,7 @@ def test_two_pipelines_read_disjoint_files_covering_the_split(shards):
         shard_files(data, "val", _context(3, 0))
 
 
-def _imagenet_example(pixels: np.ndarray, label: int, synset: str) -> bytes:
+def _imagenet_example(pixels: np.ndarray, label: int, synset: str, text: str = "a thing") -> bytes:
     """A record with every key the standard ImageNet conversion writes, labels 1-based."""
     def b(v):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
@@ -104,7 +104,7 @@ def _imagenet_example(pixels: np.ndarray, label: int, synset: str) -> bytes:
     height, width, _ = pixels.shape
     feature = {"image/height": i(height), "image/width": i(width), "image/colorspace": b(b"RGB"),
                "image/channels": i(3), "image/class/label": i(label), "image/class/synset": b(synset.encode()),
-               "image/class/text": b(b"a thing"), "image/object/bbox/xmin": f([0.1]),
+               "image/class/text": b(text.encode()), "image/object/bbox/xmin": f([0.1]),
                "image/object/bbox/xmax": f([0.9]), "image/object/bbox/ymin": f([0.2]),
                "image/object/bbox/ymax": f([0.8]), "image/object/bbox/label": tf.train.Feature(
                    int64_list=tf.train.Int64List(value=[label])),
@@ -132,6 +132,32 @@ def test_standard_imagenet_shards_read_with_label_offset(tmp_path):
     assert np.abs(images.numpy() - [0, 255, 0]).max() < 8
     with pytest.raises(DataError, match="set data.num_classes"):
         dataset_info(DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1))
+
+
+def _imagenet_shards(folder: Path, texts: dict[int, str]) -> None:
+    pixels = _pixels(0)
+    for name, labels in (("train-00000-of-00001", [1, 2, 3]), ("validation-00000-of-00001", [2, 3, 2, 1])):
+        with tf.io.TFRecordWriter(str(folder / name)) as writer:
+            for label in labels:
+                writer.write(_imagenet_example(pixels, label, f"n0{label}", texts.get(label, "")))
+
+
+def test_imagenet_class_names_come_from_text_or_synset_features(tmp_path):
+    _imagenet_shards(tmp_path, {1: "tench, Tinca tinca", 3: "goldfish"})
+    data = DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1, num_classes=3)
+    assert dataset_info(data).class_names == ["tench, Tinca tinca", "n02", "goldfish"]
+    # A class no validation record shows keeps its number.
+    assert dataset_info(DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1,
+                                   num_classes=4)).class_names == ["tench, Tinca tinca", "n02", "goldfish", "3"]
+
+
+def test_imagenet_class_names_come_from_synsets_txt_first(tmp_path):
+    _imagenet_shards(tmp_path, {1: "from the record"})
+    (tmp_path / "synsets.txt").write_text("n01440764 tench, Tinca tinca\nn01443537\n\nn01484850 great white shark\n")
+    data = DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1, num_classes=3)
+    assert dataset_info(data).class_names == ["tench, Tinca tinca", "n01443537", "great white shark"]
+    with pytest.raises(DataError, match=r"synsets.txt names 3 classes but there are 5 \(data.num_classes\)"):
+        dataset_info(DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1, num_classes=5))
 
 
 def test_labels_json_offset_must_match_the_config(shards):

@@ -30,6 +30,8 @@ DEMO_PREFIXES = {"train": "train", "val": "validation"}  # what the converter na
 # The standard ImageNet-1k conversion writes no labels.json; its layout identifies it.
 IMAGENET_COUNTS = {("train", 1024): 1_281_167, ("validation", 128): 50_000}
 TFRECORD_READ_BUFFER = 8 << 20  # bytes per open shard; large reads suit parallel file systems
+SYNSETS_FILE = "synsets.txt"  # beside ImageNet shards: one synset per line in label order, maybe its text
+NAMING_RECORDS = 10_000  # validation records read at most to name classes from their features
 
 
 @dataclass
@@ -184,8 +186,10 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
     labels = shards.read_labels(data_dir)
     num_classes = _num_classes(data, labels, data_dir)
     if labels is None:
-        counts = [_count_examples(_tfrecord_files(data_dir, p), p) for p in prefixes]
-        return DatasetInfo(num_classes, [str(i) for i in range(num_classes)], *counts, data_dir)
+        files = [_tfrecord_files(data_dir, p) for p in prefixes]
+        counts = [_count_examples(f, p) for f, p in zip(files, prefixes)]
+        names = _imagenet_class_names(data_dir, num_classes, data.label_offset, files[1])
+        return DatasetInfo(num_classes, names, *counts, data_dir)
 
     labels_path = tf.io.gfile.join(data_dir, LABELS_FILE)
     classes, offset = labels["classes"], labels.get("label_offset", 0)
@@ -203,6 +207,48 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
         names = [f.rsplit("/", 1)[-1] for f in _tfrecord_files(data_dir, prefix)]
         shards.check_listed(data_dir, prefix, names, labels)
     return DatasetInfo(len(classes), list(classes), counts[prefixes[0]], counts[prefixes[1]], data_dir)
+
+
+def _imagenet_class_names(data_dir: str, num_classes: int, label_offset: int, val_files: list[str]) -> list[str]:
+    """Class names for shards without labels.json, as the standard ImageNet scripts write them.
+
+    From synsets.txt beside the shards (line i names label i after the offset: a synset, or a
+    synset and its text), else from the image/class/text (or image/class/synset) feature of the
+    validation records, read until every class is named or NAMING_RECORDS records (~1.3 GB of
+    ImageNet; a synsets.txt saves that read at every job start). Unnamed classes keep their number.
+    """
+    names = [str(i) for i in range(num_classes)]
+    path = tf.io.gfile.join(data_dir, SYNSETS_FILE)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as fh:
+            lines = [line.split(None, 1) for line in fh.read().splitlines() if line.strip()]
+        if len(lines) != num_classes:
+            raise DataError(f"{path} names {len(lines)} classes but there are {num_classes} "
+                            f"(data.num_classes); make them agree or remove {SYNSETS_FILE}")
+        return [parts[-1].strip() for parts in lines]
+    # Damaged shards are passed over here: the integrity checks name them when the pipeline starts.
+    try:
+        record = next(iter(tf.data.TFRecordDataset(val_files[0]).take(1))).numpy()
+        keys = set(tf.train.Example.FromString(record).features.feature)
+    except Exception:  # empty, cut short or not Examples
+        return names
+    if not {"image/class/text", "image/class/synset"} & keys:
+        return names
+    spec = {key: tf.io.FixedLenFeature([], tf.string, default_value="")
+            for key in ("image/class/text", "image/class/synset")}
+    spec["image/class/label"] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+    named = set()
+    records = tf.data.TFRecordDataset(val_files, buffer_size=TFRECORD_READ_BUFFER).take(NAMING_RECORDS)
+    for batch in records.batch(256).map(lambda group: tf.io.parse_example(group, spec)).ignore_errors():
+        for raw, text, synset in zip(*(batch[k].numpy() for k in ("image/class/label", "image/class/text",
+                                                                  "image/class/synset"))):
+            label = int(raw) - label_offset
+            if 0 <= label < num_classes and label not in named and (text or synset):
+                names[label] = (text or synset).decode("utf-8", "replace")
+                named.add(label)
+        if len(named) == num_classes:
+            break
+    return names
 
 
 def _synthetic_val_examples(data: DataConfig) -> int:
