@@ -1,0 +1,192 @@
+"""status.json tells the truth after a kill: the batch script settles it when the step dies without
+an end state, and `launch runs` when the batch shell died too. Unit tests, the rendered script run
+with a stand-in srun, and real demo jobs killed on the local SLURM cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import rundir, runstatus
+from launcher.config import SlurmConfig
+from launcher.render import render_sbatch
+from slurm_jobs import REPO, job_field, launch, listed_state, status, wait, wait_final
+
+
+def write(run_dir: Path, **fields) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / rundir.STATUS).write_text(json.dumps(fields))
+
+
+def test_sigkilled_step_is_killed_with_the_resume_hint(tmp_path):
+    run_dir = tmp_path / "it's a run"
+    write(run_dir, state="running", epoch=2, job_id="42")
+    message = runstatus.settle(run_dir, 137, "42")
+    written = json.loads((run_dir / rundir.STATUS).read_text())
+    assert written["state"] == "killed" and written["epoch"] == 2 and written["message"] == message
+    assert "job 42 killed by SIGKILL (exit 137)" in message
+    assert f"launch --resume '{tmp_path}/it'\"'\"'s a run'" in message  # pasteable into a shell
+
+
+def test_nonzero_exit_without_end_state_is_failed_without_resume_hint(tmp_path):
+    write(tmp_path, state="running", job_id="42")
+    message = runstatus.settle(tmp_path, 1, "42")
+    assert status(tmp_path)["state"] == "failed"
+    assert "exit 1" in message and "logs/slurm-42.err" in message and "--resume" not in message
+
+
+def test_no_status_json_at_all_is_failed(tmp_path):
+    runstatus.settle(tmp_path, 2, None)
+    assert status(tmp_path)["state"] == "failed"
+
+
+@pytest.mark.parametrize("state, exit_code", [("stopped", 75), ("failed", 1), ("requeued", 0),
+                                              ("completed", 0), ("running", 0)])
+def test_the_trainers_own_word_is_kept(tmp_path, state, exit_code):
+    write(tmp_path, state=state, message="the trainer's own words")
+    assert runstatus.settle(tmp_path, exit_code, "42") is None
+    assert status(tmp_path) == {"state": state, "message": "the trainer's own words"}
+
+
+def test_settle_command_is_quick_and_tf_free(tmp_path):
+    write(tmp_path, state="running")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "launcher.runstatus", "settle",
+                           "--run-dir", str(tmp_path), "--exit-code", "143", "--job-id", "9"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # It runs inside SLURM's KillWait after a cancel: seconds at most, so no TensorFlow.
+    assert time.monotonic() - started < 5
+    assert "tensorflow" not in done.stderr
+    assert "status.json set to killed: job 9 killed by SIGTERM" in done.stderr
+    assert status(tmp_path)["state"] == "killed"
+
+
+# A stand-in srun for the rendered script: plays the chief (writes "running"), then dies as told.
+FAKE_SRUN = """#!/bin/bash
+printf '{"state": "running", "job_id": "77"}' > "$STATUS_FILE"
+touch "$STATUS_FILE.started"
+%s
+"""
+
+
+def run_script(tmp_path: Path, srun_body: str, term_shell: bool = False) -> tuple[int, Path, str]:
+    run_dir = tmp_path / "runs" / "demo 'quoted'; x"
+    (run_dir / rundir.LOGS).mkdir(parents=True)
+    script = render_sbatch(SlurmConfig(gpus_per_node=0, cpus_per_task=1, job_name="demo"), "mirrored",
+                           run_dir, sys.executable, 30)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN % srun_body)
+    (bin_dir / "srun").chmod(0o755)
+    (tmp_path / "job.sh").write_text(script)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "STATUS_FILE": str(run_dir / rundir.STATUS), "PYTHONPATH": str(REPO)}
+    shell = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env, cwd=tmp_path,
+                             stderr=subprocess.PIPE, text=True)
+    if term_shell:  # what a cancel does to the batch shell, while the step is still ending
+        deadline = time.monotonic() + 30
+        while not (run_dir / "status.json.started").exists():
+            assert time.monotonic() < deadline and shell.poll() is None
+            time.sleep(0.05)
+        shell.send_signal(signal.SIGTERM)
+    _, err = shell.communicate(timeout=60)
+    return shell.returncode, run_dir, err
+
+
+def test_rendered_script_settles_a_sigkilled_step(tmp_path):
+    code, run_dir, err = run_script(tmp_path, "kill -KILL $$")
+    assert code == 137, err
+    assert status(run_dir)["state"] == "killed", err
+    assert "killed by SIGKILL (exit 137)" in status(run_dir)["message"]
+    assert "status.json set to killed" in err and "launch --resume" in err
+
+
+def test_rendered_script_outlives_its_own_sigterm_to_settle(tmp_path):
+    # The step takes a moment to end after the cancel; the shell must wait for it, not die first.
+    code, run_dir, err = run_script(tmp_path, "sleep 2; kill -TERM $$", term_shell=True)
+    assert code == 143, err
+    assert "SIGTERM received; waiting for the job step to end" in err
+    assert status(run_dir)["state"] == "killed" and "SIGTERM" in status(run_dir)["message"]
+
+
+def test_rendered_script_repeats_the_trainers_stop(tmp_path):
+    code, run_dir, err = run_script(
+        tmp_path, """printf '{"state": "stopped", "message": "stopped by SIGTERM; checkpoint saved"}' \\
+            > "$STATUS_FILE"; exit 75""")
+    assert code == 75 and status(run_dir)["state"] == "stopped"
+    assert "status.json: stopped: stopped by SIGTERM; checkpoint saved. Continue the run with" in err
+
+
+# --- real jobs on the local cluster --------------------------------------------------------------
+
+def launch_and_wait_for_a_step(run_root: Path) -> tuple[str, Path]:
+    """A tiny demo run, waited on until the chief says running and has logged a training step."""
+    job_id, run_dir = launch(run_root, "train.epochs=20", "train.log_every_steps=1",
+                             "slurm.cpus_per_task=1", "--time", "10")
+    lr_log = run_dir / "lr.csv"
+    wait(lambda: (run_dir / rundir.STATUS).is_file() and status(run_dir).get("state") == "running"
+         and lr_log.is_file() and len(lr_log.read_text().splitlines()) > 1, job_id, 400,
+         "the chief to train a step")
+    return job_id, run_dir
+
+
+def assert_listed_as_not_running(run_root: Path, *expected: str) -> None:
+    shown = listed_state(run_root)
+    assert "RUNNING" not in shown and shown in expected, shown
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_kill_leaves_no_running_status(tmp_path, slurm_cluster):
+    job_id, run_dir = launch_and_wait_for_a_step(tmp_path)
+    subprocess.run(["scancel", "--signal=KILL", job_id], check=True)
+    # SLURM 22.05 turns a job-wide KILL into a cancel: SIGTERM to every process of the job, batch
+    # shell included, then SIGKILL after KillWait (5 s here). A trainer that saves in time says
+    # "stopped"; one cut off dies together with the shell, and `launch runs` has to settle it.
+    assert wait_final(job_id, 120) == "CANCELLED"
+    assert_listed_as_not_running(tmp_path, "CANCELLED")
+    written = status(run_dir)
+    assert written["state"] in ("stopped", "killed"), written
+    if written["state"] == "killed":  # by the batch script if it outlived the step, else by launch runs
+        assert (f"job {job_id} killed by SIG" in written["message"]
+                or f"job {job_id} ended as CANCELLED in SLURM" in written["message"]), written
+        assert f"launch --resume {run_dir}" in written["message"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sigkilled_chief_is_killed_in_status_json(tmp_path, slurm_cluster):
+    job_id, run_dir = launch_and_wait_for_a_step(tmp_path)
+    # SIGKILL to the step's tasks only, as the OOM killer does: the chief writes nothing more.
+    subprocess.run(["scancel", "--signal=KILL", f"{job_id}.0"], check=True)
+    assert wait_final(job_id, 120) == "FAILED"
+    written = status(run_dir)  # read before any `launch runs`: the batch script wrote it
+    assert written["state"] == "killed", written
+    assert f"job {job_id} killed by SIGKILL (exit 137)" in written["message"]
+    assert f"launch --resume {run_dir}" in written["message"]
+    assert_listed_as_not_running(tmp_path, "FAILED")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_chief_and_batch_shell_killed_together_launch_runs_settles(tmp_path, slurm_cluster):
+    job_id, run_dir = launch_and_wait_for_a_step(tmp_path)
+    # A lost node: chief and batch shell die at once, so nothing on the node can write. The
+    # stopped shell stands in for that: it cannot act on the step's end before it is killed.
+    subprocess.run(["scancel", "--batch", "--signal=STOP", job_id], check=True)
+    subprocess.run(["scancel", "--signal=KILL", f"{job_id}.0"], check=True)
+    time.sleep(3)
+    subprocess.run(["scancel", "--batch", "--signal=KILL", job_id], check=True)
+    assert wait_final(job_id, 120) == "FAILED", job_field(job_id, "Reason")
+    assert status(run_dir)["state"] == "running"  # the lie this covers
+    assert_listed_as_not_running(tmp_path, "FAILED")
+    written = status(run_dir)
+    assert written["state"] == "failed", written
+    assert f"job {job_id} ended as FAILED in SLURM" in written["message"]
