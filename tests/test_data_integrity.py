@@ -234,3 +234,21 @@ def test_trainer_fails_with_one_line_and_status_failed(data_dir, tmp_path, damag
     assert f"shard {shard}" in errors[0] and says in errors[0]
     assert "Traceback" not in done.stderr and "--resume" not in done.stderr
     assert status["state"] == "failed" and says in status["message"] and "--resume" not in status["message"]
+
+
+@pytest.mark.slurm
+def test_job_on_the_cluster_fails_at_start_naming_the_shard_and_never_suggests_resume(
+        slurm_cluster, data_dir, tmp_path):
+    from slurm_jobs import launch, status, wait_final
+
+    _forget_manifest(data_dir)  # as for shards without a manifest, which launch cannot check
+    shard = data_dir / SHARD
+    _rewrite(shard, [_example(7)] * 4)
+    job_id, run_dir = launch(tmp_path / "runs", "data.source=tfrecord", f"data.data_dir={data_dir}",
+                             "data.image_size=8", "data.batch_size=4", "train.epochs=1")
+    assert wait_final(job_id, 10 * 60) == "FAILED"
+    err = (run_dir / "logs" / f"slurm-{job_id}.err").read_text()
+    errors = [line for line in err.splitlines() if line.startswith("training: error:")]
+    assert len(errors) == 1 and f"shard {shard}: label 7 is outside [0, 3)" in errors[0], err[-3000:]
+    assert "--resume" not in err and "Traceback" not in err
+    assert status(run_dir)["state"] == "failed" and "label 7" in status(run_dir)["message"]
