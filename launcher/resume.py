@@ -12,8 +12,8 @@ on different nodes; flock over NFS is local to one client on some kernels and em
 others, and a lock held by a lost node is never released. The lock here is a file made with
 os.link (atomic on NFS, the classic lockfile recipe) that names its holder: SLURM job id, host,
 pid. A holder is stale when SLURM no longer has its job active, or, for a local run, when its
-pid is gone on this host. Breaking a stale lock renames it aside and checks that what was moved
-is the stale holder's, so two starters that both saw it stale still leave one holder.
+pid is gone on this host. A stale lock is broken by one contender at a time, and only while it
+still names the stale holder, so two starters that both saw it stale still leave one holder.
 
 Checks of overrides against the checkpoint (`check_changes`): keys that shape the model or the
 optimizer's slots are refused, since the saved weights cannot load into another model. A changed
@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +42,8 @@ from launcher.config import Config, ConfigError
 from launcher.runs import ACTIVE
 
 SQUEUE_TIMEOUT_S = 30
+ACQUIRE_TIMEOUT_S = 30  # contenders breaking a stale lock take turns within this
+STALE_BREAKER_S = 30
 LAUNCH_LOCK_MAX_AGE_S = 600  # a launch takes seconds; an older launch lock is a crashed launch's
 # Keys the checkpoint's weights and optimizer slots were built with.
 SHAPE_KEYS = ("model.name", "model.head_units", "model.trainable_layers", "data.image_size",
@@ -133,7 +136,10 @@ def _read_holder(path: Path) -> dict | None:
 
 
 def _describe(holder: dict) -> str:
-    who = f"job {holder['job_id']}" if holder.get("job_id") else "a local run"
+    if holder.get("role") == "launch":
+        who = "another launch --resume"
+    else:
+        who = f"job {holder['job_id']}" if holder.get("job_id") else "a local run"
     return f"{who} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')})"
 
 
@@ -166,11 +172,12 @@ def _alive(holder: dict, my_job_id: str | None, max_age_s: float | None = None) 
 class RunLock:
     """An exclusive lock file in the run directory, held by one job or launch at a time."""
 
-    def __init__(self, path: Path, job_id: str | None = None, max_age_s: float | None = None):
+    def __init__(self, path: Path, job_id: str | None = None, max_age_s: float | None = None,
+                 role: str = "writer"):
         self.path = Path(path)
         self.job_id = job_id
         self.max_age_s = max_age_s
-        self.me = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(),
+        self.me = {"role": role, "job_id": job_id, "host": socket.gethostname(), "pid": os.getpid(),
                    "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "token": uuid.uuid4().hex}
 
@@ -178,36 +185,47 @@ class RunLock:
         """Takes the lock, breaking a stale one; raises RunBusy naming a live holder."""
         mine = self.path.with_name(f"{self.path.name}.{self.me['token']}")
         mine.write_text(json.dumps(self.me))
+        deadline = time.monotonic() + ACQUIRE_TIMEOUT_S
         try:
-            for _ in range(5):
-                try:
-                    os.link(mine, self.path)  # atomic everywhere, NFS included, unlike O_EXCL on v2
+            while time.monotonic() < deadline:
+                if self._link(mine, self.path):
                     return
-                except FileExistsError:
-                    if mine.stat().st_nlink == 2:
-                        return  # NFS: the link was made but its reply was lost
                 holder = _read_holder(self.path)
                 if holder is None:
                     continue  # released meanwhile
                 if why := _alive(holder, self.job_id, self.max_age_s):
-                    raise RunBusy(f"{self.path.parent} is being written by {why}")
-                self._break(holder)
-            raise RunBusy(f"{self.path} changed hands repeatedly while this job waited for it; "
-                          "check squeue for another job of the run")
+                    raise RunBusy(f"{self.path.parent} is held by {why}; stopping without touching it "
+                                  "(wait for that one to end, or end it, then resume)")
+                self._break(holder, mine)
+            raise RunBusy(f"{self.path} stayed contended for {ACQUIRE_TIMEOUT_S} s; check squeue for "
+                          "other jobs of the run")
         finally:
             mine.unlink(missing_ok=True)
 
-    def _break(self, stale: dict) -> None:
-        aside = self.path.with_name(f"{self.path.name}.stale.{self.me['token']}")
+    def _link(self, mine: Path, target: Path) -> bool:
+        """Creates `target` as a link to `mine`; True when this process now owns it."""
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
+            os.link(mine, target)  # atomic on NFS too, unlike O_EXCL on old clients
+            return True
+        except FileExistsError:
+            # NFS may answer EEXIST to a retried link that in fact succeeded: the content says.
+            return (_read_holder(target) or {}).get("token") == self.me["token"]
+
+    def _break(self, stale: dict, mine: Path) -> None:
+        """Removes a stale lock. One breaker at a time (RUN/.writer.lock.break), and only if the
+        lock still names the stale holder, so a contender that just took it keeps it."""
+        breaker = self.path.with_name(f"{self.path.name}.break")
+        if not self._link(mine, breaker):
+            with contextlib.suppress(OSError):  # a breaker killed inside these few lines
+                if time.time() - breaker.stat().st_mtime > STALE_BREAKER_S:
+                    breaker.unlink()
+            time.sleep(0.05)
             return
-        moved = _read_holder(aside)
-        if moved != stale:  # a live holder took it after we read the stale one: give it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)
-        aside.unlink(missing_ok=True)
+        try:
+            if _read_holder(self.path) == stale:
+                self.path.unlink(missing_ok=True)
+        finally:
+            breaker.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Removes the lock if this process still holds it."""
@@ -233,7 +251,7 @@ def writer_lock(run_dir: Path, job_id: str | None, is_chief: bool) -> contextlib
 def launch_lock(run_dir: Path) -> RunLock:
     """Held by `launch --resume` from its checks to its submission, so two resumes started at
     once cannot both see an idle run."""
-    return RunLock(Path(run_dir) / rundir.LAUNCH_LOCK, max_age_s=LAUNCH_LOCK_MAX_AGE_S)
+    return RunLock(Path(run_dir) / rundir.LAUNCH_LOCK, max_age_s=LAUNCH_LOCK_MAX_AGE_S, role="launch")
 
 
 
