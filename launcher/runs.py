@@ -154,7 +154,9 @@ def settle_dead_run(run: Path, status: dict, job_id: str | None, scheduler: str 
     """status.json after making it truthful: rewritten when SLURM says the job is over but it says running."""
     if status.get("state") not in runstatus.LIVE_STATES or not job_id:
         return status
-    ended = scheduler is not None and scheduler not in ACTIVE
+    # Not after COMPLETED: the trainer wrote its end state before exiting 0, and a "running" read
+    # here can only be a stale copy (a shared file system's cache) that must not be overwritten.
+    ended = scheduler is not None and scheduler not in ACTIVE and scheduler != "COMPLETED"
     gone = scheduler is None and squeue_ok
     if not (ended or gone):
         return status

@@ -104,7 +104,8 @@ def settle_from_slurm(run_dir: str | Path, job_id: str, slurm_state: str | None)
     if status.get("state") not in LIVE_STATES or str(status.get("job_id")) != job_id:
         return None
     if slurm_state is None:
-        state, how = "failed", f"SLURM no longer knows job {job_id} (logs/slurm-{job_id}.err may say how it ended)"
+        state = "failed"
+        how = f"SLURM no longer knows job {job_id} (logs/slurm-{job_id}.err may say how it ended)"
     else:
         state = "killed" if slurm_state in KILLED_BY_SLURM else "failed"
         how = f"job {job_id} ended as {slurm_state} in SLURM"
@@ -129,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     message = settle(args.run_dir, args.exit_code, args.job_id or None)
     if message is None:
         status = read_status(args.run_dir)
-        # The trainer's own word: a stop with a checkpoint can resume; a failure needs its cause fixed.
-        if status.get("state") in ("stopped", "requeued"):
-            print(f"launch: status.json: {status['state']}: {status.get('message', '')}. "
+        # The trainer's own word: a stop with a checkpoint can resume; a failure needs its cause
+        # fixed first. (A requeued job exits 0 and comes back by itself: no hint, no second writer.)
+        if status.get("state") == "stopped":
+            print(f"launch: status.json: stopped: {status.get('message', '')}. "
                   f"{resume_hint(args.run_dir)}", file=sys.stderr)
         elif status.get("state") == "failed":
             print(f"launch: status.json: failed: {status.get('message', '')}", file=sys.stderr)

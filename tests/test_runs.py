@@ -80,6 +80,7 @@ REWRITES = [
     ("timed-out", status("running", "16"), None, {}, {"16": "TIMEOUT"}, "killed"),
     ("live", status("running", "13"), None, {"13": "RUNNING"}, None, "running"),
     ("completing", status("running", "25"), None, {"25": "COMPLETING"}, None, "running"),
+    ("completed-in-slurm", status("running", "29"), None, {"29": "COMPLETED"}, None, "running"),
     ("resumed", status("running", "18"), "19", {"19": "PENDING"}, None, "running"),
     # The newest job is gone but status.json speaks for an older one: not ours to rewrite.
     ("other-job", status("running", "26"), "27", {}, None, "running"),
