@@ -94,7 +94,7 @@ def check_shards(files: list[str], labels: dict | None) -> tuple[list[int], list
     """Checks each shard's size against the manifest and its first record's feature keys.
 
     Returns:
-        (size in bytes, records the converter wrote or -1 when unknown), per file, for `records`.
+        (size in bytes, records the converter wrote or -1 when unknown), per file, for `read_shard`.
     """
     manifest = (labels or {}).get("shards") or {}
     sizes, expected = [], []
