@@ -211,3 +211,58 @@ def test_sigkill_after_a_step_checkpoint_resumes_at_that_step(tmp_path):
     for sub in ("train", "validation"):
         assert tensorboard_steps(run_dir / "tensorboard" / sub, "epoch_loss") == [0, 1, 2], sub
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_workers_agree_on_time_checkpoints_and_only_the_chief_writes(tmp_path):
+    """MultiWorkerMirrored saves collectively: a worker that saved at another step than the chief
+    would hang the job. A tiny minutes value makes the chief call for a checkpoint at almost
+    every agreement point."""
+    run_root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--cluster", "local", "--run-root",
+           str(run_root), "--nodes", "2", "--backend", "multiworker", "train.epochs=2",
+           "train.checkpoint_every_minutes=0.0001", "runtime.worker_timeout_s=30"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = list(run_root.iterdir())
+    saves = [(int(epoch), int(step)) for _, epoch, step in SAVED.findall(done.stdout)]
+    assert {epoch for epoch, _ in saves} == {1, 2}, done.stdout[-3000:]
+    with open(run_dir / "history.csv") as fh:
+        assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2]
+    names = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert {"best.h5", "latest.json"} <= names and len(names) <= 4, names
+    assert not [p for p in run_dir.rglob("*") if "workertemp" in p.name or p.name.startswith("ckpt-worker")]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_kill_after_a_step_checkpoint_resumes_at_that_step(tmp_path, slurm_cluster):
+    from slurm_jobs import launch, wait, wait_final
+
+    job_id, run_dir = launch(tmp_path, f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
+                             f"train.checkpoint_every_steps={EVERY_STEPS}")
+    out = run_dir / "logs" / f"slurm-{job_id}.out"
+
+    def saved_in_epoch_2() -> bool:
+        return out.is_file() and any(int(found.group(2)) == 2 for found in SAVED.finditer(out.read_text()))
+
+    wait(saved_in_epoch_2, job_id, 600, "a step checkpoint in epoch 2")
+    subprocess.run(["scancel", "--signal=KILL", job_id], check=True)
+    assert wait_final(job_id, 120) != "COMPLETED"
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    step = latest["step"]
+    assert latest["partial_epoch"] and latest["epoch"] == 1, latest
+    assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH and step % EVERY_STEPS == 0
+
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    resumed = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
+    assert wait_final(resumed, 900) == "COMPLETED"
+    log = (run_dir / "logs" / f"slurm-{resumed}.out").read_text()
+    assert f"resumed from latest-{step:09d}.h5: 1 epochs done, step {step}; epoch 2 continues at step {step}" in log
+    with open(run_dir / "history.csv") as fh:
+        assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2, 3]
+    for sub in ("train", "validation"):
+        assert tensorboard_steps(run_dir / "tensorboard" / sub, "epoch_loss") == [0, 1, 2], sub
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
