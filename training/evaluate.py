@@ -319,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluateError, config_lib.ConfigError, DataError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
+    except Exception as caught:
+        from training.data import as_data_error
+
+        err = as_data_error(caught)  # a damaged shard found while evaluating names itself
+        if not isinstance(err, DataError):
+            raise
+        print(f"evaluate: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
