@@ -202,8 +202,9 @@ def _launch(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, why: str) -> int:
     """Continues `run_dir`; its config.yaml and job.sbatch change only once the job is accepted.
 
-    The job is submitted held, its id recorded, the files written, and only then released, so
-    a refused or failed resume leaves config.yaml as it was and the job never reads an old one.
+    The job is submitted to start later (resume.held), its id recorded, the files written, and
+    only then released, so a refused or failed resume leaves config.yaml as it was and the job
+    never reads an old one.
     """
     cfg = _resolved(cfg, run_dir)
     script = _render(cfg, run_dir)

@@ -42,6 +42,7 @@ from launcher.config import Config, ConfigError
 from launcher.runs import ACTIVE
 
 SQUEUE_TIMEOUT_S = 30
+HELD_S = 600  # a resume's job waits this long for launch to write its config.yaml (released at once)
 ACQUIRE_TIMEOUT_S = 30  # contenders breaking a stale lock take turns within this
 STALE_BREAKER_S = 30
 LAUNCH_LOCK_MAX_AGE_S = 600  # a launch takes seconds; an older launch lock is a crashed launch's
@@ -326,18 +327,21 @@ def absolute_paths(cfg: Config, cwd: Path) -> None:
 
 
 def held(script: str) -> str:
-    """The script with `#SBATCH --hold` after its first line: a resume's job waits until its
-    config.yaml is written, then `release` lets it start."""
+    """The script with a start time HELD_S away, after its first line: a resume's job waits until
+    its config.yaml is written, then `release` lets it start. Not `--hold`: sbatch accepts a held
+    job without checking that any node can run it, and a refusal must come now."""
     first, _, rest = script.partition("\n")
-    return f"{first}\n#SBATCH --hold\n{rest}"
+    return f"{first}\n#SBATCH --begin=now+{HELD_S}\n{rest}"
 
 
 def release(job_id: str) -> None:
-    done = subprocess.run(["scontrol", "release", job_id], capture_output=True, text=True,
-                          timeout=SQUEUE_TIMEOUT_S)
+    """Lets a job submitted by `held` start now."""
+    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
+                          text=True, timeout=SQUEUE_TIMEOUT_S)
     if done.returncode:
-        raise RunBusy(f"job {job_id} was submitted held and scontrol release failed "
-                      f"({done.stderr.strip()}); run: scontrol release {job_id}")
+        raise RunBusy(f"job {job_id} was submitted to start in {HELD_S} s and could not be moved to now "
+                      f"({done.stderr.strip()}); it starts by itself then, or run: scontrol update "
+                      f"JobId={job_id} StartTime=now")
 
 
 def cancel(job_id: str) -> None:
