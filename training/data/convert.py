@@ -1,7 +1,7 @@
 """Class-folder image tree -> TFRecord shards with the standard ImageNet feature keys.
 
     python -m training.data.convert SRC OUT [--shards-train 128] [--shards-val 16]
-        [--shards-test 16] [--workers N]
+        [--shards-test 16] [--workers N] [--max-side N] [--min-side N] [--jpeg-quality Q]
 
 SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validation/`) and
 `test/<class>/...`. OUT receives `{split}-{i:05d}-of-{n:05d}` shards (`val` becomes
@@ -13,6 +13,11 @@ which `launch` (one stat per shard) and the pipeline (counting as it reads) chec
 Worker processes decode every file with Pillow and never load TensorFlow; the calling process
 writes the records. RGB JPEGs are kept byte for byte; any other readable image (PNG, grayscale,
 CMYK, RGBA, ...) is re-encoded as an RGB JPEG, transparency composited onto white.
+`--max-side N` / `--min-side N` store images downscaled (the usual ImageNet-training practice:
+a random-resized crop to 224 needs no 2-megapixel source, and decoding is the input pipeline's
+cost): the longer / shorter side at most N, aspect kept, never upscaled; an RGB JPEG already
+within the bound keeps its bytes. Re-encoded images use `--jpeg-quality`. The settings are
+recorded in labels.json under "stored".
 Unreadable, empty and non-image files are skipped, counted and listed in skipped.txt.
 """
 from __future__ import annotations
@@ -40,6 +45,8 @@ SKIPPED_FILE = "skipped.txt"
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 JPEG_QUALITY = 95  # re-encoded images only; high so small images keep their detail
+# Lanczos: the sharpest of Pillow's filters without ringing that matters at photo content.
+RESIZE_FILTER = "lanczos"
 SHUFFLE_SEED = 0  # fixed: the same tree always gives the same shards
 DEFAULT_SHARDS = {"train": 128, "validation": 16, "test": 16}
 
@@ -127,8 +134,33 @@ def _split_folders(src: Path) -> dict[str, Path]:
     return found
 
 
-def encode_image(path: str | Path) -> tuple[bytes, int, int]:
-    """Returns (JPEG bytes, height, width) for one file; raises _Skip when it is not kept."""
+@dataclass(frozen=True)
+class StoreSettings:
+    """How images are stored: the size bound and the quality of re-encoded JPEGs."""
+
+    max_side: int | None = None  # longer side at most this many pixels; None = no bound
+    min_side: int | None = None  # shorter side at most this many pixels; None = no bound
+    jpeg_quality: int = JPEG_QUALITY  # 1-100, for every image that is re-encoded
+
+    def target(self, width: int, height: int) -> tuple[int, int] | None:
+        """(width, height) to store, or None when the image is within the bound already."""
+        scale = 1.0
+        if self.max_side:
+            scale = min(scale, self.max_side / max(width, height))
+        if self.min_side:
+            scale = min(scale, self.min_side / min(width, height))
+        if scale >= 1.0:
+            return None
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def record(self) -> dict:
+        """What labels.json says about the stored images."""
+        return {"max_side": self.max_side, "min_side": self.min_side, "jpeg_quality": self.jpeg_quality,
+                "resize_filter": RESIZE_FILTER}
+
+
+def encode_image(path: str | Path, store: StoreSettings = StoreSettings()) -> tuple[bytes, int, int]:
+    """Returns (JPEG bytes, height, width) as stored for one file; raises _Skip when it is not kept."""
     from PIL import Image
 
     data = Path(path).read_bytes()
@@ -136,18 +168,26 @@ def encode_image(path: str | Path) -> tuple[bytes, int, int]:
         raise _Skip("empty file")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            target = store.target(img.width, img.height)
+            if target is not None and img.format in ("JPEG", "MPO"):
+                # Lets libjpeg decode at 1/2, 1/4 or 1/8 scale while staying at least twice the
+                # target size, so the Lanczos pass after it still decides the pixels.
+                img.draft(img.mode, (2 * target[0], 2 * target[1]))
             img.load()  # decodes every pixel, so a truncated file fails here and not in training
             height, width = img.height, img.width
             # MPO is the multi-picture JPEG some cameras write; its bytes decode as a plain JPEG.
-            if img.format in ("JPEG", "MPO") and img.mode == "RGB":
+            if target is None and img.format in ("JPEG", "MPO") and img.mode == "RGB":
                 return data, height, width
             rgb = _to_rgb(img)
     except Image.UnidentifiedImageError:
         raise _Skip("not an image Pillow can read") from None
     except Exception as err:  # Pillow raises many types for broken files; any of them means skip
         raise _Skip(f"not a readable image ({type(err).__name__}: {err})") from None
+    if target is not None:
+        rgb = rgb.resize(target, Image.LANCZOS)
+        width, height = target
     buf = io.BytesIO()
-    rgb.save(buf, "JPEG", quality=JPEG_QUALITY)
+    rgb.save(buf, "JPEG", quality=store.jpeg_quality)
     return buf.getvalue(), height, width
 
 
@@ -166,11 +206,11 @@ def _to_rgb(img):
 
 def _encode_shard(task):
     """Decodes one shard's files and returns what to write. Runs in a worker, without TensorFlow."""
-    split, index, num_shards, examples = task
+    split, index, num_shards, examples, store = task
     kept, skipped = [], []
     for file_path, label, class_name, rel_name in examples:
         try:
-            encoded, height, width = encode_image(file_path)
+            encoded, height, width = encode_image(file_path, store)
         except _Skip as err:
             skipped.append((file_path, str(err)))
             continue
@@ -232,7 +272,8 @@ def _default_workers() -> int:
 
 
 def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = None,
-            workers: int | None = None, seed: int = SHUFFLE_SEED, log=print) -> ConvertSummary:
+            workers: int | None = None, seed: int = SHUFFLE_SEED, log=print,
+            store: StoreSettings = StoreSettings()) -> ConvertSummary:
     """Converts a class-folder tree into TFRecord shards.
 
     Args:
@@ -244,6 +285,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
             use; 1 = decode in this process.
         seed: shuffles examples across shards so each shard mixes classes.
         log: called with progress lines; pass `lambda _: None` for silence.
+        store: size bound and JPEG quality of stored images (default: as they are).
 
     Raises:
         DataError: mis-laid source folders or a non-empty output folder.
@@ -268,7 +310,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         examples = [(str(p), label_of[c], c, rel) for p, c, rel in files]
         random.Random(seed).shuffle(examples)
         n = num_shards[split] = max(1, min(wanted[split], len(examples)))
-        tasks += [(split, i, n, examples[i::n]) for i in range(n)]
+        tasks += [(split, i, n, examples[i::n], store) for i in range(n)]
 
     out.mkdir(parents=True, exist_ok=True)
     counts = {split: 0 for split in per_split}
@@ -297,7 +339,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
     _write_text(out / SKIPPED_FILE, "".join(
         f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
     labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped),
-              "shards": dict(sorted(manifest.items()))}
+              "stored": store.record(), "shards": dict(sorted(manifest.items()))}
     _write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
     return ConvertSummary(out, classes, counts, num_shards, skipped)
 
@@ -312,13 +354,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards-val", type=int, default=DEFAULT_SHARDS["validation"])
     parser.add_argument("--shards-test", type=int, default=DEFAULT_SHARDS["test"])
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="store images with the longer side at most N pixels (downscaled, aspect kept)")
+    parser.add_argument("--min-side", type=int, default=None,
+                        help="store images with the shorter side at most N pixels (downscaled, aspect kept)")
+    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
+                        help=f"quality of re-encoded JPEGs, 1-100 (default {JPEG_QUALITY})")
     args = parser.parse_args(argv)
     if min(args.shards_train, args.shards_val, args.shards_test) < 1 or (args.workers or 1) < 1:
         parser.error("shard and worker counts must be at least 1")
+    if min(args.max_side or 1, args.min_side or 1) < 1:
+        parser.error("--max-side and --min-side must be at least 1 pixel")
+    if not 1 <= args.jpeg_quality <= 100:
+        parser.error("--jpeg-quality must be between 1 and 100")
+    store = StoreSettings(args.max_side, args.min_side, args.jpeg_quality)
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
     try:
         summary = convert(args.src, args.out, shards, args.workers,
-                          log=lambda text: print(text, file=sys.stderr, flush=True))
+                          log=lambda text: print(text, file=sys.stderr, flush=True), store=store)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
