@@ -56,3 +56,16 @@ def test_registry_has_the_promised_architectures():
     assert {"vgg16", "vgg19", "resnet50", "resnet101", "mobilenetv2", "efficientnetb0",
             "small_cnn"} <= set(MODEL_NAMES)
     assert keras.__name__.startswith("tf_keras")
+
+
+def test_uint8_batches_give_the_same_predictions_as_float32():
+    """The pipeline emits uint8; the model casts it exactly, so nothing a user sees changes."""
+    cfg = ModelConfig(name="small_cnn", channel_order="bgr", mean=[103.939, 116.779, 123.68], head_units=[8])
+    model = build_model(cfg, AugmentConfig(flip=True, saturation=0.2), 16, 3, seed=1)
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    as_uint8 = model(images, training=False).numpy()
+    assert np.array_equal(as_uint8, model(images.astype("float32"), training=False).numpy())
+    normalised = keras.Model(model.input, model.get_layer("preprocess").output)(images, training=False).numpy()
+    assert normalised.dtype == np.float32
+    expected = images[..., 2].astype(np.float32) - np.float32(103.939)
+    assert np.allclose(normalised[..., 0], expected, atol=1e-4)

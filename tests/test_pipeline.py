@@ -63,9 +63,8 @@ def test_training_batches_are_full_random_crops_and_repeat(shards):
     ds = build_dataset(data, "train", training=True, batch_size=4, seed=1)
     batches = list(ds.take(10))  # 40 examples from an 18-example split: it must repeat
     for images, labels in batches:
-        assert images.shape == (4, 16, 16, 3) and images.dtype == tf.float32
+        assert images.shape == (4, 16, 16, 3) and images.dtype == tf.uint8
         assert labels.dtype == tf.int32 and set(labels.numpy()) <= {0, 1, 2}
-        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
 
 
 def test_eval_is_one_finite_pass_keeping_the_last_batch(shards):
@@ -129,7 +128,7 @@ def test_standard_imagenet_shards_read_with_label_offset(tmp_path):
     assert (info.num_classes, info.train_examples, info.val_examples) == (3, 3, 3)
     images, labels = next(iter(build_dataset(data, "val", training=False, batch_size=8)))
     assert labels.numpy().tolist() == [0, 1, 2]
-    assert np.abs(images.numpy() - [0, 255, 0]).max() < 8
+    assert np.abs(images.numpy().astype(np.float32) - [0, 255, 0]).max() < 8
     with pytest.raises(DataError, match="set data.num_classes"):
         dataset_info(DataConfig(source="tfrecord", data_dir=str(tmp_path), label_offset=1))
 
@@ -181,14 +180,95 @@ def test_folder_source_labels_from_sorted_class_folders(tmp_path):
     assert len(shard_files(data, "train", _context(2, 0))) == 3
 
 
+
+# Reduced-DCT-scale decoding against a full decode + crop + resize of the same window, as a mean
+# absolute difference per channel on the 0..255 scale. The scaled IDCT averages each 2x2 .. 8x8
+# block where a plain bilinear resize samples 2x2 pixels (and aliases): against that, measured
+# 1.7-2.5 on these photo-like 1600x1200 images; against an antialiased resize (what a downscale
+# should give), 0.5-1.6; the two references differ from each other by 1.8-2.1.
+DCT_TOLERANCE = 3.0  # against full decode + crop + bilinear resize, today's path
+DCT_TOLERANCE_ANTIALIASED = 2.0  # against full decode + crop + antialiased resize
+
+
+def _photo_jpeg(width: int, height: int, seed: int) -> bytes:
+    """Smooth colour regions, texture and noise: what a JPEG decoder sees in photos.
+
+    The texture's scale grows with the image, as a photo taken at higher resolution shows the
+    same scene in more pixels: cells of 1/60 of the width (8 pixels at 500 wide).
+    """
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
+    cell = max(1, width // 60)
+    mid = rng.integers(0, 256, (height // cell, width // cell, 3), dtype=np.uint8)
+    texture = np.asarray(Image.fromarray(mid).resize((width, height), Image.BILINEAR), np.int16) - 128
+    noise = rng.integers(-8, 9, (height, width, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(base + texture // 3 + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_reduced_dct_scale_decode_stays_close_to_a_full_decode(training):
+    from training.data.pipeline import DCT_RATIOS, _crop_window, dct_window, decode_crop_resize
+
+    data = DataConfig(image_size=112, min_crop_area=0.3, val_crop_fraction=0.875)
+    used = set()
+    for seed in range(3):
+        encoded = tf.constant(_photo_jpeg(1600, 1200, seed))
+        crop_seed = tf.constant([7, seed], tf.int64)  # fixes the training crop
+        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, crop_seed)
+        exact = decode_crop_resize(encoded, data, training, crop_seed, dct_scaling=False).numpy()
+        whole = tf.io.decode_jpeg(encoded, channels=3)
+        assert np.abs(exact - tf.image.resize(tf.slice(whole, [*window[:2], 0], [*window[2:], 3]), [112, 112])
+                      ).max() <= 0.5 + 1e-3  # without scaling: only the rounding to uint8
+        index, scaled = dct_window(window, data.image_size)
+        ratio = DCT_RATIOS[int(index)]
+        used.add(ratio)
+        # The same window as the scaled decode shows, at full resolution.
+        top, left, height, width = scaled.numpy() * ratio
+        window = [top, left, min(height, 1200 - top), min(width, 1600 - left)]
+        full = tf.slice(whole, [*window[:2], 0], [*window[2:], 3])
+        expected = tf.image.resize(full, [112, 112]).numpy()
+        got = decode_crop_resize(encoded, data, training, crop_seed)
+        assert got.dtype == tf.uint8 and got.shape == (112, 112, 3)
+        error = np.abs(got.numpy() - expected).mean(axis=(0, 1))
+        assert error.max() <= DCT_TOLERANCE, f"window {window}: mean abs difference per channel {error}"
+        smooth = tf.image.resize(full, [112, 112], antialias=True).numpy()
+        error = np.abs(got.numpy() - smooth).mean(axis=(0, 1))
+        assert error.max() <= DCT_TOLERANCE_ANTIALIASED, f"window {window}: vs antialiased {error}"
+    assert used - {1}, "no image was decoded at reduced scale"
+
+
+def test_uint8_batches_normalise_in_the_model_as_the_float_pipeline_did(shards):
+    """The model's normalised input from the uint8 pipeline vs the float32 pipeline it replaced."""
+    from training.data.pipeline import _crop_window
+    from training.models import Preprocess
+
+    data = DataConfig(source="tfrecord", data_dir=str(shards), image_size=16, val_crop_fraction=0.8)
+    images, _ = next(iter(build_dataset(data, "val", training=False, batch_size=8)))
+    assert images.dtype == tf.uint8
+    records = tf.data.TFRecordDataset(sorted(str(p) for p in shards.glob("validation-*")))
+    before = []  # the previous pipeline: crop-window decode, float32 bilinear resize, no rounding
+    for record in records:
+        encoded = tf.train.Example.FromString(record.numpy()).features.feature["image/encoded"].bytes_list.value[0]
+        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, False, None)
+        before.append(tf.image.resize(tf.io.decode_and_crop_jpeg(encoded, window, channels=3), [16, 16]))
+    std = [58.395, 57.12, 57.375]
+    normalise = Preprocess("rgb", [123.675, 116.28, 103.53], std)
+    difference = np.abs(normalise(images).numpy() - normalise(tf.stack(before)).numpy())
+    # Rounding to uint8 moves a pixel by at most half a level: 0.5 / std after normalising.
+    assert difference.max() <= 0.5 / min(std) + 1e-5
+
+
 def test_synthetic_batches_are_integer_valued_and_eval_is_finite():
     data = DataConfig(source="synthetic", image_size=8, synthetic_examples=200, synthetic_classes=7)
     info = dataset_info(data)
     assert (info.num_classes, info.train_examples, info.val_examples) == (7, 200, 20)
     images, labels = next(iter(build_dataset(data, "train", True, 16)))
     values = images.numpy()
-    assert images.shape == (16, 8, 8, 3) and np.array_equal(values, np.floor(values))
-    assert values.min() >= 0 and values.max() <= 255 and labels.numpy().max() < 7
+    assert images.shape == (16, 8, 8, 3) and images.dtype == tf.uint8 and values.max() > values.min()
+    assert labels.numpy().max() < 7
     assert len(list(build_dataset(data, "val", False, 8))) == 3  # ceil(20 / 8)
     assert shard_files(data, "train") == []
 

@@ -1,9 +1,11 @@
 """Model registry: Keras Applications bases plus a small CNN, with augmentation, input
 preprocessing and the classification head inside the model.
 
-Every model takes float32 RGB images in 0..255 at the configured size: augmentation and the
-per-architecture preprocessing run on the accelerator and travel with saved HDF5 files, so a
-checkpoint can be evaluated without knowing how it was trained.
+Every model takes RGB images in 0..255 at the configured size, uint8 (what the input pipeline
+emits) or float32: the cast to float (Keras casts inputs to the float32 `image` input), the
+augmentation and the per-architecture normalisation run inside the model, on the accelerator,
+and travel with saved HDF5 files, so a checkpoint can be evaluated without knowing how it was
+trained.
 """
 from __future__ import annotations
 
@@ -144,6 +146,8 @@ def build_model(cfg: ModelConfig, aug: AugmentConfig, image_size: int, num_class
         seed: seed for the augmentation layers (callers pass seed + rank).
     """
     input_shape = (image_size, image_size, 3)
+    # float32, not uint8: uint8 batches are cast exactly, float images from older callers are not
+    # truncated, and the cast runs in the model's step, on the replica's device.
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for layer in augmentation(aug, seed):

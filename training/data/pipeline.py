@@ -1,8 +1,9 @@
 """tf.data input pipelines over TFRecord shards, a class-folder tree, or synthetic images.
 
-Every dataset yields `(images, labels)`: float32 [B, S, S, 3] RGB in 0..255 and int32 [B].
-The pipeline only crops and resizes; flips and colour changes live in the model, on the
-accelerator. Input is split between pipelines by file, never by example, so each worker reads
+Every dataset yields `(images, labels)`: uint8 [B, S, S, 3] RGB and int32 [B]. The pipeline
+only decodes, crops and resizes; the cast to float, flips, colour changes and normalisation live
+in the model, on the accelerator (uint8 batches are a quarter of float32's bytes to batch, queue
+and copy to the device). Input is split between pipelines by file, never by example, so each worker reads
 only its own shards (`shard_files` says which). TFRecord shards are checked against the
 converter's manifest at start and counted as they are read (`training.data.shards`).
 
@@ -29,6 +30,10 @@ FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode
 DEMO_PREFIXES = {"train": "train", "val": "validation"}  # what the converter names them
 # The standard ImageNet-1k conversion writes no labels.json; its layout identifies it.
 IMAGENET_COUNTS = {("train", 1024): 1_281_167, ("validation", 128): 50_000}
+# JPEG decodes at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT) when the crop window stays at
+# least the target size on its shorter side after the scaling: cheaper, and a better downscale
+# than bilinear resizing from full resolution (an area average, not 2x2 samples).
+DCT_RATIOS = (1, 2, 4, 8)
 TFRECORD_READ_BUFFER = 8 << 20  # bytes per open shard; large reads suit parallel file systems
 SYNSETS_FILE = "synsets.txt"  # beside ImageNet shards: one synset per line in label order, maybe its text
 NAMING_RECORDS = 10_000  # validation records read at most to name classes from their features
@@ -270,12 +275,51 @@ def _crop_window(shape, data: DataConfig, training: bool, seed):
     return tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
 
 
-def decode_crop_resize(encoded, data: DataConfig, training: bool, seed):
-    """One image: decoded, cropped (random-resized when training, centred otherwise), resized."""
-    def jpeg():
-        # Decodes only the crop window: most of a large training image is never decompressed.
-        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, seed)
+def _dct_ratio_index(window, size: int):
+    """Index into DCT_RATIOS of the largest ratio leaving the window's shorter side >= size."""
+    side = tf.minimum(window[2], window[3])
+    return tf.reduce_sum(tf.cast(side >= size * tf.constant(DCT_RATIOS[1:]), tf.int32))
+
+
+def dct_window(window, size: int):
+    """(index into DCT_RATIOS, the window in that ratio's decoded pixels).
+
+    The window's edges are rounded to the ratio's grid: a scaled pixel is one ratio x ratio
+    block, so the scaled window shows the original window moved by less than ratio / 2 pixels,
+    not a window shifted by up to a whole block.
+    """
+    index = _dct_ratio_index(window, size)
+    ratio = tf.gather(tf.constant(DCT_RATIOS), index)
+    begin = (window[:2] + ratio // 2) // ratio
+    end = (window[:2] + window[2:] + ratio // 2) // ratio
+    return index, tf.concat([begin, tf.maximum(end - begin, 1)], 0)
+
+
+def decode_jpeg_window(encoded, window, size: int, dct_scaling: bool = True):
+    """The crop window of a JPEG, decoded; at reduced DCT scale when it is >= 2x `size`.
+
+    Only the window is decoded (`decode_and_crop_jpeg`): rows below it are never read and
+    blocks beside it are never transformed. A scaled decode takes the window in scaled pixels
+    (`dct_window`) and returns 1/ratio of the pixels of the same part of the image.
+    """
+    if not dct_scaling:
         return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+    index, scaled = dct_window(window, size)
+    return tf.switch_case(index, [
+        lambda r=r: tf.io.decode_and_crop_jpeg(encoded, scaled, channels=3, ratio=r) for r in DCT_RATIOS])
+
+
+def decode_crop_resize(encoded, data: DataConfig, training: bool, seed, dct_scaling: bool = True):
+    """One image: decoded, cropped (random-resized when training, centred otherwise), resized.
+
+    Returns uint8 [S, S, 3]: the bilinear resize rounded to the nearest level (at most half a
+    level from the float resize; the model casts and normalises).
+    """
+    size = data.image_size
+
+    def jpeg():
+        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, seed)
+        return decode_jpeg_window(encoded, window, size, dct_scaling)
 
     def other():
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
@@ -283,8 +327,8 @@ def decode_crop_resize(encoded, data: DataConfig, training: bool, seed):
         return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
     image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-    size = data.image_size
-    return tf.ensure_shape(tf.image.resize(image, [size, size], method="bilinear"), [size, size, 3])
+    resized = tf.image.resize(image, [size, size], method="bilinear")
+    return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), [size, size, 3])
 
 
 def _synthetic(data: DataConfig, split: str, training: bool, batch_size: int, pipelines: int,
@@ -292,7 +336,8 @@ def _synthetic(data: DataConfig, split: str, training: bool, batch_size: int, pi
     size, classes = data.image_size, data.synthetic_classes
 
     def make(_):
-        images = tf.floor(tf.random.stateless_uniform([batch_size, size, size, 3], [seed, 0], maxval=256.0))
+        images = tf.random.stateless_uniform([batch_size, size, size, 3], [seed, 0], maxval=256, dtype=tf.int32)
+        images = tf.cast(images, tf.uint8)
         labels = tf.random.stateless_uniform([batch_size], [seed, 1], minval=0, maxval=classes, dtype=tf.int32)
         return images, labels
 
