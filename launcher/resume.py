@@ -39,6 +39,7 @@ from typing import Iterator
 
 from launcher import rundir
 from launcher.config import Config, ConfigError
+from launcher.preflight import LABELS_FILE
 from launcher.runs import ACTIVE
 
 SQUEUE_TIMEOUT_S = 30
@@ -61,7 +62,6 @@ class RunBusy(ConfigError):
 def _get(cfg: Config, dotted: str):
     section, key = dotted.split(".")
     return getattr(getattr(cfg, section), key)
-
 
 
 def _squeue(args: list[str]) -> subprocess.CompletedProcess | None:
@@ -123,7 +123,6 @@ def check_idle(run_dir: Path) -> None:
     holder = _read_holder(Path(run_dir) / rundir.WRITER_LOCK)
     if holder and (why := _alive(holder, None)):
         raise RunBusy(f"{run_dir} is being written by {why}; wait for it to end, then resume")
-
 
 
 def _read_holder(path: Path) -> dict | None:
@@ -255,7 +254,6 @@ def launch_lock(run_dir: Path) -> RunLock:
     return RunLock(Path(run_dir) / rundir.LAUNCH_LOCK, max_age_s=LAUNCH_LOCK_MAX_AGE_S, role="launch")
 
 
-
 def _epochs_done(run_dir: Path) -> tuple[int, dict | None]:
     latest = Path(run_dir) / rundir.CHECKPOINTS / rundir.LATEST
     try:
@@ -314,6 +312,27 @@ def _check_model_spec(new: Config, run_dir: Path) -> None:
         if trained is not None and trained != asked:
             raise ConfigError(f"{key} is {asked!r} but the run's model ({path}) has {trained!r}; set "
                               f"{key}={trained!r}, or start a new run with launch --config")
+    found = _classes_in_data(new)
+    if found is not None and spec.get("num_classes") not in (None, found):
+        raise ConfigError(f"data.data_dir {new.data.data_dir} holds {found} classes but the run's model "
+                          f"({path}) has {spec['num_classes']}; point data.data_dir at the run's data, "
+                          "or start a new run with launch --config")
+
+
+def _classes_in_data(cfg: Config) -> int | None:
+    """How many classes the data dir holds (labels.json or class folders), None if unknown."""
+    data = cfg.data
+    if data.num_classes or data.source not in ("tfrecord", "folder") or not data.data_dir:
+        return None  # an explicit data.num_classes is compared on its own
+    root = Path(data.data_dir).expanduser()
+    if data.source == "folder":
+        train = root / data.train_split
+        return sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+    try:
+        labels = rundir.read_json(root / LABELS_FILE)
+    except (OSError, ValueError):
+        return None  # preflight names a damaged labels.json
+    return len(labels["classes"]) if isinstance(labels.get("classes"), list) else None
 
 
 def absolute_paths(cfg: Config, cwd: Path) -> None:

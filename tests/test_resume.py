@@ -53,6 +53,49 @@ def test_relative_paths_are_stored_absolute(launch_cli, tmp_path):
     assert yaml.safe_load((run_dir / rundir.CONFIG).read_text())["data"]["data_dir"] == str(other / "moved")
 
 
+@pytest.fixture
+def checkpointed_run(tmp_path) -> Path:
+    """A tfrecord run with a one-epoch checkpoint of a 10-class model (files only, no training)."""
+    from launcher import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["--config", str(REPO / "configs" / "demo.yaml"), "--emit-sbatch", str(tmp_path / "a.sbatch"),
+            "--run-root", str(tmp_path / "runs"), "--no-preflight", "data.source=tfrecord",
+            f"data.data_dir={data}"]
+    assert cli.main(argv) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir / rundir.CHECKPOINTS).mkdir()
+    (run_dir / rundir.CHECKPOINTS / rundir.LATEST).write_text(
+        json.dumps({"epoch": 1, "step": 28, "weights": "latest-000000028.h5", "history": []}))
+    (run_dir / rundir.MODEL).mkdir()
+    (run_dir / rundir.MODEL / rundir.MODEL_SPEC).write_text(
+        json.dumps({"architecture": "small_cnn", "image_size": 32, "num_classes": 10}))
+    return run_dir
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.precision=bfloat16", "train.precision='bfloat16' on resume: the checkpoint"),
+    ("model.trainable_layers=2", "model.trainable_layers=2 on resume"),
+    ("train.steps_per_epoch=5", "train.steps_per_epoch=5 on resume: the checkpoint's optimizer step (28)"),
+    ("data.data_dir={other}", "holds 3 classes but the run's model"),
+])
+def test_overrides_the_checkpoint_cannot_take(capsys, checkpointed_run, tmp_path, override, says):
+    from launcher import cli
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    saved = (checkpointed_run / rundir.CONFIG).read_text()
+    code = cli.main(["--resume", str(checkpointed_run), override.format(other=other), "--no-preflight"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and says in err, err
+    assert (checkpointed_run / rundir.CONFIG).read_text() == saved
+    # The same run takes a harmless change.
+    assert cli.main(["--resume", str(checkpointed_run), "optimizer.weight_decay=0.0001", "--no-preflight",
+                     "--emit-sbatch", str(tmp_path / "b.sbatch")]) == 0, capsys.readouterr().err
+
+
 def _hold(path: str, token: str, results) -> None:
     lock = resume.RunLock(Path(path))
     try:
@@ -113,7 +156,8 @@ def resume_cli(run_dir: Path, *args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("args, says", [
     ((), "completed 1 of 1 epochs; resuming would rewrite its final model"),
     (("train.epochs=2", "model.head_units=[128]"), "model.head_units=[128] on resume: the checkpoint"),
-    (("train.epochs=2", "data.batch_size=128"), "data.batch_size=128 on resume: the checkpoint's optimizer step"),
+    (("train.epochs=2", "data.batch_size=128"),
+     "data.batch_size=128 on resume: the checkpoint's optimizer step"),
 ])
 def test_refused_resumes_leave_the_run_and_queue_as_they_were(launch_cli, finished_run, args, says):
     files = {p.name: p.read_text() for p in finished_run.iterdir() if p.is_file()}
