@@ -10,6 +10,14 @@ Layout under the work folder:
     jpeg/train/class_NN/img_NNNNN.jpg   the JPEGs (about 1 in 5 portrait)
     mixed/train/class_NN/...            the same JPEGs (hard links) plus PNGs, for the converter
     shards/train-NNNNN-of-NNNNN         the JPEG tree converted by the project converter
+and, made by `prepare_input_sets` for the input-pipeline benchmark:
+    shards_small/                       the JPEG tree stored downscaled (--max-side)
+    photos2mp/jpeg/train/class_NN/...   2-megapixel (1600x1200) JPEGs, phone-camera size
+    photos2mp/shards/, photos2mp/shards_small/   converted as they are, and downscaled
+
+A photo taken at higher resolution shows the same scene in more pixels, so the texture's cells
+grow with the image width (8 pixels at 500 wide, 25 at 1600); the 500x375 images are the same
+bytes as before this rule.
 """
 from __future__ import annotations
 
@@ -27,13 +35,15 @@ TEXTURE_SIDE = 800  # the shared noise/texture tile each image takes a window of
 JPEG_QUALITY = 90
 
 
-def _texture(seed: int) -> np.ndarray:
+def _texture(seed: int, width: int = 500) -> np.ndarray:
     from PIL import Image
 
+    side = max(TEXTURE_SIDE, width + 100)
+    cell = max(8, round(8 * width / 500))
     rng = np.random.default_rng(seed)
-    noise = rng.integers(-10, 11, (TEXTURE_SIDE, TEXTURE_SIDE, 3), dtype=np.int16)
-    coarse = rng.integers(0, 256, (TEXTURE_SIDE // 8, TEXTURE_SIDE // 8, 3), dtype=np.uint8)
-    mid = np.asarray(Image.fromarray(coarse).resize((TEXTURE_SIDE, TEXTURE_SIDE), Image.BILINEAR), np.int16)
+    noise = rng.integers(-10, 11, (side, side, 3), dtype=np.int16)
+    coarse = rng.integers(0, 256, (side // cell, side // cell, 3), dtype=np.uint8)
+    mid = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BILINEAR), np.int16)
     return noise + (mid - 128) // 3
 
 
@@ -44,7 +54,8 @@ def _pixels(rng: np.random.Generator, texture: np.ndarray, width: int, height: i
         width, height = height, width
     coarse = rng.integers(0, 256, (rng.integers(3, 7), rng.integers(4, 9), 3), dtype=np.uint8)
     base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
-    y, x = rng.integers(0, TEXTURE_SIDE - height), rng.integers(0, TEXTURE_SIDE - width)
+    side = texture.shape[0]
+    y, x = rng.integers(0, side - height), rng.integers(0, side - width)
     return np.clip(base + texture[y:y + height, x:x + width], 0, 255).astype(np.uint8)
 
 
@@ -53,7 +64,7 @@ def _write_images(task) -> int:
     from PIL import Image
 
     root, jobs, width, height, seed = task
-    texture = _texture(seed)
+    texture = _texture(seed, max(width, height))
     for index, class_name, fmt in jobs:
         rng = np.random.default_rng([seed, index])
         image = Image.fromarray(_pixels(rng, texture, width, height))
@@ -117,3 +128,51 @@ def prepare(work_dir: Path, images: int = 2000, classes: int = 10, pngs: int = 2
     marker.write_text(json.dumps(settings))
     return {**paths, "settings": settings}
 
+
+
+def _convert_once(src_root: Path, out: Path, shards: int, max_side: int | None) -> None:
+    from training.data.convert import StoreSettings, convert
+
+    if (out / "labels.json").is_file():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    what = f"downscaled to max side {max_side}" if max_side else "as they are"
+    log(f"converting {src_root} into {shards} shards, {what}")
+    convert(src_root, out, shards={"train": shards}, log=lambda _: None,
+            store=StoreSettings(max_side=max_side, jpeg_quality=JPEG_QUALITY))
+
+
+def prepare_input_sets(work_dir: Path, images: int = 2000, photos_2mp: int = 300, max_side: int = 384,
+                       seed: int = 0, shards: int = 16) -> dict:
+    """`prepare` plus what the input-pipeline benchmark also reads (made once, then reused).
+
+    Returns:
+        {"small": {"jpeg", "shards", "shards_small"}, "2mp": {...}}: per photo size, the JPEG
+        class-folder train tree, its shards as they are and stored with the longer side at
+        most `max_side` (quality JPEG_QUALITY).
+    """
+    work_dir = Path(work_dir)
+    base = prepare(work_dir, images=images, seed=seed, shards=shards)
+    sets = {"small": {"jpeg": base["jpeg"], "shards": base["shards"],
+                      "shards_small": work_dir / f"shards_max{max_side}"}}
+    labels = sets["small"]["shards_small"] / "labels.json"
+    if labels.is_file() and labels.stat().st_mtime < (work_dir / "settings.json").stat().st_mtime:
+        labels.unlink()  # the JPEG tree was made again since: convert again
+    _convert_once(base["jpeg_root"], sets["small"]["shards_small"], shards, max_side)
+
+    root = work_dir / "photos2mp"
+    settings = {"images": photos_2mp, "width": 1600, "height": 1200, "seed": seed, "quality": JPEG_QUALITY}
+    marker = root / "settings.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == settings):
+        shutil.rmtree(root, ignore_errors=True)
+        workers = max(1, min(os.cpu_count() or 1, 4))
+        log(f"generating {photos_2mp} JPEGs (1600x1200, quality {JPEG_QUALITY}) in {root}")
+        names = [f"class_{c:02d}" for c in range(10)]
+        _generate(root / "jpeg" / "train", [(i, names[i % 10], "jpg") for i in range(photos_2mp)], 1600, 1200,
+                  seed + 2, workers)
+        marker.write_text(json.dumps(settings))
+    sets["2mp"] = {"jpeg": root / "jpeg" / "train", "shards": root / "shards",
+                   "shards_small": root / f"shards_max{max_side}"}
+    _convert_once(root / "jpeg", sets["2mp"]["shards"], shards, None)
+    _convert_once(root / "jpeg", sets["2mp"]["shards_small"], shards, max_side)
+    return sets

@@ -1,19 +1,24 @@
 """Input pipeline throughput: the project's TFRecord pipeline against two references.
 
-    python -m bench.input_pipeline [--images 2000] [--batch 64] [--batches 24] [--rounds 3]
+    python -m bench.input_pipeline [--images 2000] [--photos-2mp 300] [--max-side 384]
+        [--batch 64] [--batches 12] [--rounds 3]
 
-Three pipelines read the same generated JPEGs and produce batches of 224x224 training images:
-    project: `training.data.pipeline.build_dataset` over the converted shards in training mode
-        (decode only the crop window, random-resized crop, resize), plus the horizontal flip
-        that in a real run lives in the model, as a `tf.image.random_flip_left_right` map.
-    keras: `tf_keras.utils.image_dataset_from_directory` on the class-folder tree (read the
-        file, decode the whole image, resize), the same flip map, prefetch.
-    decode: a ceiling: parse the same records and `tf.io.decode_jpeg` the whole image, nothing
-        else (no crop, no resize), batched as ragged tensors.
-Each round builds every pipeline afresh, warms it up, then times a fixed number of batches;
-rounds rotate the order. Figures: project/keras (goal >= 2.0), project/decode (goal >= 0.9),
-in images/s; and, reported, the same comparisons without the flip map in images per
-CPU-second of this process, which a busy shared machine does not distort.
+Every pipeline produces batches of 224x224 training images as training consumes them: no flip
+map on the CPU (the flip runs inside the model, on the accelerator). Three kinds:
+    project: `training.data.pipeline.build_dataset` over converted shards in training mode
+        (decode of the crop window, at reduced DCT scale when it is >= 2x the target, random-
+        resized crop, resize, uint8 batches), on shards stored as they are and stored
+        downscaled (`python -m training.data.convert --max-side N`).
+    keras: `tf_keras.utils.image_dataset_from_directory` on the class-folder tree of the
+        original JPEGs (read the file, decode the whole image, resize), prefetch.
+    decode: a ceiling: parse the same records and `tf.io.decode_jpeg` the whole stored image,
+        nothing else.
+on two photo sizes: the 500x375 set and 2-megapixel (1600x1200) photos. Each round builds every
+pipeline afresh, warms it up, then times a fixed number of batches; rounds rotate the order.
+Figures in images per CPU-second of this process (steady on a busy shared machine; goals):
+project stored downscaled / keras >= 3 (500x375) and >= 5 (2-MP photos), project / decode of
+the same shards >= 0.9; and, reported, the same in images/s of wall time and the project on
+shards stored as they are.
 When a goal is missed, a per-stage breakdown and a TF profiler summary are attached.
 """
 from __future__ import annotations
@@ -28,35 +33,24 @@ from bench.common import Figure, best_rate, log, ratio_figure, report, standard_
 SIZE = 224  # model input side, pixels
 
 
-def _flip(images, labels):
-    from training.keras_compat import tf
-
-    return tf.image.random_flip_left_right(images), labels
-
-
-def project_dataset(shards: Path, batch: int, shuffle_buffer: int, seed: int = 0, flip: bool = True):
-    """The project pipeline as a training run builds it, plus (`flip`) the model's flip."""
+def project_dataset(shards: Path, batch: int, shuffle_buffer: int, seed: int = 0):
+    """The project pipeline as a training run builds it."""
     from launcher.config import DataConfig
     from training.data.pipeline import build_dataset
-    from training.keras_compat import tf
 
     data = DataConfig(source="tfrecord", data_dir=str(shards), image_size=SIZE, batch_size=batch,
                       shuffle_buffer=shuffle_buffer)
-    ds = build_dataset(data, "train", True, batch, None, seed)
-    return ds.map(_flip, num_parallel_calls=tf.data.AUTOTUNE) if flip else ds
+    return build_dataset(data, "train", True, batch, None, seed)
 
 
-def keras_dataset(folder: Path, batch: int, seed: int = 0, flip: bool = True):
-    """What the Keras tutorials do: image_dataset_from_directory, flip (`flip`), prefetch."""
+def keras_dataset(folder: Path, batch: int, seed: int = 0):
+    """What the Keras tutorials do: image_dataset_from_directory, prefetch."""
     from training.keras_compat import keras, tf
 
     with contextlib.redirect_stdout(sys.stderr):  # it prints "Found N files"; stdout is for figures
         ds = keras.utils.image_dataset_from_directory(str(folder), image_size=(SIZE, SIZE),
                                                       batch_size=batch, seed=seed)
-    ds = ds.repeat()
-    if flip:
-        ds = ds.map(_flip, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.repeat().prefetch(tf.data.AUTOTUNE)
 
 
 def _records(shards: Path):
@@ -113,24 +107,28 @@ def images_per_second(ds, batch: int, warmup: int, batches: int) -> tuple[float,
     return images / seconds, 1e3 * cpu / images
 
 
-def pipelines(paths: dict, batch: int, shuffle_buffer: int) -> dict:
-    """name -> function building that dataset afresh."""
-    return {
-        "project_flip": lambda: project_dataset(paths["shards"], batch, shuffle_buffer),
-        "keras_flip": lambda: keras_dataset(paths["jpeg"], batch),
-        "decode": lambda: decode_dataset(paths["shards"], batch),
-        "project": lambda: project_dataset(paths["shards"], batch, shuffle_buffer, flip=False),
-        "keras": lambda: keras_dataset(paths["jpeg"], batch, flip=False),
-    }
+def pipelines(sets: dict, batch: int, shuffle_buffer: int) -> dict:
+    """name -> function building that dataset afresh; `sets` as `bench.data.prepare_input_sets`."""
+    makers = {}
+    for size, paths in sets.items():
+        buffer = min(shuffle_buffer, paths.get("images", shuffle_buffer))
+        makers.update({
+            f"project_{size}": lambda p=paths, b=buffer: project_dataset(p["shards"], batch, b),
+            f"project_{size}_stored_small": lambda p=paths, b=buffer: project_dataset(p["shards_small"], batch, b),
+            f"keras_{size}": lambda p=paths: keras_dataset(p["jpeg"], batch),
+            f"decode_{size}": lambda p=paths: decode_dataset(p["shards"], batch),
+            f"decode_{size}_stored_small": lambda p=paths: decode_dataset(p["shards_small"], batch),
+        })
+    return makers
 
 
-def measure(paths: dict, batch: int, warmup: int, batches: int, rounds: int, shuffle_buffer: int) -> dict:
+def measure(sets: dict, batch: int, warmup: int, batches: int, rounds: int, shuffle_buffer: int) -> dict:
     """Interleaved rounds of every pipeline, the order rotating each round.
 
     Returns:
         {"img_per_s": {name: [per round]}, "cpu_ms_per_img": {name: [per round]}}
     """
-    makers = pipelines(paths, batch, shuffle_buffer)
+    makers = pipelines(sets, batch, shuffle_buffer)
     names = list(makers)
     rates = {name: [] for name in names}
     cpu = {name: [] for name in names}
@@ -140,33 +138,45 @@ def measure(paths: dict, batch: int, warmup: int, batches: int, rounds: int, shu
             rate, ms = images_per_second(makers[name](), batch, warmup, batches)
             rates[name].append(round(rate, 2))
             cpu[name].append(round(ms, 4))
-            log(f"input pipeline round {r + 1}/{rounds}: {name:<12} {rate:7.1f} img/s, {ms:.2f} CPU ms/img")
+            log(f"input pipeline round {r + 1}/{rounds}: {name:<28} {rate:7.1f} img/s, {ms:.2f} CPU ms/img")
     return {"img_per_s": rates, "cpu_ms_per_img": cpu}
 
 
-def figures(measured: dict) -> list[Figure]:
-    best = {name: best_rate(rounds) for name, rounds in measured["img_per_s"].items()}
+def figures(measured: dict, max_side: int) -> list[Figure]:
+    wall = {name: best_rate(rounds) for name, rounds in measured["img_per_s"].items()}
     # Images per CPU-second: what a pipeline costs, steady however busy the machine is.
-    per_cpu_s = {name: 1e3 / min(rounds) for name, rounds in measured["cpu_ms_per_img"].items()}
-    flip = "+ flip map on the batch"
-    return [
-        ratio_figure("input_pipeline.project_vs_keras", best["project_flip"], best["keras_flip"], "img/s",
-                     2.0, f"project TFRecord pipeline vs image_dataset_from_directory, both {flip}",
-                     measured),
-        ratio_figure("input_pipeline.project_vs_decode", best["project_flip"], best["decode"], "img/s", 0.9,
-                     f"project pipeline {flip} vs parse + full JPEG decode only (ceiling)", measured),
-        ratio_figure("input_pipeline.cpu_project_vs_keras_noflip", per_cpu_s["project"], per_cpu_s["keras"],
-                     "img/cpu-s", None, "images per CPU-second, both pipelines without the flip map",
-                     measured),
-        ratio_figure("input_pipeline.cpu_project_vs_decode_noflip", per_cpu_s["project"], per_cpu_s["decode"],
-                     "img/cpu-s", None, "images per CPU-second, project pipeline without the flip map vs "
-                     "parse + decode", measured),
-    ]
+    cpu = {name: 1e3 / min(rounds) for name, rounds in measured["cpu_ms_per_img"].items()}
+    small = f"stored downscaled (max side {max_side})"
+    out = []
+    for per, rates, unit, goals in (("cpu_", cpu, "img/cpu-s", True), ("wall_", wall, "img/s", False)):
+        def fig(name, value, baseline, goal, what):
+            out.append(ratio_figure(f"input_pipeline.{per}{name}", rates[value], rates[baseline], unit,
+                                    goal if goals else None, what, measured))
+
+        fig("stored_small_vs_keras", "project_small_stored_small", "keras_small", 3.0,
+            f"500x375 photos: project pipeline on shards {small} vs image_dataset_from_directory on the JPEGs")
+        fig("vs_keras", "project_small", "keras_small", None,
+            "500x375 photos: project pipeline on shards as stored vs image_dataset_from_directory")
+        fig("vs_decode", "project_small", "decode_small", 0.9,
+            "500x375 photos: project pipeline vs parse + full JPEG decode of the same shards (ceiling)")
+        fig("stored_small_vs_decode", "project_small_stored_small", "decode_small_stored_small", 0.9,
+            f"500x375 photos {small}: project pipeline vs parse + full decode of the same shards")
+        fig("2mp_stored_small_vs_keras", "project_2mp_stored_small", "keras_2mp", 5.0,
+            f"1600x1200 photos: project pipeline on shards {small} vs image_dataset_from_directory")
+        fig("2mp_vs_keras", "project_2mp", "keras_2mp", None,
+            "1600x1200 photos: project pipeline on shards as stored vs image_dataset_from_directory")
+        fig("2mp_vs_decode", "project_2mp", "decode_2mp", 0.9 if goals else None,
+            "1600x1200 photos: project pipeline vs parse + full decode of the same shards")
+    return out
 
 
 def main(argv=None) -> int:
     parser = standard_parser("python -m bench.input_pipeline", __doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=2000, help="JPEGs to generate (default 2000)")
+    parser.add_argument("--images", type=int, default=2000, help="500x375 JPEGs to generate (default 2000)")
+    parser.add_argument("--photos-2mp", type=int, default=300,
+                        help="1600x1200 JPEGs to generate (default 300)")
+    parser.add_argument("--max-side", type=int, default=384,
+                        help="longer side of the shards stored downscaled (default 384)")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches per round (default 4)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per round (default 12)")
@@ -175,16 +185,17 @@ def main(argv=None) -> int:
                         help="project pipeline example shuffle buffer (default 1000)")
     args = parser.parse_args(argv)
 
-    from bench.data import prepare
+    from bench.data import prepare_input_sets
 
     with work_dir(args.work_dir) as work:
-        paths = prepare(work, images=args.images)
-        rates = measure(paths, args.batch, args.warmup, args.batches, args.rounds, args.shuffle_buffer)
-        result = figures(rates)
+        sets = prepare_input_sets(work, images=args.images, photos_2mp=args.photos_2mp, max_side=args.max_side)
+        sets["small"]["images"], sets["2mp"]["images"] = args.images, args.photos_2mp
+        rates = measure(sets, args.batch, args.warmup, args.batches, args.rounds, args.shuffle_buffer)
+        result = figures(rates, args.max_side)
         if any(f.passed is False for f in result):
             from bench.input_profile import explain
 
-            evidence = explain(paths, args.batch, args.shuffle_buffer)
+            evidence = explain(sets, args.batch, args.shuffle_buffer)
             for f in result:
                 if f.passed is False:
                     f.evidence = evidence

@@ -2,10 +2,11 @@
 
 Two kinds of evidence, attached to the missed figures in the JSON and printed to stderr:
     profile: a TF profiler trace of a few batches of each pipeline, summed per op type
-        (DecodeAndCropJpeg, ResizeBilinear, ReverseV2, ...) as milliseconds per image.
-    stages: CPU milliseconds per image of each step run on its own (full decode,
-        crop-window decode, resize, the batch flip), which bounds the ratios any scheduling
-        could reach: a pipeline cannot beat the sum of the work it must do.
+        (DecodeAndCropJpeg, ResizeBilinear, ...) as milliseconds per image.
+    stages: CPU milliseconds per image of each step run on its own (full decode, crop-window
+        decode, the same at reduced DCT scale, resize, the uint8 cast), per photo size, which
+        bounds the ratios any scheduling could reach: a pipeline cannot beat the sum of the
+        work it must do.
 """
 from __future__ import annotations
 
@@ -65,31 +66,36 @@ def profile_pipeline(ds, batch: int, warmup: int = 4) -> dict:
     return {"process_cpu_ms_per_img": round(1e3 * cpu / images, 3), "op_ms_per_img": ops}
 
 
-def stage_costs(jpeg_dir: Path, batch: int) -> dict[str, float]:
+def stage_costs(jpeg_dir: Path) -> dict[str, float]:
     """CPU ms per image (all threads) of each processing step run on its own.
 
     Each step runs as a sequential tf.data map reduced inside TensorFlow, so no Python or
     function-call overhead is counted; differences between steps are the steps' own cost.
     """
     from launcher.config import DataConfig
-    from training.data.pipeline import _crop_window
+    from training.data.pipeline import _crop_window, decode_jpeg_window
     from training.keras_compat import tf
 
     files = sorted(str(f) for f in Path(jpeg_dir).rglob("*.jpg"))[:STAGE_IMAGES]
     encoded = tf.data.Dataset.from_tensor_slices([tf.io.read_file(f) for f in files]).cache().enumerate()
     data = DataConfig(image_size=224)
 
-    def crop_decode(index, contents):
+    def crop_decode(index, contents, dct_scaling=False):
         seed = tf.stack([tf.constant(0, tf.int64), index])
         window = _crop_window(tf.io.extract_jpeg_shape(contents), data, True, seed)
-        return tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+        return decode_jpeg_window(contents, window, 224, dct_scaling)
+
+    def resized(image):
+        return tf.image.resize(image, [224, 224])
 
     steps = {
         "full_decode": lambda i, c: tf.io.decode_jpeg(c, channels=3),
         "crop_window_decode": crop_decode,
-        "crop_window_decode_resize": lambda i, c: tf.image.resize(crop_decode(i, c), [224, 224]),
-        "keras_decode_resize": lambda i, c: tf.image.resize(
-            tf.io.decode_image(c, channels=3, expand_animations=False), [224, 224]),
+        "crop_window_decode_dct_scaled": lambda i, c: crop_decode(i, c, True),
+        "crop_window_decode_dct_scaled_resize": lambda i, c: resized(crop_decode(i, c, True)),
+        "crop_window_decode_dct_scaled_resize_uint8": lambda i, c: tf.cast(
+            tf.round(resized(crop_decode(i, c, True))), tf.uint8),
+        "keras_decode_resize": lambda i, c: resized(tf.io.decode_image(c, channels=3, expand_animations=False)),
     }
 
     def cpu_ms(ds, images):
@@ -102,21 +108,24 @@ def stage_costs(jpeg_dir: Path, batch: int) -> dict[str, float]:
             best = min(best, time.process_time() - start)
         return round(1e3 * best / images, 4)
 
-    costs = {name: cpu_ms(encoded.map(fn), len(files)) for name, fn in steps.items()}
-    batches = tf.data.Dataset.from_tensors(tf.zeros([batch, 224, 224, 3])).repeat(4)
-    costs["flip_map_on_batch"] = cpu_ms(batches.map(tf.image.random_flip_left_right), 4 * batch)
-    return costs
+    return {name: cpu_ms(encoded.map(fn), len(files)) for name, fn in steps.items()}
 
 
-def explain(paths: dict, batch: int, shuffle_buffer: int) -> dict:
-    """Profiles the three timed pipelines and the single steps; logs and returns the summary."""
+PROFILED = ("project_small", "project_small_stored_small", "decode_small", "keras_small", "project_2mp",
+            "decode_2mp", "keras_2mp")
+
+
+def explain(sets: dict, batch: int, shuffle_buffer: int) -> dict:
+    """Profiles the timed pipelines and the single steps; logs and returns the summary."""
     from bench.input_pipeline import pipelines
 
-    makers = pipelines(paths, batch, shuffle_buffer)
-    evidence = {"profile": {}}
-    for name in ("project_flip", "keras_flip", "decode"):
+    makers = pipelines(sets, batch, shuffle_buffer)
+    evidence = {"profile": {}, "stages_cpu_ms_per_img": {}}
+    for name in PROFILED:
         evidence["profile"][name] = profile_pipeline(makers[name](), batch)
         log(f"profile {name}: {evidence['profile'][name]}")
-    evidence["stages_cpu_ms_per_img"] = stage_costs(paths["jpeg"], batch)
-    log(f"single-step CPU ms per image: {evidence['stages_cpu_ms_per_img']}")
+    for size, paths in sets.items():
+        for folder in ("jpeg",):
+            costs = evidence["stages_cpu_ms_per_img"][size] = stage_costs(paths[folder])
+            log(f"single-step CPU ms per image, {size} photos: {costs}")
     return evidence

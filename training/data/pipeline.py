@@ -328,7 +328,8 @@ def decode_crop_resize(encoded, data: DataConfig, training: bool, seed, dct_scal
 
     image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     resized = tf.image.resize(image, [size, size], method="bilinear")
-    return tf.ensure_shape(tf.saturate_cast(tf.round(resized), tf.uint8), [size, size, 3])
+    # A bilinear resize of uint8 pixels stays within 0..255: no clipping pass needed.
+    return tf.ensure_shape(tf.cast(tf.round(resized), tf.uint8), [size, size, 3])
 
 
 def _synthetic(data: DataConfig, split: str, training: bool, batch_size: int, pipelines: int,
