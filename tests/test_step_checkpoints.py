@@ -178,7 +178,8 @@ def launch_until_step_checkpoint(run_root: Path, epoch: int, *args: str) -> tupl
 @pytest.mark.slow
 def test_sigkill_after_a_step_checkpoint_resumes_at_that_step(tmp_path):
     run_root = tmp_path / "runs"
-    proc, run_dir, _ = launch_until_step_checkpoint(run_root, 2, f"train.checkpoint_every_steps={EVERY_STEPS}")
+    proc, run_dir, _ = launch_until_step_checkpoint(run_root, 2, f"train.checkpoint_every_steps={EVERY_STEPS}",
+                                                    "train.log_every_steps=10")
     # Kill the trainer's whole session at once, as a lost node would: no handler runs.
     trainer = json.loads((run_dir / "logs" / "env-0.json").read_text())["pid"]
     os.killpg(trainer, signal.SIGKILL)
@@ -210,6 +211,9 @@ def test_sigkill_after_a_step_checkpoint_resumes_at_that_step(tmp_path):
         assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2, 3]
     for sub in ("train", "validation"):
         assert tensorboard_steps(run_dir / "tensorboard" / sub, "epoch_loss") == [0, 1, 2], sub
+    # The LR log has each step once: what the killed run logged past its checkpoint is dropped.
+    lr_steps = [int(line.split(",")[0]) for line in (run_dir / "lr.csv").read_text().splitlines()[1:]]
+    assert lr_steps == list(range(10, EPOCHS * STEPS_PER_EPOCH + 1, 10))
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 

@@ -110,6 +110,14 @@ class StepLogger(keras.callbacks.Callback):
         self._seen = int(self.model.optimizer.iterations.numpy())
         if not self.path.is_file():
             self.path.write_text("step,lr\n")
+            return
+        # A run killed after its last checkpoint logged steps that the resumed run does again,
+        # perhaps the last one torn in the middle of its line.
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if line.endswith("\n")
+                            and line.split(",")[0].isdigit() and int(line.split(",")[0]) <= self._seen]
+        if len(kept) < len(lines):
+            atomic_write_text(self.path, "".join(kept))
 
     def on_train_batch_end(self, batch, logs=None):
         self._seen += 1

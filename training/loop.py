@@ -146,12 +146,15 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     step_checkpoints = StepCheckpoint(backend, checkpoints, recorder, cfg.train.checkpoint_every_steps,
                                       cfg.train.checkpoint_every_minutes, stopper,
                                       check_every=stopper.check_every, log=lambda line: _log(backend, line))
-    callbacks = [*backend.callbacks(), stopper, recorder]
+    callbacks = [*backend.callbacks(), stopper]
+    if backend.is_chief:
+        # Before the checkpoints: a step logged and then lost to a kill before its checkpoint is
+        # logged again on resume (StepLogger drops what lies past the resumed step), never skipped.
+        callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
+    callbacks.append(recorder)
     if step_checkpoints.active:
         callbacks.append(step_checkpoints)
     callbacks += _tensorboard(cfg, run_dir, backend, stopper)
-    if backend.is_chief:
-        callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
 
     def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
         model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
