@@ -37,6 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 from launcher import rundir
 from launcher.config import Config, ConfigError
 from launcher.preflight import LABELS_FILE
@@ -240,12 +242,23 @@ class RunLock:
         self.release()
 
 
-def writer_lock(run_dir: Path, job_id: str | None, is_chief: bool) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def writer_lock(run_dir: Path, job_id: str | None, is_chief: bool) -> Iterator[None]:
     """The job's hold on its run directory: the chief takes RUN/.writer.lock (only the chief
-    writes the run's files); other ranks hold nothing and follow the chief."""
+    writes the run's files) and refuses a completed run with no epochs left to train, which a
+    hand-run sbatch would otherwise rewrite. Other ranks follow the chief."""
     if not is_chief:
-        return contextlib.nullcontext()
-    return RunLock(Path(run_dir) / rundir.WRITER_LOCK, job_id=job_id)
+        yield
+        return
+    with RunLock(Path(run_dir) / rundir.WRITER_LOCK, job_id=job_id):
+        done, _ = _epochs_done(run_dir)
+        saved = yaml.safe_load((Path(run_dir) / rundir.CONFIG).read_text()) or {}
+        epochs = (saved.get("train") or {}).get("epochs")
+        finished = (rundir.read_json(Path(run_dir) / rundir.STATUS).get("state") == "completed")
+        if finished and isinstance(epochs, int) and done >= epochs:  # not a report cut short
+            raise ConfigError(f"{run_dir} has already trained {done} of {epochs} epochs; nothing to do. To "
+                              f"train on: launch --resume {run_dir} train.epochs=N with N above {done}")
+        yield
 
 
 def launch_lock(run_dir: Path) -> RunLock:

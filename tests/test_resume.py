@@ -185,7 +185,8 @@ def test_one_writer_whatever_starts_at_once(launch_cli, finished_run):
     assert f"still has job {job_id} (" in one_line(launch_cli("--resume", finished_run, "train.epochs=3"))
     assert queue(finished_run) == before
 
-    # A hand-run sbatch of the run's script while the job writes: it ends at start, in one line.
+    # A hand-run sbatch of the run's script while the job writes: it ends at start, in one line
+    # (on a busy cluster it may start only once that job has ended: then the run is complete).
     lock = finished_run / rundir.WRITER_LOCK
     wait(lambda: lock.is_file() and json.loads(lock.read_text()).get("job_id") == job_id, job_id, 300,
          "the resumed job to take the writer lock")
@@ -194,7 +195,8 @@ def test_one_writer_whatever_starts_at_once(launch_cli, finished_run):
     assert wait_final(hand, 300) == "FAILED"
     err = (finished_run / rundir.LOGS / f"slurm-{hand}.err").read_text()
     said = [line for line in err.splitlines() if line.startswith("training: error:")]
-    assert len(said) == 1 and f"held by job {job_id} (" in said[0], err
+    assert len(said) == 1, err
+    assert f"held by job {job_id} (" in said[0] or "already trained 2 of 2" in said[0], err
 
     assert wait_final(job_id, 600) == "COMPLETED"
     assert history_epochs(finished_run) == [1, 2]
