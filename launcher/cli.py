@@ -180,16 +180,9 @@ def _launch(args: argparse.Namespace) -> int:
         return _fail(f"cannot write {where}: {err.strerror or err}; free space there or pass --run-root "
                      "elsewhere", 1)
     if args.emit_sbatch:
-        fsutil.atomic_write_text(args.emit_sbatch, script)
-        print(f"run dir: {run_dir}")
-        print(f"wrote {args.emit_sbatch} (also {run_dir / rundir.SBATCH}); submit it with:")
-        print(f"  sbatch {shlex.quote(str(args.emit_sbatch))}")
-        return 0
+        return _emit(args.emit_sbatch, script, run_dir)
     if cluster == "local":
-        n = world_size(cfg.slurm, cfg.runtime.backend)
-        print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
-              f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
-        return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
+        return _run_here(cfg, run_dir, why)
     job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend), fresh=True)
     with contextlib.suppress(OSError):  # submitit's copy of the script records the id as well
         rundir.record_job(run_dir, job_id)
@@ -197,6 +190,23 @@ def _launch(args: argparse.Namespace) -> int:
     if warning := preflight.job_warning(job_id):  # also after --no-preflight: it only warns
         print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     return 0
+
+
+def _emit(target: Path, script: str, run_dir: Path) -> int:
+    """--emit-sbatch: the script at `target` (and in the run directory) for a hand-run sbatch."""
+    fsutil.atomic_write_text(target, script)
+    print(f"run dir: {run_dir}")
+    print(f"wrote {target} (also {run_dir / rundir.SBATCH}); submit it with:")
+    print(f"  sbatch {shlex.quote(str(target))}")
+    return 0
+
+
+def _run_here(cfg: Config, run_dir: Path, why: str) -> int:
+    """Runs the job's ranks on this machine (no SLURM) and waits for them."""
+    n = world_size(cfg.slurm, cfg.runtime.backend)
+    print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
+          f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
+    return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
 
 
 def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, why: str) -> int:
@@ -212,16 +222,9 @@ def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, 
     if args.emit_sbatch or cluster == "local":
         _write_run_files(run_dir, cfg, script)
         if args.emit_sbatch:
-            fsutil.atomic_write_text(args.emit_sbatch, script)
-            print(f"run dir: {run_dir}")
-            print(f"wrote {args.emit_sbatch} (also {run_dir / rundir.SBATCH}); submit it with:")
-            print(f"  sbatch {shlex.quote(str(args.emit_sbatch))}")
-            return 0
-        n = world_size(cfg.slurm, cfg.runtime.backend)
-        print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
-              f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
+            return _emit(args.emit_sbatch, script, run_dir)
         try:  # rank 0 takes the run's writer lock as it starts
-            return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
+            return _run_here(cfg, run_dir, why)
         except SubmitError:
             for path, text in earlier.items():
                 fsutil.atomic_write_text(path, text)
