@@ -227,12 +227,14 @@ def check_start(allow_cpu: bool, environ: Mapping[str, str] | None = None) -> No
     stand-ins).
     """
     environ = os.environ if environ is None else environ
-    want, source = expected_gpus(environ)
+    want, _ = expected_gpus(environ)
     if not want:
         return
-    info = collect(environ)
-    if len(info["gpus"]) >= want:
-        return
+    from training.keras_compat import tf
+
+    if len(tf.config.list_physical_devices("GPU")) >= want:
+        return  # the usual case: no nvidia-smi, Horovod import or version probing at every start
+    info = collect(environ)  # only to explain the shortfall
     message = f"gpucheck on {info['host']}: {info['why']}"
     if allow_cpu or environ.get("LAUNCH_ALLOW_CPU") == "1":
         print(f"[train] warning: {message}; training anyway (runtime.allow_cpu)", flush=True)
