@@ -132,9 +132,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
         cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
         resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
         return cfg, run_dir, run_dir.name
-    path = Path(args.config) if args.config else DEFAULT_CONFIG
+    path = args.config or DEFAULT_CONFIG  # a file, or an s3:// URL (launcher/storage.py)
     cfg = load_config(path, args.overrides, flags)
-    name = cfg.runtime.run_name or path.stem
+    name = cfg.runtime.run_name or Path(str(path).rsplit("/", 1)[-1]).stem
     if "/" in name or name in (".", ".."):
         raise ConfigError(f"runtime.run_name {name!r}: a run name is one folder name, without '/'")
     return cfg, None, name

@@ -192,6 +192,16 @@ class SlurmConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Object storage (launcher/storage.py). Credentials are never config: they come from the AWS
+    environment or profile chain only."""
+
+    mirror: str = ""  # s3://bucket/prefix: the run directory is uploaded there after each checkpoint
+    scratch: str = ""  # node-local folder for s3:// data; "" = $SLURM_TMPDIR, $TMPDIR or /tmp
+    endpoint_url: str = ""  # non-AWS stores (MinIO, Ceph RGW); "" = $AWS_ENDPOINT_URL or AWS
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -201,6 +211,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -350,11 +361,17 @@ def _flow_value(word: str, text: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config (see configs/)")
+    if str(path).startswith("s3://"):
+        from launcher import storage  # the object-store stack only when a URL is given
+
+        text = storage.read_text(str(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing file to --config (see configs/)")
+        text = path.read_text()
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -420,6 +437,13 @@ def check(cfg: Config) -> None:
     if cfg.data.source in ("tfrecord", "folder") and not cfg.data.data_dir:
         raise ConfigError(f"data.source {cfg.data.source} needs data.data_dir; set it in the config or "
                           "as data.data_dir=/path")
+    if cfg.storage.mirror and not cfg.storage.mirror.startswith("s3://"):
+        raise ConfigError(f"storage.mirror {cfg.storage.mirror!r} is not an s3:// URL; set it to "
+                          "s3://bucket/prefix (the run directory itself is on runtime.run_root)")
+    if cfg.data.data_dir.startswith("s3://") and cfg.data.source != "tfrecord":
+        raise ConfigError(f"data.data_dir {cfg.data.data_dir} is in object storage, which holds TFRecord "
+                          "shards only; convert the data (python -m training.data.convert) and set "
+                          "data.source=tfrecord")
     if len(cfg.model.mean) != 3 or len(cfg.model.std) != 3:
         raise ConfigError("model.mean and model.std need three values, one per channel")
 

@@ -1,7 +1,9 @@
 """What `launch` checks before it creates or submits anything, so a job does not fail after its wait.
 
     data      the data dir exists and is readable; the train and val shards exist, are not empty
-              and match the converter's manifest in labels.json (one stat per shard); classes agree
+              and match the converter's manifest in labels.json (one stat per shard, or one
+              listing of an s3:// prefix); classes agree
+    mirror    the bucket of storage.mirror exists and the credentials can list it
     cluster   the request fits the partition: nodes, GPUs of the type, CPUs, memory per node, time
               (`scontrol show partition|node`); the error names the largest request that fits
     disk      the run root has room for a run directory
@@ -20,7 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.config import Config, ConfigError, DataConfig, SlurmConfig
+from launcher.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
 from launcher.render import tasks_per_node
 
 LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
@@ -46,12 +48,13 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
         Warnings, one line each.
     """
     notes = []
-    try:
-        check_data(cfg.data)
-    except ConfigError as err:
-        if not dry_run:
-            raise
-        notes.append(f"{err} (launch without --dry-run refuses this)")
+    for check in (lambda: check_data(cfg.data, cfg.storage.endpoint_url), lambda: check_mirror(cfg.storage)):
+        try:
+            check()
+        except ConfigError as err:
+            if not dry_run:
+                raise
+            notes.append(f"{err} (launch without --dry-run refuses this)")
     if to_slurm:
         notes += check_cluster(cfg.slurm, cfg.runtime.backend)
     if not dry_run:
@@ -60,16 +63,40 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
 
 
 
+def check_mirror(storage_cfg: StorageConfig) -> None:
+    """The mirror's bucket exists and these credentials can list it (one request)."""
+    if storage_cfg.mirror:
+        from launcher import storage
+
+        storage.check_bucket(storage_cfg.mirror, storage_cfg.endpoint_url)
+
+
 def _prefix(data: DataConfig, split: str) -> str:
     """The shard name prefix of a split, as training/data/pipeline.py (which imports TensorFlow)
     names it for data.source tfrecord: `{prefix}-*`."""
     return data.train_split if split == "train" else data.val_split
 
 
-def check_data(data: DataConfig) -> None:
-    """Data a job could not read. demo and synthetic have no files to check; remote URLs
-    (gs://...) are left to the job, which reads them through TensorFlow."""
-    if data.source not in ("tfrecord", "folder") or "://" in data.data_dir:
+def check_data(data: DataConfig, endpoint_url: str = "") -> None:
+    """Data a job could not read. demo and synthetic have no files to check; s3:// shards are
+    checked by one listing and one read of labels.json; other URLs (gs://...) are left to the job."""
+    if data.source not in ("tfrecord", "folder"):
+        return
+    if data.data_dir.startswith("s3://"):
+        from launcher import storage
+
+        url = data.data_dir.rstrip("/")
+        objects = storage.listing(url, endpoint_url)
+        if not objects:
+            raise ConfigError(f"data.data_dir {url} holds no objects; upload the converter's shards and "
+                              f"{LABELS_FILE} there, or fix the URL")
+        labels = None
+        if LABELS_FILE in objects:
+            labels = _parse_labels(f"{url}/{LABELS_FILE}",
+                                   lambda: storage.read_text(f"{url}/{LABELS_FILE}", endpoint_url))
+        _check_shards(data, url, {name: o["size"] for name, o in objects.items()}, labels)
+        return
+    if "://" in data.data_dir:
         return
     root = Path(data.data_dir).expanduser()
     if not root.is_dir():
@@ -79,15 +106,17 @@ def check_data(data: DataConfig) -> None:
     if not os.access(root, os.R_OK | os.X_OK):
         raise ConfigError(f"data.data_dir {root} is not readable by you; fix its permissions or copy the data")
     if data.source == "tfrecord":
-        _check_shards(data, root)
+        sizes = {entry.name: entry.stat().st_size for entry in os.scandir(root) if entry.is_file()}
+        path = root / LABELS_FILE
+        _check_shards(data, str(root), sizes, _parse_labels(str(path), path.read_text) if path.is_file() else None)
     else:
         _check_class_folders(data, root)
 
 
-def _check_shards(data: DataConfig, root: Path) -> None:
-    sizes = {entry.name: entry.stat().st_size for entry in os.scandir(root)
-             if entry.is_file() and any(entry.name.startswith(_prefix(data, s) + "-") for s in ("train", "val"))}
-    labels = _read_labels(root / LABELS_FILE)
+def _check_shards(data: DataConfig, root: str, files: dict[str, int], labels: dict | None) -> None:
+    """Checks the shards of a folder or prefix `root`, given its files' sizes and its labels.json."""
+    sizes = {name: size for name, size in files.items()
+             if any(name.startswith(_prefix(data, s) + "-") for s in ("train", "val"))}
     manifest = labels.get("shards") if labels else None
     for split, key in (("train", "data.train_split"), ("val", "data.val_split")):
         prefix = _prefix(data, split)
@@ -96,7 +125,7 @@ def _check_shards(data: DataConfig, root: Path) -> None:
             raise ConfigError(f"no TFRecord shards named {prefix}-* in {root}; check data.data_dir and {key}")
         for name in found:
             if sizes[name] == 0:
-                raise ConfigError(f"{root / name} is empty (0 bytes); re-run the converter "
+                raise ConfigError(f"{root}/{name} is empty (0 bytes); re-run the converter "
                                   "(python -m training.data.convert) or remove the shard")
         if isinstance(manifest, dict):
             _match_manifest(root, prefix, {name: sizes[name] for name in found}, manifest)
@@ -107,18 +136,16 @@ def _check_shards(data: DataConfig, root: Path) -> None:
         return
     classes, offset = labels.get("classes", []), labels.get("label_offset", 0)
     if data.num_classes and data.num_classes != len(classes):
-        raise ConfigError(f"data.num_classes is {data.num_classes} but {root / LABELS_FILE} lists "
+        raise ConfigError(f"data.num_classes is {data.num_classes} but {root}/{LABELS_FILE} lists "
                           f"{len(classes)} classes; set data.num_classes=0 to use the file")
     if offset != data.label_offset:
-        raise ConfigError(f"{root / LABELS_FILE} says label_offset {offset} but data.label_offset is "
+        raise ConfigError(f"{root}/{LABELS_FILE} says label_offset {offset} but data.label_offset is "
                           f"{data.label_offset}; set data.label_offset={offset}")
 
 
-def _read_labels(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
+def _parse_labels(path: str, read) -> dict:
     try:
-        labels = json.loads(path.read_text())
+        labels = json.loads(read())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path} cannot be read as JSON ({err}); re-run the converter") from None
     if not isinstance(labels, dict):
@@ -126,20 +153,20 @@ def _read_labels(path: Path) -> dict | None:
     return labels
 
 
-def _match_manifest(root: Path, prefix: str, sizes: dict[str, int], manifest: dict) -> None:
+def _match_manifest(root: str, prefix: str, sizes: dict[str, int], manifest: dict) -> None:
     """Compares one split's shards with the sizes the converter recorded."""
     listed = {name: entry for name, entry in manifest.items() if name.startswith(prefix + "-")}
-    labels = root / LABELS_FILE
+    labels = f"{root}/{LABELS_FILE}"
     if missing := sorted(set(listed) - set(sizes)):
-        raise ConfigError(f"{root / missing[0]} is missing: {labels} lists {len(listed)} {prefix} shards, "
+        raise ConfigError(f"{root}/{missing[0]} is missing: {labels} lists {len(listed)} {prefix} shards, "
                           f"{len(sizes)} are there; copy the missing shards or re-run the converter")
     if extra := sorted(set(sizes) - set(listed)):
-        raise ConfigError(f"{root / extra[0]} is not in the manifest of {labels} ({len(listed)} {prefix} "
+        raise ConfigError(f"{root}/{extra[0]} is not in the manifest of {labels} ({len(listed)} {prefix} "
                           f"shards, {len(sizes)} there); remove it or re-run the converter")
     for name, size in sizes.items():
         recorded = listed[name].get("bytes") if isinstance(listed[name], dict) else None
         if recorded is not None and recorded != size:
-            raise ConfigError(f"{root / name} is {size} bytes but {labels} records {recorded}: the shard "
+            raise ConfigError(f"{root}/{name} is {size} bytes but {labels} records {recorded}: the shard "
                               "is truncated or was replaced; copy it again or re-run the converter")
 
 

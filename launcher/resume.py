@@ -351,9 +351,9 @@ def _classes_in_data(cfg: Config) -> int | None:
 def absolute_paths(cfg: Config, cwd: Path) -> None:
     """Makes the config's paths absolute against `cwd` (where launch ran), so a job, or a resume
     from another folder, reads the same files."""
-    if cfg.data.data_dir:
+    if cfg.data.data_dir and "://" not in cfg.data.data_dir:
         cfg.data.data_dir = str((cwd / Path(cfg.data.data_dir).expanduser()).resolve())
-    if cfg.model.weights not in (None, "imagenet"):
+    if cfg.model.weights not in (None, "imagenet") and "://" not in cfg.model.weights:
         cfg.model.weights = str((cwd / Path(cfg.model.weights).expanduser()).resolve())
     cfg.runtime.run_root = str((cwd / Path(cfg.runtime.run_root).expanduser()).resolve())
 

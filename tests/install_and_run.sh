@@ -19,7 +19,7 @@ if ((${#need[@]})); then
 fi
 
 echo "== Python packages"
-python3 -m pip install -q --disable-pip-version-check -e ".[train,test]"
+python3 -m pip install -q --disable-pip-version-check -e ".[train,test,s3]"
 
 echo "== Horovod for this TensorFlow"
 training/horovod_build/build.sh

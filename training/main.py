@@ -71,11 +71,23 @@ def run(run_dir: Path) -> int:
     from training.gpucheck import check_start
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
+    if cfg.data.data_dir.startswith("s3://"):
+        from training.data.stage import stage
+
+        cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
+                                      log=lambda line: print(f"[train] {line}", flush=True)))
     from training.backends import create_backend
+    from training.mirror import mirrored
+
+    backend = create_backend(cfg.runtime)
+    with mirrored(cfg.storage, run_dir, backend.is_chief, log=lambda line: print(f"[train] {line}", flush=True)):
+        return _train_and_report(cfg, run_dir, backend)
+
+
+def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
     from training.callbacks import write_status
     from training.loop import train
 
-    backend = create_backend(cfg.runtime)
     try:
         result = train(cfg, run_dir, backend)
         if result["state"] == "stopped":
