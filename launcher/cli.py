@@ -125,7 +125,8 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
         if args.config:
             raise ConfigError("--resume continues a run with its own config.yaml; drop --config "
                               "and change values with flags or section.key=value")
-        run_dir = Path(args.resume).expanduser().resolve()
+        run_dir = (resume.from_mirror(args.resume, args.run_root) if args.resume.startswith("s3://")
+                   else Path(args.resume).expanduser().resolve())
         if not rundir.is_run_dir(run_dir):
             raise ConfigError(f"--resume {args.resume}: not a run directory (no {rundir.CONFIG}); "
                               "pass a folder that launch created under the run root")

@@ -30,8 +30,10 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -378,3 +380,30 @@ def release(job_id: str) -> None:
 
 def cancel(job_id: str) -> None:
     subprocess.run(["scancel", job_id], capture_output=True, timeout=SQUEUE_TIMEOUT_S)
+
+
+def from_mirror(url: str, run_root: str | None) -> Path:
+    """A run mirrored at `url` (storage.mirror), copied into the local run root to be resumed
+    there: a run can continue on another cluster, or after its run directory was lost. The copy
+    goes to a temporary name first, so an interrupted download leaves no half run directory."""
+    from launcher import storage
+
+    url = url.rstrip("/")
+    root = Path(run_root or "./runs").expanduser().resolve()
+    target = root / url.rsplit("/", 1)[-1]
+    if target.exists():
+        raise ConfigError(f"{target} already exists: resume it with launch --resume {target}, or "
+                          "pass another --run-root to copy the mirrored run there")
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".{target.name}.download"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        count = storage.download_tree(url, str(partial))
+        if not rundir.is_run_dir(partial):
+            raise ConfigError(f"{url} is not a mirrored run (no {rundir.CONFIG}); pass the URL of one "
+                              "run under storage.mirror")
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    print(f"launch: copied {count} files of {url} to {target}", file=sys.stderr)
+    return target

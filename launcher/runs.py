@@ -231,6 +231,22 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
     return runs, squeue_ok
 
 
+def mirrored_runs(mirror: str) -> list[Run]:
+    """The runs of a storage.mirror, from its results index (what the chief last recorded;
+    SLURM is not asked: the jobs may belong to another cluster)."""
+    from launcher import storage
+
+    runs = []
+    for entry in storage.read_index(mirror):
+        state = str(entry.get("state") or "unknown").upper()
+        runs.append(Run(name=str(entry.get("run")), run_dir=str(entry.get("url")), job_id=entry.get("job_id"),
+                        state=state, state_source="mirror", epoch=entry.get("epochs_done", entry.get("epoch")),
+                        epochs=entry.get("epochs_total", entry.get("epochs")),
+                        best_val_accuracy=entry.get("best_val_accuracy"), updated=entry.get("updated"),
+                        status_state=entry.get("state"), message=str(entry.get("message") or "")))
+    return runs
+
+
 def _age(iso: str | None, now: datetime.datetime | None = None) -> str:
     """'5m ago' for an ISO time; '-' when absent or unreadable."""
     try:
@@ -271,12 +287,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
     args = parser.parse_args(argv)
-    root = Path(args.run_root).expanduser()
-    if not root.is_dir():
-        print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
-              file=sys.stderr)
-        return 2
-    runs, squeue_ok = list_runs(root)
+    if str(args.run_root).startswith("s3://"):
+        from launcher.storage import StorageError
+
+        try:
+            runs, squeue_ok = mirrored_runs(args.run_root), True
+        except StorageError as err:
+            print(f"launch runs: error: {err}", file=sys.stderr)
+            return 2
+        root = args.run_root
+    else:
+        root = Path(args.run_root).expanduser()
+    if isinstance(root, Path):
+        if not root.is_dir():
+            print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
+                  file=sys.stderr)
+            return 2
+        runs, squeue_ok = list_runs(root)
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))
         return 0

@@ -21,6 +21,10 @@ from launcher.config import ConfigError
 SCHEME = "s3://"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 CREDENTIAL_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+# The results index of a mirror (written by training/mirror.py): one object per run under
+# INDEX/, merged on read; RUNS_JSON at the mirror's root is their latest merge.
+INDEX = "index"
+RUNS_JSON = "runs.json"
 
 
 class StorageError(ConfigError):
@@ -174,3 +178,28 @@ def upload(local: str, url: str, endpoint_url: str = "") -> None:
     """One file as one object (a single PUT or a multipart upload, complete or absent)."""
     fs = filesystem(endpoint_url)
     _call(url, endpoint_url, fs.put_file, local, _key(url))
+
+
+def download_tree(url: str, local: str, endpoint_url: str = "") -> int:
+    """Every object under `url` into the folder `local` (created); returns how many."""
+    fs = filesystem(endpoint_url)
+    prefix = _key(url)
+    keys = _call(url, endpoint_url, fs.find, prefix)
+    if not keys:
+        raise StorageError(f"{url} holds no objects; check the URL (launch runs --run-root "
+                           f"{url.rsplit('/', 1)[0]} lists the mirrored runs)")
+    for key in keys:
+        target = os.path.join(local, os.path.relpath(key, prefix))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _call(f"{SCHEME}{key}", endpoint_url, fs.get_file, key, target)
+    return len(keys)
+
+
+def read_index(mirror: str, endpoint_url: str = "") -> list[dict]:
+    """Every run's entry in the results index of `mirror`, oldest first (merged on read)."""
+    import json
+
+    url = join(mirror, INDEX)
+    entries = [json.loads(read_bytes(join(url, name), endpoint_url))
+               for name in sorted(listing(url, endpoint_url)) if name.endswith(".json")]
+    return sorted(entries, key=lambda e: (str(e.get("created", "")), str(e.get("run", ""))))

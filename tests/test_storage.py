@@ -141,7 +141,7 @@ def run_dir_with_checkpoint(tmp_path: Path, step: int) -> Path:
 
 
 def test_mirror_uploads_files_then_the_pointer_and_lists_what_failed(s3, tmp_path):
-    from training.mirror import Mirror, read_index
+    from training.mirror import Mirror
 
     run_dir = run_dir_with_checkpoint(tmp_path, 20)
     mirror = Mirror(run_dir, f"{s3}/runs", log=lambda line: None)
@@ -152,7 +152,7 @@ def test_mirror_uploads_files_then_the_pointer_and_lists_what_failed(s3, tmp_pat
     assert not storage.is_file(f"{url}/.writer.lock")
     mirror.publish({"run": run_dir.name, "accuracy": 0.9, "created": "1"})
     Mirror(tmp_path, f"{s3}/runs", log=lambda line: None).publish({"run": "other", "created": "2"})
-    assert [e["run"] for e in read_index(f"{s3}/runs")] == [run_dir.name, "other"]
+    assert [e["run"] for e in storage.read_index(f"{s3}/runs")] == [run_dir.name, "other"]
     assert [e["run"] for e in json.loads(storage.read_bytes(f"{s3}/runs/runs.json"))] == [run_dir.name, "other"]
 
     # The store goes away mid-run: training goes on, and mirror.json says what is not there.
@@ -163,3 +163,19 @@ def test_mirror_uploads_files_then_the_pointer_and_lists_what_failed(s3, tmp_pat
     assert "checkpoints/latest.json" in pending and "checkpoints/latest-000000040.h5" in pending
     state = json.loads((run_dir / "mirror.json").read_text())
     assert state["pending"] == pending and state["error"]
+
+
+def test_launch_runs_lists_a_mirror_from_its_index(s3, launch_cli):
+    from training.mirror import Mirror
+
+    for name, state, acc in (("r1-20261125-100000", "completed", 0.93), ("r2-20261125-110000", "running", 0.5)):
+        Mirror(Path("/nonexistent") / name, f"{s3}/runs", log=lambda line: None).publish(
+            {"run": name, "state": state, "best_val_accuracy": acc, "epochs_done": 3, "epochs_total": 8,
+             "created": name[3:], "url": f"{s3}/runs/{name}"})
+    done = launch_cli("runs", "--run-root", f"{s3}/runs")
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[1:]
+    assert rows[0].split()[:5] == ["r1-20261125-100000", "-", "COMPLETED", "3/8", "0.9300"]
+    assert rows[1].split()[2] == "RUNNING" and rows[1].endswith(f"{s3}/runs/r2-20261125-110000")
+    done = launch_cli("runs", "--run-root", "s3://no-such-bucket-here/runs")
+    assert done.returncode == 2 and "bucket no-such-bucket-here does not exist" in done.stderr

@@ -26,8 +26,7 @@ from launcher.fsutil import atomic_write_text
 POLL_S = 5.0
 RETRIES = 4  # per file and sync; waits 1, 2, 4, 8 s between tries
 STATE = "mirror.json"  # in the run directory: where the mirror is, what is not uploaded yet
-INDEX = "index"
-RUNS_JSON = "runs.json"
+INDEX, RUNS_JSON = storage.INDEX, storage.RUNS_JSON
 # Never mirrored: locks and files being written under a temporary name.
 SKIP_NAMES = (rundir.WRITER_LOCK, rundir.LAUNCH_LOCK, STATE)
 
@@ -146,22 +145,12 @@ class Mirror:
             self.log(f"mirror: the results index entry of {name} was not written ({self.error})")
             return
         try:
-            merged = read_index(self.mirror, self.endpoint_url)
+            merged = storage.read_index(self.mirror, self.endpoint_url)
             storage.write_bytes(storage.join(self.mirror, RUNS_JSON),
                                 json.dumps(merged, indent=1, sort_keys=True).encode(), self.endpoint_url)
         except Exception as err:  # the per-run entry is the record; runs.json is rebuilt by the next run
             self.log(f"mirror: {RUNS_JSON} not rewritten ({type(err).__name__}: {err}); the index "
                      f"entry {INDEX}/{name}.json is in place")
-
-
-def read_index(mirror: str, endpoint_url: str = "") -> list[dict]:
-    """Every run's index entry under `mirror`, oldest first (merge on read)."""
-    url = storage.join(mirror, INDEX)
-    entries = []
-    for name in sorted(storage.listing(url, endpoint_url)):
-        if name.endswith(".json"):
-            entries.append(json.loads(storage.read_bytes(storage.join(url, name), endpoint_url)))
-    return sorted(entries, key=lambda e: (str(e.get("created", "")), str(e.get("run", ""))))
 
 
 def index_entry(run_dir: Path, url: str) -> dict:

@@ -22,6 +22,7 @@ from launcher.fsutil import atomic_write_text
 
 RECORD = ".staged.json"
 WORKERS = 8  # parallel downloads; object stores serve many streams far better than one
+PROGRESS_S = 10  # a quick staging says one line; a long one also says how far it is
 
 
 def scratch_root(storage_cfg: StorageConfig, environ=os.environ) -> Path:
@@ -72,8 +73,8 @@ def _read_record(local: Path) -> dict:
 
 def _download(url: str, local: Path, todo: dict[str, dict], endpoint_url: str, total: int, log) -> None:
     """Parallel downloads to `name.part`, each renamed once complete and of the listed size; a
-    progress line at every tenth of the bytes."""
-    got, next_report = 0, total / 10
+    progress line at every tenth of the bytes once the download takes longer than PROGRESS_S."""
+    got, next_report, quiet_until = 0, total / 10, time.monotonic() + PROGRESS_S
 
     def one(name: str) -> int:
         part = local / f"{name}.part"
@@ -91,5 +92,7 @@ def _download(url: str, local: Path, todo: dict[str, dict], endpoint_url: str, t
         for size in pool.map(one, sorted(todo)):
             got += size
             if total and got >= next_report and got < total:
-                log(f"staging: {got / 1e6:.1f} of {total / 1e6:.1f} MB from {url}")
-                next_report += total / 10
+                if time.monotonic() > quiet_until:
+                    log(f"staging: {got / 1e6:.1f} of {total / 1e6:.1f} MB from {url}")
+                while next_report <= got:
+                    next_report += total / 10
