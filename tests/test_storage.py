@@ -179,3 +179,29 @@ def test_launch_runs_lists_a_mirror_from_its_index(s3, launch_cli):
     assert rows[1].split()[2] == "RUNNING" and rows[1].endswith(f"{s3}/runs/r2-20261125-110000")
     done = launch_cli("runs", "--run-root", "s3://no-such-bucket-here/runs")
     assert done.returncode == 2 and "bucket no-such-bucket-here does not exist" in done.stderr
+
+
+def test_a_weights_file_in_a_bucket_is_staged_once(s3, tmp_path):
+    from training.data.stage import stage_file
+
+    storage.write_bytes(f"{s3}/models/init.h5", b"h5 bytes")
+    cfg = StorageConfig(scratch=str(tmp_path))
+    local = stage_file(f"{s3}/models/init.h5", cfg)
+    assert local.read_bytes() == b"h5 bytes"
+    before = local.stat().st_mtime_ns
+    assert stage_file(f"{s3}/models/init.h5", cfg).stat().st_mtime_ns == before  # not fetched again
+    with pytest.raises(storage.StorageError, match=f"{s3}/models/nope.h5 does not exist"):
+        stage_file(f"{s3}/models/nope.h5", cfg)
+
+
+def test_local_paths_never_load_the_object_store_stack(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from launcher import cli; "
+            f"code = cli.main(['--cluster', 'local', '--run-root', {str(tmp_path)!r}, '--dry-run']); "
+            "assert code == 0, code; "
+            "loaded = [m for m in ('s3fs', 'fsspec', 'botocore', 'aiobotocore') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -64,6 +64,20 @@ def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
                   job_id=backend.spec.job_id)
 
 
+def stage_inputs(cfg: Config) -> None:
+    """s3:// inputs copied to node-local scratch once per node (training/data/stage.py); the
+    config then names the local copies. config.yaml keeps the URLs."""
+    if cfg.data.data_dir.startswith("s3://"):
+        from training.data.stage import stage
+
+        cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
+                                      log=lambda line: print(f"[train] {line}", flush=True)))
+    if (cfg.model.weights or "").startswith("s3://"):
+        from training.data.stage import stage_file
+
+        cfg.model.weights = str(stage_file(cfg.model.weights, cfg.storage))
+
+
 def run(run_dir: Path) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
@@ -71,11 +85,7 @@ def run(run_dir: Path) -> int:
     from training.gpucheck import check_start
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
-    if cfg.data.data_dir.startswith("s3://"):
-        from training.data.stage import stage
-
-        cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
-                                      log=lambda line: print(f"[train] {line}", flush=True)))
+    stage_inputs(cfg)
     from training.backends import create_backend
     from training.mirror import mirrored
 

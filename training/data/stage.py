@@ -96,3 +96,22 @@ def _download(url: str, local: Path, todo: dict[str, dict], endpoint_url: str, t
                     log(f"staging: {got / 1e6:.1f} of {total / 1e6:.1f} MB from {url}")
                 while next_report <= got:
                     next_report += total / 10
+
+
+def stage_file(url: str, storage_cfg: StorageConfig, environ=os.environ) -> Path:
+    """One object (a weights or embeddings file) copied to this node's scratch once, under the
+    same lock and record as the shards; returns the local file."""
+    parent, name = url.rstrip("/").rsplit("/", 1)
+    local = local_folder(parent, storage_cfg, environ)
+    local.mkdir(parents=True, exist_ok=True)
+    with open(local / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        objects = storage.listing(parent, storage_cfg.endpoint_url)
+        if name not in objects:
+            raise storage.StorageError(f"{url} does not exist; check the URL")
+        done = _read_record(local)
+        if done.get(name) != objects[name] or not _complete(local / name, objects[name]["size"]):
+            _download(parent, local, {name: objects[name]}, storage_cfg.endpoint_url, objects[name]["size"],
+                      log=lambda line: None)
+            atomic_write_text(local / RECORD, json.dumps({**done, name: objects[name]}, indent=1, sort_keys=True))
+    return local / name
