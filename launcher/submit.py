@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from launcher.errors import UserError
 from launcher.submitit_adapter import SbatchRefused, submit_script
 
 SINFO_HINT = 'sinfo -o "%N %G %f" lists what the nodes offer'
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """The job could not be started; the message is one line for the user."""
 
 
