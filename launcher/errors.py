@@ -19,7 +19,7 @@ class UsageError(UserError):
     """A command line argparse or a subcommand could not accept."""
 
 
-class RunDirError(UserError):
+class RunDirError(UserError, ValueError):
     """A folder given as a run is not one, or lacks the file a command needs."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 
+from launcher import rundir
 from launcher.config import BACKENDS, ConfigError, SlurmConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
@@ -112,7 +113,7 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
     if backend == "mirrored" and slurm.nodes > 1:
         raise ConfigError(f"backend mirrored runs on one node but slurm.nodes is {slurm.nodes}")
     nodes = 1 if backend == "mirrored" else slurm.nodes
-    values = _site_values(slurm, nodes, tasks_per_node(slurm, backend), Path(run_dir) / "logs", "slurm")
+    values = _site_values(slurm, nodes, tasks_per_node(slurm, backend), Path(run_dir) / rundir.LOGS, "slurm")
     values["open-mode"] = "append"  # a requeued job appends to the same log
     values["requeue"] = None
     if slurm.signal_lead_s >= slurm.time_min * 60:

@@ -266,7 +266,9 @@ def format_table(runs: list[Run]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`launch runs [--run-root DIR] [--json]`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.")
+    parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.",
+                                     epilog="example:\n  launch runs --run-root /shared/runs --json",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-root", default=rundir.default_run_root(),
                         help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")

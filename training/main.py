@@ -52,8 +52,9 @@ def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
     from training.report.predictions import write_prediction_report
     from training.report.summary import write_summary
 
-    best = run_dir / rundir.CHECKPOINTS / "best.h5"
-    model = keras.models.load_model(best if best.is_file() else run_dir / rundir.MODEL / "final.h5",
+    run = rundir.RunDir(run_dir)
+    best = run.best_checkpoint
+    model = keras.models.load_model(best if best.is_file() else run.final_model,
                                     custom_objects=custom_objects(), compile=False)
     plan = result["plan"]
     val = build_dataset(cfg.data, "val", False, plan.global_batch_size, None, cfg.train.seed)
