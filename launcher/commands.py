@@ -181,7 +181,7 @@ def cmd_gpucheck(argv: list[str]) -> int:
         raise UsageError("--run-dir takes the run's own config.yaml; drop --config")
     run = _run(args.run_dir) if args.run_dir else None
     cfg = _run_config(run, args) if run else _site_config(args)
-    nodes = args.nodes or cfg.slurm.nodes
+    nodes = cfg.slurm.nodes if args.nodes is None else args.nodes
     gpus = cfg.slurm.gpus_per_node if args.gpus is None else args.gpus
     if nodes < 1 or gpus < 0:
         raise UsageError(f"--nodes {nodes} --gpus {gpus}: ask for at least one node and zero or more GPUs")
