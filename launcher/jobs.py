@@ -92,7 +92,8 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
     except OSError as err:
         raise UserError(f"cannot create the log folder {job.log_dir}: {err.strerror}; pass a "
                         "folder you can write") from None
-    job_id = submit_job(script, job.log_dir / "submitit", describe_request(slurm, "multiworker"))
+    # Not logs/submitit: the job ids found there are the run's training jobs (launch runs, resume).
+    job_id = submit_job(script, job.log_dir / "submitit-tasks", describe_request(slurm, "multiworker"))
     log = job.log_dir / f"{job.kind}-{job_id}.out"
     gpus = f"{slurm.gpus_per_node} GPU(s) per node" if slurm.gpus_per_node else "no GPUs"
     print(f"submitted job {job_id}: {job.kind} on {slurm.nodes} node(s), {gpus}", flush=True)
