@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from launcher import rundir
 from launcher.config import Config, dump
 from launcher.errors import EXIT_CODE
 
+REPO = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("train", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
 
 
@@ -124,3 +126,23 @@ def test_cancel_ends_the_runs_job_and_says_how_the_run_stands(launch_cli, run_ro
     assert status.get("state") not in ("starting", "running"), status
     again = launch_cli("cancel", run_dir)
     assert again.returncode == 0 and "nothing to cancel" in again.stdout
+
+
+def test_subcommands_answer_without_tensorflow(run, tmp_path):
+    """The login-node side: dry runs of every job kind import neither TensorFlow nor submitit."""
+    code = (
+        "import json, sys\n"
+        "from launcher.cli import main\n"
+        f"run, tmp = {str(run)!r}, {str(tmp_path)!r}\n"
+        "codes = [main(['eval', run, '--dry-run']),\n"
+        "         main(['predict', run, '--images', tmp, '--out', tmp + '/p.csv', '--dry-run']),\n"
+        "         main(['gpucheck', '--run-dir', run, '--dry-run']),\n"
+        "         main(['convert', tmp, tmp + '/shards', '--dry-run']),\n"
+        "         main(['resume', run, '--dry-run', '--no-preflight'])]\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'tf_keras', 'submitit'))\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == {"codes": [0] * 5, "heavy": []}
+    assert done.stdout.count("#!/bin/bash\n") == 5
