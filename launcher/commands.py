@@ -121,7 +121,7 @@ def cmd_eval(argv: list[str]) -> int:
     run = _run(args.run)
     cfg = _run_config(run, args)
     command = [_python(cfg), "-u", "-m", "training.evaluate", "eval", "--run-dir", str(run.path),
-               "--checkpoint", _checkpoint(run, args.checkpoint, args.dry_run), "--split", args.split,
+               "--checkpoint", _checkpoint(run, args.checkpoint), "--split", args.split,
                "--batch-size", str(args.batch_size)]
     if args.max_batches is not None:
         command += ["--max-batches", str(args.max_batches)]
@@ -131,12 +131,11 @@ def cmd_eval(argv: list[str]) -> int:
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
 
 
-def _checkpoint(run: RunDir, name: str, dry_run: bool) -> str:
-    """The --checkpoint argument for the job; checked here so a typo is not found in the queue."""
-    if dry_run:
-        return name if name in RunDir.NAMED_CHECKPOINTS else str(Path(name).expanduser().resolve())
+def _checkpoint(run: RunDir, name: str) -> str:
+    """The --checkpoint argument for the job; checked here (dry runs too), so that a missing
+    checkpoint is one line now rather than a failed job later."""
     path = run.checkpoint(name)
-    return name if name in RunDir.NAMED_CHECKPOINTS else str(path)
+    return name if name in RunDir.NAMED_CHECKPOINTS else str(path.resolve())
 
 
 def cmd_predict(argv: list[str]) -> int:
@@ -156,7 +155,7 @@ def cmd_predict(argv: list[str]) -> int:
     if not out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {out.parent} does not exist; create it first")
     command = [_python(cfg), "-u", "-m", "training.evaluate", "predict", "--run-dir", str(run.path),
-               "--checkpoint", _checkpoint(run, args.checkpoint, args.dry_run), "--images", str(images),
+               "--checkpoint", _checkpoint(run, args.checkpoint), "--images", str(images),
                "--out", str(out), "--top-k", str(args.top_k), "--batch-size", str(args.batch_size or 32)]
     job = TaskJob("predict", tuple(command), run.logs)
     request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,

@@ -53,6 +53,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, says: str) -> None:
     (["eval", "{tmp}/nowhere"], "not a run directory"),
     (["eval", "{run}", "--checkpoint", "latest"], "the run has saved no resumable checkpoint yet"),
     (["eval", "{run}", "--checkpoint", "final"], "model/final.h5 does not exist"),
+    (["eval", "{run}", "--checkpoint", "final", "--dry-run"], "model/final.h5 does not exist"),
     (["eval", "{run}", "--split", "test"], "invalid choice: 'test'"),
     (["eval", "{run}", "slurm.qos=1", "--gpu-style", "magic"], "'magic' is not one of gres"),
     (["predict", "{run}", "--images", "{tmp}/nowhere", "--out", "{tmp}/p.csv"], "is not a folder"),
