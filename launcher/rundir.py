@@ -36,7 +36,7 @@ WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/re
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.
-_JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
+JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
 
 
 def planned_run_dir(run_root: str | Path, name: str) -> Path:
@@ -102,7 +102,7 @@ def job_ids(run_dir: Path) -> list[str]:
         ids.add(str(status["job_id"]))
     for folder in (run_dir / LOGS, run_dir / LOGS / "submitit"):
         if folder.is_dir():
-            ids.update(m.group(1) for p in folder.iterdir() if (m := _JOB_FILE.match(p.name)))
+            ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return sorted(ids, key=lambda i: tuple(int(n) for n in i.split("_")))
 

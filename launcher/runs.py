@@ -40,12 +40,13 @@ from typing import Callable
 import yaml
 
 from launcher import rundir, runstatus
+from launcher.errors import UserError
 
 # squeue states of a job that is still (or again) in the queue.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 QUERY_TIMEOUT_S = 30
-JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
+JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
 
@@ -275,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.run_root).expanduser()
     if not root.is_dir():
-        print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT")
     runs, squeue_ok = list_runs(root)
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))

@@ -63,6 +63,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, says: str) -> None:
     (["convert", "{tmp}/nowhere", "{tmp}/out"], "SRC {tmp}/nowhere is not a folder"),
     (["convert", "{tmp}", "{run}"], "exists and is not an empty folder"),
     (["cancel", "{tmp}"], "not a run directory"),
+    (["runs", "--run-root", "{tmp}/nowhere"], "run root {tmp}/nowhere is not a folder"),
     (["resume"], "name the run directory first"),
     (["resume", "{tmp}", "--dry-run"], "not a run directory"),
 ])

@@ -224,3 +224,21 @@ def test_hostile_job_name_and_run_dir_stay_inert(tmp_path, shim_bin, pattern):
 def test_control_characters_in_run_dir_are_refused():
     with pytest.raises(ConfigError, match="run directory .* contains a control character"):
         render_sbatch(SlurmConfig(job_name="j"), "mirrored", Path("/runs/a\nb"), PYTHON, 60)
+
+
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_hostile_paths_in_a_task_job_stay_inert(tmp_path, shim_bin, pattern):
+    marker = tmp_path / "pwned"
+    value = pattern.format(marker=shlex.quote(str(marker)))
+    command = (PYTHON, "-m", "training.evaluate", "predict", "--images", str(tmp_path / f"photos {value}"))
+    job = TaskJob("predict", command, tmp_path / f"logs {value}")
+    cfg = Config()
+    cfg.slurm.job_name = value
+    script = tmp_path / "task.sbatch"
+    script.write_text(jobs.render(cfg, job, jobs.Request()))
+    record = tmp_path / "srun-args"
+    env = {"PATH": f"{shim_bin}:{os.environ['PATH']}", "SHIM_RECORD": str(record)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "an injected command ran"
+    assert record.read_text().split("\0")[:-1][-len(command):] == list(command)
