@@ -104,9 +104,13 @@ def _common_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _finish(outcome, wait: bool) -> int:
+    """With --wait: the job's output, and how it ended when that was not COMPLETED."""
     if wait and outcome.log is not None:
         for line in log_lines(outcome.log):
             print(line)
+        if outcome.code:
+            print(f"launch: job {outcome.job_id} ended {outcome.state}; see "
+                  f"{outcome.log.with_suffix('.err')}", file=sys.stderr)
     return outcome.code
 
 

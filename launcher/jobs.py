@@ -101,10 +101,7 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
     if not wait:
         return Outcome(0, job_id, log)
     state = wait_for(job_id)
-    code = 0 if state == "COMPLETED" else 1
-    if code:
-        print(f"launch: job {job_id} ended {state}; see {log.with_suffix('.err')}", file=sys.stderr)
-    return Outcome(code, job_id, log, state)
+    return Outcome(0 if state == "COMPLETED" else 1, job_id, log, state)
 
 
 def run_here(job: TaskJob, why: str) -> int:
