@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from launcher.cli import DEFAULT_CONFIG, REPO
 from launcher.config import Config, load_config
 from launcher.errors import UsageError, UserError
 from launcher.jobs import Request, log_lines, start
 from launcher.render import TaskJob
 from launcher.rundir import RunDir
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
 # argparse dest -> config key, for the site options every job command takes.
 SITE_FLAGS = {
     "gpu_type": "slurm.gpu_type",

@@ -31,6 +31,7 @@ LATEST = "latest.json"  # under CHECKPOINTS: the committed resumable checkpoint 
 LATEST_WEIGHTS = "latest-{step:09d}.h5"  # under CHECKPOINTS: the file LATEST names
 LATEST_GLOB = "latest-*.h5"
 SUMMARY = "summary.json"  # under REPORT: the run's final figures
+PREDICTIONS = "predictions.json"  # under REPORT: accuracy, top-5, loss and files of the end report
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/resume.py)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
@@ -133,6 +134,7 @@ class RunDir:
         self.model_spec = self.model_dir / MODEL_SPEC
         self.report = self.path / REPORT
         self.summary = self.report / SUMMARY
+        self.predictions = self.report / PREDICTIONS
         self.writer_lock = self.path / WRITER_LOCK
         self.launch_lock = self.path / LAUNCH_LOCK
 

@@ -20,7 +20,7 @@ from launcher.fsutil import atomic_write_text
 from training.report.curves import PLOTS, read_history
 
 SUMMARY = rundir.SUMMARY
-PREDICTIONS_JSON = "predictions.json"  # written by report.predictions, read here
+PREDICTIONS_JSON = rundir.PREDICTIONS  # written by report.predictions, read here
 MODEL_SPEC = rundir.MODEL_SPEC
 BEST_H5 = f"{rundir.CHECKPOINTS}/{rundir.BEST_CHECKPOINT}"
 FINAL_H5 = f"{rundir.MODEL}/{rundir.FINAL_MODEL}"
