@@ -78,6 +78,23 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def report(run_dir: str | Path, checkpoint: str, dataset: Iterable, names: list[str],
+           max_batches: int | None = None, prefix: str = "") -> tuple[Path, dict[str, Any]]:
+    """Loads a checkpoint of the run and writes its prediction report under report/.
+
+    The one evaluation of a checkpoint: the chief's end-of-training report (no prefix) and
+    `launch eval` (prefix eval-<split>-) both call it.
+
+    Returns:
+        (the checkpoint file, write_prediction_report's record).
+    """
+    from training.report.predictions import write_prediction_report
+
+    path = checkpoint_path(Path(run_dir), checkpoint)
+    return path, write_prediction_report(run_dir, load_model(path), dataset, names, max_batches,
+                                         prefix=prefix, checkpoint=checkpoint)
+
+
 def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", batch_size: int = 0,
              max_batches: int | None = None, dataset: Iterable | None = None) -> dict[str, Any]:
     """Recomputes accuracy and top-5 of a checkpoint and writes report/eval-<split>.json.
@@ -96,20 +113,17 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     Returns:
         The eval-<split>.json record: checkpoint, split, examples, accuracy, top5, loss, files.
     """
-    from training.report.predictions import write_prediction_report
-
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    path = checkpoint_path(run_dir, checkpoint)
+    checkpoint_path(run_dir, checkpoint)  # a missing checkpoint is named before the data is read
     if dataset is None:
         from training.data.pipeline import build_dataset
 
         dataset = build_dataset(cfg.data, split, training=False,
                                 batch_size=batch_size or default_batch_size(cfg), input_context=None,
                                 seed=cfg.train.seed)
-    model = load_model(path)
-    result = write_prediction_report(run_dir, model, dataset, class_names(run_dir, cfg), max_batches,
-                                     prefix=f"eval-{split}-", checkpoint=checkpoint)
+    path, result = report(run_dir, checkpoint, dataset, class_names(run_dir, cfg), max_batches,
+                          prefix=f"eval-{split}-")
     if not result["examples"]:
         raise EvaluateError(f"the {split} split gave no images; check data.data_dir and data.val_split "
                             f"in {RunDir(run_dir).config}")
