@@ -1,7 +1,7 @@
 """`launch`: render a run's sbatch script and submit it, print it, or run the job locally.
 
-    launch [--config FILE] [section.key=value ...] [--nodes N] [--gpus N] ... [--dry-run]
-    launch runs ...        (listing runs; see launcher/runs.py)
+    launch [train] [--config FILE] [section.key=value ...] [--nodes N] [--gpus N] ... [--dry-run]
+    launch eval|predict|gpucheck|convert|runs|cancel|resume ...   (launcher/commands.py)
 
 Layers, later wins: config defaults, the YAML file, dotted overrides, explicit flags.
 Before anything is created or submitted, launcher/preflight.py checks the data, the request
@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import copy
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from launcher import fsutil, preflight, resume, rundir
 from launcher.config import Config, ConfigError, dump, load_config
+from launcher.errors import EXIT_CODE, UsageError, UserError, one_line
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
 
@@ -46,24 +46,39 @@ FLAGS = {
 }
 
 
-def _one_line(message: str) -> str:
-    # A value typed with a newline must not split the error into several lines.
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+_one_line = one_line
+
+EPILOG = """\
+example:
+  launch --config configs/demo.yaml --nodes 2 train.epochs=3 --dry-run
+
+other commands (each with --help):
+  launch eval RUN            accuracy of a run's checkpoint, as a SLURM job
+  launch predict RUN ...     classes of a folder of images, as a SLURM job
+  launch gpucheck            does TensorFlow see the GPUs of an allocation?
+  launch convert SRC OUT     class folders to TFRecord shards, here or as a SLURM job
+  launch runs                how every run stands
+  launch cancel RUN          cancel a run's jobs
+  launch resume RUN          continue a stopped run (same as --resume RUN)
+
+A mistake in the command line, the config or the request is one line on stderr and exit code 2;
+nothing is submitted or written then.
+"""
 
 
-def _fail(message: str, code: int = 2) -> int:
+def _fail(message: str, code: int = EXIT_CODE) -> int:
     print(f"launch: error: {_one_line(message)}", file=sys.stderr)
     return code
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, no usage block
-        raise SystemExit(_fail(f"{message} (launch --help lists the options)"))
+        raise UsageError(f"{message} ({self.prog} --help lists the options)")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
-                epilog="launch runs ... lists and inspects runs (launcher/runs.py).")
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
     p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
@@ -178,8 +193,8 @@ def _launch(args: argparse.Namespace) -> int:
                 shutil.rmtree(root / leftover, ignore_errors=True)
         inside = err.filename is None or str(err.filename).startswith(f"{run_dir}{os.sep}")
         where = f"the run directory {run_dir}" if inside else err.filename  # not a temp file's name
-        return _fail(f"cannot write {where}: {err.strerror or err}; free space there or pass --run-root "
-                     "elsewhere", 1)
+        raise UserError(f"cannot write {where}: {err.strerror or err}; free space there or pass "
+                        "--run-root elsewhere") from None
     if args.emit_sbatch:
         return _emit(args.emit_sbatch, script, run_dir)
     if cluster == "local":
@@ -240,8 +255,8 @@ def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, 
         for path, text in earlier.items():
             with contextlib.suppress(OSError):
                 fsutil.atomic_write_text(path, text)
-        return _fail(f"cannot write {err.filename or run_dir}: {err.strerror or err}; cancelled job "
-                     f"{job_id}, the run is as it was; free space there and resume again", 1)
+        raise UserError(f"cannot write {err.filename or run_dir}: {err.strerror or err}; cancelled job "
+                        f"{job_id}, the run is as it was; free space there and resume again") from None
     resume.release(job_id)
     _print_submitted(job_id, cfg, run_dir)
     if warning := preflight.job_warning(job_id):
@@ -260,33 +275,29 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
     print(f"tensorboard: tensorboard --logdir {shlex.quote(str(run_dir.parent))}")
 
 
-def _runs(argv: list[str]) -> int:
-    from launcher import runs  # only `launch runs` pays for its imports
-
-    return runs.main(argv)
+def train(argv: list[str]) -> int:
+    """`launch [train] ...`: a new run, or `--resume RUN`; raises UserError for the user's mistakes."""
+    return _launch(_parser().parse_intermixed_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `launch` console script; returns the exit code."""
+    from launcher import commands  # the subcommands; train is the default
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["runs"]:
-        return _runs(argv[1:])
     try:
-        args = _parser().parse_intermixed_args(argv)
-        return _launch(args)
-    except SystemExit as done:  # --help, and argparse errors already printed as one line
-        return done.code if isinstance(done.code, int) else 2
-    except ConfigError as err:
+        return commands.dispatch(argv, train)
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else EXIT_CODE
+    except UserError as err:
         return _fail(str(err))
-    except SubmitError as err:
-        return _fail(str(err), code=1)
     except BrokenPipeError:  # `launch --dry-run | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # as if killed by SIGPIPE, like other command-line tools
     except OSError as err:
         if err.filename:
-            return _fail(f"{err.filename}: {err.strerror}; check the path and its permissions", 1)
-        return _fail(str(err), 1)
+            return _fail(f"{err.filename}: {err.strerror}; check the path and its permissions")
+        raise
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from typing import Annotated, Any
 
 import yaml
 
+from launcher.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-facing configuration problem; its message is one line: what, where, what to do."""
 
 

@@ -1,4 +1,8 @@
-"""The sbatch script as a pure function of the slurm config section, the backend and the run dir.
+"""Every sbatch script `launch` submits, as pure functions: config section in, text out.
+
+One template family in slurm/: base.sbatch.j2 (directives, slurm.setup) extended by job.sbatch.j2
+(a training run) and task.sbatch.j2 (one command per node: eval, predict, gpucheck, convert). Both
+kinds get their directives, GPU request style, partition, account and QoS from the same code here.
 
 CPUs: `slurm.cpus_per_task` is per task for every backend, exactly as sbatch reads it. Horovod runs
 one task per GPU, so a node then needs gpus_per_node * cpus_per_task cores; lower cpus_per_task
@@ -6,16 +10,19 @@ when switching a config from mirrored to horovod.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shlex
 from pathlib import Path
 
 import jinja2
 
+from launcher import rundir
 from launcher.config import BACKENDS, ConfigError, SlurmConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 TEMPLATE = "job.sbatch.j2"
+TASK_TEMPLATE = "task.sbatch.j2"
 
 
 def tasks_per_node(slurm: SlurmConfig, backend: str) -> int:
@@ -62,37 +69,28 @@ def _slurm_path(path: Path) -> str:
     return str(path).replace("%", "%%")
 
 
-def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
-    """`--key=value` strings, sorted, each value shell-quoted (sbatch parses quotes like a shell)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"runtime.backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "mirrored" and slurm.nodes > 1:
-        raise ConfigError(f"backend mirrored runs on one node but slurm.nodes is {slurm.nodes}")
-    logs = _slurm_path(Path(run_dir) / "logs")
+def _site_values(slurm: SlurmConfig, nodes: int, per_node: int, logs: Path, stem: str) -> dict[str, object]:
+    """The directives every job shares: geometry, time, name, logs, GPUs and the site's options."""
+    logs_text = _slurm_path(Path(logs))
     values: dict[str, object] = {
-        "nodes": 1 if backend == "mirrored" else slurm.nodes,
-        "ntasks-per-node": tasks_per_node(slurm, backend),
+        "nodes": nodes,
+        "ntasks-per-node": per_node,
         "cpus-per-task": slurm.cpus_per_task,
         "time": slurm.time_min,  # a bare number is minutes to sbatch
         "job-name": slurm.job_name,
-        "output": f"{logs}/slurm-%j.out",
-        "error": f"{logs}/slurm-%j.err",
-        "open-mode": "append",  # a requeued job appends to the same log
-        "requeue": None,
+        "output": f"{logs_text}/{stem}-%j.out",
+        "error": f"{logs_text}/{stem}-%j.err",
         **gpu_request(slurm),
     }
-    if slurm.signal_lead_s >= slurm.time_min * 60:
-        # The warning would arrive at once: the trainer would checkpoint and requeue forever.
-        raise ConfigError(f"slurm.signal_lead_s {slurm.signal_lead_s} is not shorter than the time "
-                          f"limit of {slurm.time_min} min; raise --time or set slurm.signal_lead_s=0")
-    if slurm.signal_lead_s:
-        # No "B:" prefix: the signal goes to the srun tasks, i.e. the trainer, not this shell.
-        values["signal"] = f"USR1@{slurm.signal_lead_s}"
     for key in ("mem", "partition", "account", "qos"):
         if getattr(slurm, key):
             values[key] = getattr(slurm, key)
     if slurm.exclusive:
         values["exclusive"] = None
+    return values
+
+
+def _directive_lines(values: dict[str, object]) -> list[str]:
     lines = []
     for key, value in sorted(values.items()):
         if value is None:
@@ -107,6 +105,27 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
     return lines
 
 
+def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
+    """`--key=value` strings of a training run, sorted, each value shell-quoted (sbatch parses
+    quotes like a shell)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"runtime.backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "mirrored" and slurm.nodes > 1:
+        raise ConfigError(f"backend mirrored runs on one node but slurm.nodes is {slurm.nodes}")
+    nodes = 1 if backend == "mirrored" else slurm.nodes
+    values = _site_values(slurm, nodes, tasks_per_node(slurm, backend), Path(run_dir) / rundir.LOGS, "slurm")
+    values["open-mode"] = "append"  # a requeued job appends to the same log
+    values["requeue"] = None
+    if slurm.signal_lead_s >= slurm.time_min * 60:
+        # The warning would arrive at once: the trainer would checkpoint and requeue forever.
+        raise ConfigError(f"slurm.signal_lead_s {slurm.signal_lead_s} is not shorter than the time "
+                          f"limit of {slurm.time_min} min; raise --time or set slurm.signal_lead_s=0")
+    if slurm.signal_lead_s:
+        # No "B:" prefix: the signal goes to the srun tasks, i.e. the trainer, not this shell.
+        values["signal"] = f"USR1@{slurm.signal_lead_s}"
+    return _directive_lines(values)
+
+
 def srun_args(slurm: SlurmConfig, backend: str) -> list[str]:
     """Step geometry, stated again so the step matches the allocation whatever srun inherits."""
     per_node = tasks_per_node(slurm, backend)
@@ -115,7 +134,7 @@ def srun_args(slurm: SlurmConfig, backend: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
+def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -125,7 +144,19 @@ def _template() -> jinja2.Template:
         autoescape=False,  # shell, not HTML: quoting is the q filter's job
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
-    return env.get_template(TEMPLATE)
+    return env
+
+
+def _template() -> jinja2.Template:
+    return _environment().get_template(TEMPLATE)
+
+
+def _check_plain(**values: str) -> None:
+    for what, value in values.items():
+        # Config values are checked at load; paths can also come from --resume or sys.executable.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(f"{what.replace('_', ' ')} {value!r} contains a control character; "
+                              "use a plain path")
 
 
 def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
@@ -144,10 +175,7 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
     """
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
-    for what, value in (("run directory", str(run_dir)), ("python", python)):
-        # Config values are checked at load; these two can also come from --resume or sys.executable.
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ConfigError(f"{what} {value!r} contains a control character; use a plain path")
+    _check_plain(run_directory=str(run_dir), python=python)
     return _template().render(
         directives=directives(slurm, backend, Path(run_dir)),
         backend=backend,
@@ -157,4 +185,38 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         srun_args=srun_args(slurm, backend),
         python=python,
         worker_timeout_s=worker_timeout_s,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskJob:
+    """A job that runs one command once per node (launcher/jobs.py builds these).
+
+    Attributes:
+        kind: eval | predict | gpucheck | convert; names the logs (KIND-<job id>.out) and the script.
+        command: the argument list each task runs, interpreter first, paths absolute.
+        log_dir: folder on shared storage for SLURM's .out/.err files.
+    """
+
+    kind: str
+    command: tuple[str, ...]
+    log_dir: Path
+
+
+def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
+    """Renders the batch script of a task job on `slurm.nodes` nodes, one task each.
+
+    `slurm` carries the whole request: nodes, gpus_per_node (0 for none), cpus_per_task, time,
+    job name and the site's partition, account, QoS, GPU style and setup lines.
+    """
+    if not slurm.job_name:
+        raise ConfigError("slurm.job_name is empty; the launcher fills it with the job's kind")
+    _check_plain(log_folder=str(job.log_dir), **{f"argument {i}": a for i, a in enumerate(job.command)})
+    values = _site_values(slurm, slurm.nodes, 1, job.log_dir, job.kind)
+    return _environment().get_template(TASK_TEMPLATE).render(
+        directives=_directive_lines(values),
+        kind=job.kind,
+        setup=slurm.setup,
+        srun_args=srun_args(slurm, "multiworker"),
+        command=list(job.command),
     )

@@ -1,6 +1,8 @@
 """The run directory: one folder per run on shared storage, never reused by a second run.
 
-Everything a run writes lives under it; this module is the one place that names the files.
+Everything a run writes lives under it; this module is the one place that names the files
+(the constants below, and `RunDir`, which joins them to a run's folder). TF-free: the login
+node, the trainer, evaluate and the reports all ask it.
 """
 from __future__ import annotations
 
@@ -10,23 +12,32 @@ import os
 import re
 from pathlib import Path
 
+from launcher.errors import RunDirError
+
 CONFIG = "config.yaml"  # resolved config, written by launch
 SBATCH = "job.sbatch"  # the exact script submitted
 STATUS = "status.json"  # state written by the chief: running / completed / failed / requeued
 LOGS = "logs"  # SLURM stdout/stderr
-CHECKPOINTS = "checkpoints"  # latest.h5 + latest.json (resume), best.h5 (best val loss)
+CHECKPOINTS = "checkpoints"  # latest-<step>.h5 + latest.json (resume), best.h5 (best val loss)
 TENSORBOARD = "tensorboard"
-HISTORY = "history.csv"
+HISTORY = "history.csv"  # one row per epoch, written by the chief
+LR_LOG = "lr.csv"  # the learning rate every few steps, for the live plot
 MODEL = "model"  # final.h5 + model_spec.json
 REPORT = "report"  # plots, prediction grids, summary.json
 MODEL_SPEC = "model_spec.json"  # under MODEL: architecture, image size, classes (written at job start)
+FINAL_MODEL = "final.h5"  # under MODEL: the model as training ended
+BEST_CHECKPOINT = "best.h5"  # under CHECKPOINTS: the model of the best val loss so far
 LATEST = "latest.json"  # under CHECKPOINTS: the committed resumable checkpoint (epoch, step, history)
+LATEST_WEIGHTS = "latest-{step:09d}.h5"  # under CHECKPOINTS: the file LATEST names
+LATEST_GLOB = "latest-*.h5"
+SUMMARY = "summary.json"  # under REPORT: the run's final figures
+PREDICTIONS = "predictions.json"  # under REPORT: accuracy, top-5, loss and files of the end report
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/resume.py)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.
-_JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
+JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
 
 
 def planned_run_dir(run_root: str | Path, name: str) -> Path:
@@ -66,7 +77,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore or delete it") from None
+        raise RunDirError(f"{path} is not valid JSON ({err}); restore or delete it") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -92,6 +103,84 @@ def job_ids(run_dir: Path) -> list[str]:
         ids.add(str(status["job_id"]))
     for folder in (run_dir / LOGS, run_dir / LOGS / "submitit"):
         if folder.is_dir():
-            ids.update(m.group(1) for p in folder.iterdir() if (m := _JOB_FILE.match(p.name)))
+            ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return sorted(ids, key=lambda i: tuple(int(n) for n in i.split("_")))
+
+
+class RunDir:
+    """One run's folder: every path in it, and the small readers the login node needs.
+
+    Attributes are paths (nothing is created); `exists()` says whether launch made the folder.
+    """
+
+    NAMED_CHECKPOINTS = ("best", "final", "latest")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / CONFIG
+        self.sbatch = self.path / SBATCH
+        self.status = self.path / STATUS
+        self.jobs = self.path / JOBS
+        self.logs = self.path / LOGS
+        self.tensorboard = self.path / TENSORBOARD
+        self.history = self.path / HISTORY
+        self.lr_log = self.path / LR_LOG
+        self.checkpoints = self.path / CHECKPOINTS
+        self.best_checkpoint = self.checkpoints / BEST_CHECKPOINT
+        self.latest_pointer = self.checkpoints / LATEST
+        self.model_dir = self.path / MODEL
+        self.final_model = self.model_dir / FINAL_MODEL
+        self.model_spec = self.model_dir / MODEL_SPEC
+        self.report = self.path / REPORT
+        self.summary = self.report / SUMMARY
+        self.predictions = self.report / PREDICTIONS
+        self.writer_lock = self.path / WRITER_LOCK
+        self.launch_lock = self.path / LAUNCH_LOCK
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def eval_record(self, split: str) -> Path:
+        """report/eval-<split>.json, written by `launch eval`."""
+        return self.report / f"eval-{split}.json"
+
+    def read_status(self) -> dict:
+        return read_json(self.status)
+
+    def read_model_spec(self) -> dict:
+        return read_json(self.model_spec)
+
+    def read_latest(self) -> dict:
+        """latest.json: the committed resumable checkpoint; {} when none was saved yet."""
+        return read_json(self.latest_pointer)
+
+    def latest_weights(self) -> Path | None:
+        """The HDF5 file latest.json names, or None when the run saved no resumable checkpoint."""
+        weights = self.read_latest().get("weights")
+        return self.checkpoints / weights if weights else None
+
+    def checkpoint(self, name: str) -> Path:
+        """best -> checkpoints/best.h5, final -> model/final.h5, latest -> the file latest.json
+        names, anything else is a path to an HDF5 model; raises RunDirError when it is missing."""
+        if name == "best":
+            path = self.best_checkpoint
+        elif name == "final":
+            path = self.final_model
+        elif name == "latest":
+            path = self.latest_weights()
+            if path is None:
+                raise RunDirError(f"{self.latest_pointer} does not exist: the run has saved no "
+                                  "resumable checkpoint yet; choose --checkpoint best or final")
+        else:
+            path = Path(name).expanduser()
+        if not path.is_file():
+            raise RunDirError(f"checkpoint {name!r}: {path} does not exist; choose one of "
+                              f"{', '.join(self.NAMED_CHECKPOINTS)} or an existing .h5 file")
+        return path

@@ -40,12 +40,13 @@ from typing import Callable
 import yaml
 
 from launcher import rundir, runstatus
+from launcher.errors import UserError
 
 # squeue states of a job that is still (or again) in the queue.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 QUERY_TIMEOUT_S = 30
-JOB_FILE = re.compile(r"^(?:slurm-)?(\d+(?:_\d+)?)(?:_submission\.sh|\.out|\.err)$")
+JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
 
@@ -282,27 +283,19 @@ def format_table(runs: list[Run]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`launch runs [--run-root DIR] [--json]`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.")
+    parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.",
+                                     epilog="example:\n  launch runs --run-root /shared/runs --json",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-root", default=rundir.default_run_root(),
                         help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
     args = parser.parse_args(argv)
     if str(args.run_root).startswith("s3://"):
-        from launcher.storage import StorageError
-
-        try:
-            runs, squeue_ok = mirrored_runs(args.run_root), True
-        except StorageError as err:
-            print(f"launch runs: error: {err}", file=sys.stderr)
-            return 2
-        root = args.run_root
+        runs, squeue_ok, root = mirrored_runs(args.run_root), True, args.run_root  # StorageError: a UserError
     else:
         root = Path(args.run_root).expanduser()
-    if isinstance(root, Path):
         if not root.is_dir():
-            print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
-                  file=sys.stderr)
-            return 2
+            raise UserError(f"run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT")
         runs, squeue_ok = list_runs(root)
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))

@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from launcher import rundir
+from launcher.errors import UserError
 from launcher.submitit_adapter import SbatchRefused, submit_script
 
 SINFO_HINT = 'sinfo -o "%N %G %f" lists what the nodes offer'
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """The job could not be started; the message is one line for the user."""
 
 
@@ -56,13 +58,30 @@ def submit_slurm(script: str, run_dir: Path, asked: str, fresh: bool) -> str:
         SubmitError: sbatch refused the job or could not be run.
     """
     try:
-        return submit_script(script, run_dir / "logs" / "submitit")
+        return submit_job(script, run_dir / rundir.LOGS / "submitit", asked)
+    except SubmitError:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def submit_job(script: str, submitit_folder: Path, asked: str) -> str:
+    """Submits any rendered script with sbatch (the one way `launch` submits); returns the job id.
+
+    Args:
+        script: the rendered batch script.
+        submitit_folder: where submitit keeps its copy of the script; made if missing.
+        asked: the resource request in sbatch's words, for the refusal message.
+
+    Raises:
+        SubmitError: sbatch refused the job or could not be run.
+    """
+    try:
+        return submit_script(script, submitit_folder)
     except SbatchRefused as err:
         message = slurm_refusal(str(err), asked)
     except (RuntimeError, OSError) as err:
         message = f"could not submit with sbatch: {(str(err).splitlines() or [repr(err)])[0]}"
-    if fresh:
-        shutil.rmtree(run_dir, ignore_errors=True)
     raise SubmitError(message)
 
 
@@ -118,7 +137,7 @@ def run_local(run_dir: Path, python: str, world_size: int, worker_timeout_s: int
     Returns:
         0 when every rank succeeded, else the exit code of the first rank that failed.
     """
-    logs = run_dir / "logs"
+    logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
     # SLURM variables of an enclosing allocation would make the trainer think it is a job step.
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}

@@ -116,17 +116,25 @@ def test_local_check_prints_one_line_and_writes_json(tmp_path):
 
 
 @pytest.mark.slurm
-def test_submit_checks_every_node_of_a_two_node_allocation(tmp_path, slurm_cluster, capsys):
+def test_launch_gpucheck_checks_every_node_of_a_two_node_allocation(tmp_path, slurm_cluster, launch_cli):
     cfg = Config()
     cfg.slurm.cpus_per_task = 1
     (tmp_path / "config.yaml").write_text(dump(cfg))
-    code = gpucheck.main(["--submit", "--nodes", "2", "--gpus", "2", "--gpu-type", "a100",
-                          "--run-dir", str(tmp_path)])
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3, lines
+    done = launch_cli("gpucheck", "--nodes", "2", "--gpus", "2", "--gpu-type", "a100", "--run-dir", tmp_path,
+                      timeout=600)
+    submitted, logged, *lines = done.stdout.splitlines()
+    assert submitted.startswith("submitted job ") and "gpucheck on 2 node(s), 2 GPU(s) per node" in submitted
+    assert len(lines) == 3, done.stdout + done.stderr
     for node, line in zip(("node1", "node2"), lines):
         # The local cluster's GPUs are stand-ins: SLURM allocates them, TensorFlow finds none.
         assert line.startswith(f"gpucheck {node} ")
         assert "NO GPU: 2 GPU(s) allocated by SLURM" in line and "TensorFlow sees 0" in line
-    assert "NO GPU on 2 of 2 node(s)" in lines[2] and code == 1
+    assert "NO GPU on 2 of 2 node(s)" in lines[2] and done.returncode == 1
     assert len(list((tmp_path / "logs").glob("gpucheck-node*-*.json"))) == 2
+
+
+def test_the_compute_side_submits_nothing():
+    """`python -m training.gpucheck` checks where it runs; the old --submit is gone."""
+    done = subprocess.run([sys.executable, "-m", "training.gpucheck", "--submit"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unrecognized arguments: --submit" in done.stderr

@@ -1,4 +1,5 @@
-"""The rendered sbatch script: golden files per GPU style x backend, and hostile values.
+"""The rendered sbatch scripts: golden files per GPU style x backend for training, one per task
+job (eval, predict, gpucheck, convert), and hostile values.
 
 Refresh the golden files after an intended change with:
     UPDATE_GOLDEN=1 pytest tests/test_render.py
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import BACKENDS, GPU_STYLES, ConfigError, SlurmConfig
-from launcher.render import directives, gpu_request, render_sbatch, world_size
+from launcher import jobs
+from launcher.config import BACKENDS, GPU_STYLES, Config, ConfigError, SlurmConfig
+from launcher.render import TaskJob, directives, gpu_request, render_sbatch, world_size
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RUN_DIR = Path("/shared/runs/golden-20250101-000000")
@@ -50,8 +52,52 @@ def test_golden(style, backend):
     check_golden(f"{style}-{backend}.sbatch", text)
 
 
+# Each task job as launcher/commands.py builds it: (command after the interpreter, request).
+TASKS = {
+    "eval": (["-u", "-m", "training.evaluate", "eval", "--run-dir", str(RUN_DIR), "--checkpoint", "best",
+              "--split", "val", "--batch-size", "0"], jobs.Request(gpus_per_node=1, time_min=60)),
+    "predict": (["-u", "-m", "training.evaluate", "predict", "--run-dir", str(RUN_DIR), "--checkpoint",
+                 "final", "--images", "/shared/new photos", "--out", "/shared/preds.csv", "--top-k", "5",
+                 "--batch-size", "32"], jobs.Request(gpus_per_node=1, time_min=60)),
+    "gpucheck": (["-m", "training.gpucheck"], jobs.Request(nodes=2, gpus_per_node=4, cpus_per_task=1,
+                                                          time_min=10)),
+    "convert": (["-u", "-m", "training.data.convert", "/shared/photos", "/shared/shards", "--max-side",
+                 "512"], jobs.Request()),
+}
+
+
+def task_config(style: str) -> Config:
+    cfg = Config()
+    cfg.slurm = golden_slurm(style, "multiworker")
+    cfg.slurm.account, cfg.slurm.qos, cfg.slurm.job_name = "proj 7", "high", ""
+    return cfg
+
+
+@pytest.mark.parametrize("kind", TASKS)
+def test_golden_task_jobs(kind):
+    args, request = TASKS[kind]
+    job = TaskJob(kind, (PYTHON, *args), RUN_DIR / "logs")
+    check_golden(f"task-{kind}.sbatch", jobs.render(task_config("gres"), job, request))
+
+
+@pytest.mark.parametrize("style", GPU_STYLES)
+def test_task_jobs_take_the_site_options_of_training(style):
+    """The same partition, account, QoS, GPU style and setup lines as the training script."""
+    cfg = task_config(style)
+    args, request = TASKS["gpucheck"]
+    task = sbatch_lines(jobs.render(cfg, TaskJob("gpucheck", (PYTHON, *args), RUN_DIR), request))
+    named = SlurmConfig(**{**vars(cfg.slurm), "job_name": "j"})
+    train = sbatch_lines(render_sbatch(named, "multiworker", RUN_DIR, PYTHON, 60))
+    site = ("--partition", "--account", "--qos", "--mem", "--gres", "--gpus-per-node", "--constraint")
+    assert [d for d in task if d.startswith(site)] == [d for d in train if d.startswith(site)]
+    text = jobs.render(cfg, TaskJob("convert", (PYTHON, "-m", "x"), RUN_DIR), jobs.Request())
+    assert "module load cuda/12.2\n" in text
+    assert not [d for d in sbatch_lines(text) if d.startswith(("--gres", "--gpus"))]  # no GPUs asked
+
+
 def test_no_stray_golden_files():
     expected = {f"{s}-{b}.sbatch" for s in GPU_STYLES for b in BACKENDS}
+    expected |= {f"task-{kind}.sbatch" for kind in TASKS}
     assert {p.name for p in GOLDEN.glob("*.sbatch")} == expected
 
 
@@ -178,3 +224,21 @@ def test_hostile_job_name_and_run_dir_stay_inert(tmp_path, shim_bin, pattern):
 def test_control_characters_in_run_dir_are_refused():
     with pytest.raises(ConfigError, match="run directory .* contains a control character"):
         render_sbatch(SlurmConfig(job_name="j"), "mirrored", Path("/runs/a\nb"), PYTHON, 60)
+
+
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_hostile_paths_in_a_task_job_stay_inert(tmp_path, shim_bin, pattern):
+    marker = tmp_path / "pwned"
+    value = pattern.format(marker=shlex.quote(str(marker)))
+    command = (PYTHON, "-m", "training.evaluate", "predict", "--images", str(tmp_path / f"photos {value}"))
+    job = TaskJob("predict", command, tmp_path / f"logs {value}")
+    cfg = Config()
+    cfg.slurm.job_name = value
+    script = tmp_path / "task.sbatch"
+    script.write_text(jobs.render(cfg, job, jobs.Request()))
+    record = tmp_path / "srun-args"
+    env = {"PATH": f"{shim_bin}:{os.environ['PATH']}", "SHIM_RECORD": str(record)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "an injected command ran"
+    assert record.read_text().split("\0")[:-1][-len(command):] == list(command)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -249,41 +248,16 @@ def test_predict_writes_a_csv_row_per_readable_image(trained_run, tmp_path, caps
     assert all(0 < float(r["confidence"]) <= 1 and r["top2_class"] != r["predicted_class"] for r in rows)
 
 
-@pytest.mark.parametrize("style, expected", [
-    ("gres", ["--gres=gpu:a100:1"]),
-    ("gpus-per-node", ["--gpus-per-node=a100:1"]),
-    ("constraint", ["--constraint=a100", "--gpus-per-node=1"]),
-])
-def test_sbatch_command_follows_the_site_gpu_style(style, expected):
-    cfg = Config()
-    cfg.slurm.gpu_style, cfg.slurm.gpu_type, cfg.slurm.gpus_per_node = style, "a100", 4
-    cfg.slurm.partition, cfg.slurm.account, cfg.slurm.qos = "gpu", "proj 1", "high"
-    argv = evaluate.sbatch_command(cfg.slurm, job_name="eval-x", output=Path("/runs/100%/logs/eval-%j.out"),
-                                   wrap="python -m training.evaluate eval", gpus_per_node=1)
-    assert argv[:2] == ["sbatch", "--parsable"]
-    assert argv[-2:] == ["--wrap", "python -m training.evaluate eval"]
-    assert [a for a in argv if a.startswith(("--gres", "--gpus-per-node", "--constraint"))] == expected
-    assert {"--partition=gpu", "--account=proj 1", "--qos=high"} <= set(argv)
-    assert "--output=/runs/100%%/logs/eval-%j.out" in argv  # the folder's % stays literal, %j expands
-
-
 @pytest.mark.slurm
-def test_eval_submit_runs_as_a_gpu_job(reported_run, slurm_cluster, capfd):
+def test_launch_eval_runs_as_a_gpu_job(reported_run, slurm_cluster, launch_cli):
     trained_run, _ = reported_run
-    assert evaluate.main(["eval", "--run-dir", str(trained_run), "--submit"]) == 0
-    job_id = capfd.readouterr().out.strip()
-    assert re.fullmatch(r"\d+", job_id), job_id
-    deadline = time.monotonic() + 600  # the cluster is shared: the job may queue behind others
-    while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
-                               capture_output=True, text=True).stdout.strip()
-        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
-            break
-        time.sleep(2)
-    log = trained_run / rundir.LOGS / f"eval-{trained_run.name}-{job_id}.out"
-    said = log.read_text() if log.exists() else "no log"
-    assert state == "COMPLETED", f"job {job_id} ended {state}: {said}"
-    assert "accuracy" in log.read_text()
+    # --wait: the job may queue behind others on the shared cluster; launch waits for its end.
+    done = launch_cli("eval", trained_run, "--wait", timeout=900)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    job_id = re.search(r"submitted job (\d+): eval on 1 node\(s\), 1 GPU\(s\) per node", out).group(1)
+    log = trained_run / rundir.LOGS / f"eval-{job_id}.out"
+    assert "accuracy" in log.read_text() and "accuracy" in out  # --wait prints the job's output
     record = json.loads((trained_run / rundir.REPORT / "eval-val.json").read_text())
     reported = json.loads((trained_run / rundir.REPORT / "predictions.json").read_text())
     assert record["accuracy"] == reported["accuracy"]

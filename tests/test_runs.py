@@ -148,9 +148,11 @@ def test_json_output_parses(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_run_root_is_one_line(tmp_path, capsys):
-    assert runs.main(["--run-root", str(tmp_path / "nope")]) == 2
+    from launcher import cli
+
+    assert cli.main(["runs", "--run-root", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--run-root" in err
+    assert err.count("\n") == 1 and err.startswith("launch: error: run root") and "--run-root" in err
 
 
 @pytest.mark.slurm

@@ -102,7 +102,7 @@ class StepLogger(keras.callbacks.Callback):
     def __init__(self, run_dir: Path, every: int):
         super().__init__()
         self._supports_tf_logs = True  # never converts the step's logs to numpy
-        self.path = Path(run_dir) / "lr.csv"
+        self.path = Path(run_dir) / rundir.LR_LOG
         self.every = max(every, 1)
         self._seen = 0
 

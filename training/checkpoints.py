@@ -43,17 +43,17 @@ class CheckpointManager:
 
     @property
     def best_path(self) -> Path:
-        return self.dir / "best.h5"
+        return self.dir / rundir.BEST_CHECKPOINT
 
     def load_state(self) -> dict | None:
         """The committed state of the latest checkpoint, or None for a fresh run."""
-        path = self.dir / "latest.json"
+        path = self.dir / rundir.LATEST
         if not path.is_file():
             return None
         state = json.loads(path.read_text())
         if not (self.dir / state["weights"]).is_file():
             raise FileNotFoundError(f"{path} names {state['weights']}, which is missing; "
-                                    "delete latest.json to restart the run from scratch")
+                                    f"delete {rundir.LATEST} to restart the run from scratch")
         return state
 
     def _save_model(self, model: keras.Model, path: Path) -> None:
@@ -75,17 +75,17 @@ class CheckpointManager:
 
         Every worker calls it (see `_save_model`); only the chief writes. Returns the file name.
         """
-        name = f"latest-{state['step']:09d}.h5"
+        name = rundir.LATEST_WEIGHTS.format(step=state["step"])
         self._save_model(model, self.dir / name)
         if not self.backend.is_chief:
             return name
-        committed = self.dir / "latest.json"
+        committed = self.dir / rundir.LATEST
         previous = json.loads(committed.read_text())["weights"] if committed.is_file() else name
         atomic_write_text(committed, json.dumps({**state, "weights": name}, indent=1))
         # Keep the new and the previous committed files. Not by step order: a cut epoch that
         # cannot continue at its step (steps per epoch changed) restarts below its checkpoint.
         keep = {name, previous}
-        for old in self.dir.glob("latest-*.h5"):
+        for old in self.dir.glob(rundir.LATEST_GLOB):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
         return name

@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from launcher import fsutil
+from launcher import fsutil, rundir
 
 # Variables that say where a task landed; absent ones are recorded as null.
 ENV_KEYS = (
@@ -37,6 +37,6 @@ def rank_of(environ: dict[str, str]) -> str:
 def write_env_report(run_dir: str | Path) -> Path:
     """Writes RUN_DIR/logs/env-<rank>.json atomically and returns its path."""
     report = env_report()
-    path = Path(run_dir) / "logs" / f"env-{rank_of(dict(os.environ))}.json"
+    path = Path(run_dir) / rundir.LOGS / f"env-{rank_of(dict(os.environ))}.json"
     fsutil.atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return path

@@ -1,23 +1,19 @@
-"""Evaluate a run's checkpoint, or predict the classes of a folder of images.
+"""Evaluate a run's checkpoint, or predict the classes of a folder of images, where this runs.
 
     python -m training.evaluate eval --run-dir R [--checkpoint best|final|latest|PATH] [--split val]
     python -m training.evaluate predict --run-dir R --images DIR --out preds.csv [--top-k 5]
 
-Both run here, or on a GPU node with `--submit` (one task, one GPU, the run's partition, account
-and QoS; logs in RUN_DIR/logs/). TensorFlow is imported only when work is done here, so
-`--submit` answers at once on a login node.
+The compute-node entry points of `launch eval` and `launch predict`, which submit them as SLURM
+jobs (launcher/commands.py); run by hand they do the work on this machine and submit nothing.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import io
 import json
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,44 +21,29 @@ from typing import Any, Iterable
 import yaml
 
 from launcher import config as config_lib
-from launcher import rundir
+from launcher.errors import UserError
 from launcher.fsutil import atomic_write_text
-from launcher.render import gpu_request
+from launcher.rundir import RunDir
 from training.data import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-NAMED_CHECKPOINTS = ("best", "final", "latest")
+NAMED_CHECKPOINTS = RunDir.NAMED_CHECKPOINTS
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError, ValueError):
     """A user-facing problem; the message is one line: what, where, what to do."""
 
 
 def load_config(run_dir: Path) -> config_lib.Config:
-    path = run_dir / rundir.CONFIG
-    if not path.is_file():
-        raise EvaluateError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); pass --run-dir of a run")
-    return config_lib.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise EvaluateError(f"{run_dir} is not a run directory (no {run.config.name}); pass --run-dir of a run")
+    return config_lib.from_dict(yaml.safe_load(run.config.read_text()) or {}, str(run.config))
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    """best -> checkpoints/best.h5, final -> model/final.h5, latest -> the file latest.json names,
-    anything else is a path to an HDF5 model."""
-    if checkpoint == "best":
-        path = run_dir / rundir.CHECKPOINTS / "best.h5"
-    elif checkpoint == "final":
-        path = run_dir / rundir.MODEL / "final.h5"
-    elif checkpoint == "latest":
-        record = run_dir / rundir.CHECKPOINTS / "latest.json"
-        if not record.is_file():
-            raise EvaluateError(f"{record} does not exist: the run has saved no resumable checkpoint yet")
-        path = record.parent / json.loads(record.read_text())["weights"]
-    else:
-        path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise EvaluateError(f"checkpoint {checkpoint!r}: {path} does not exist; choose one of "
-                            f"{', '.join(NAMED_CHECKPOINTS)} or an existing .h5 file")
-    return path
+    """The HDF5 file of a named checkpoint (RunDir.checkpoint), or the path given."""
+    return RunDir(run_dir).checkpoint(checkpoint)
 
 
 def load_model(path: Path):
@@ -79,11 +60,9 @@ def load_model(path: Path):
 
 def class_names(run_dir: Path, cfg: config_lib.Config) -> list[str]:
     """The classes the model was trained on (model_spec.json), else the data set's."""
-    spec = run_dir / rundir.MODEL / "model_spec.json"
-    if spec.is_file():
-        classes = json.loads(spec.read_text()).get("classes")
-        if classes:
-            return [str(c) for c in classes]
+    classes = RunDir(run_dir).read_model_spec().get("classes")
+    if classes:
+        return [str(c) for c in classes]
     from training.data.pipeline import dataset_info
 
     return list(dataset_info(cfg.data).class_names)
@@ -97,6 +76,23 @@ def default_batch_size(cfg: config_lib.Config) -> int:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def report(run_dir: str | Path, checkpoint: str, dataset: Iterable, names: list[str],
+           max_batches: int | None = None, prefix: str = "") -> tuple[Path, dict[str, Any]]:
+    """Loads a checkpoint of the run and writes its prediction report under report/.
+
+    The one evaluation of a checkpoint: the chief's end-of-training report (no prefix) and
+    `launch eval` (prefix eval-<split>-) both call it.
+
+    Returns:
+        (the checkpoint file, write_prediction_report's record).
+    """
+    from training.report.predictions import write_prediction_report
+
+    path = checkpoint_path(Path(run_dir), checkpoint)
+    return path, write_prediction_report(run_dir, load_model(path), dataset, names, max_batches,
+                                         prefix=prefix, checkpoint=checkpoint)
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", batch_size: int = 0,
@@ -117,23 +113,20 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     Returns:
         The eval-<split>.json record: checkpoint, split, examples, accuracy, top5, loss, files.
     """
-    from training.report.predictions import write_prediction_report
-
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    path = checkpoint_path(run_dir, checkpoint)
+    checkpoint_path(run_dir, checkpoint)  # a missing checkpoint is named before the data is read
     if dataset is None:
         from training.data.pipeline import build_dataset
 
         dataset = build_dataset(cfg.data, split, training=False,
                                 batch_size=batch_size or default_batch_size(cfg), input_context=None,
                                 seed=cfg.train.seed)
-    model = load_model(path)
-    result = write_prediction_report(run_dir, model, dataset, class_names(run_dir, cfg), max_batches,
-                                     prefix=f"eval-{split}-", checkpoint=checkpoint)
+    path, result = report(run_dir, checkpoint, dataset, class_names(run_dir, cfg), max_batches,
+                          prefix=f"eval-{split}-")
     if not result["examples"]:
         raise EvaluateError(f"the {split} split gave no images; check data.data_dir and data.val_split "
-                            f"in {run_dir / rundir.CONFIG}")
+                            f"in {RunDir(run_dir).config}")
     record = {
         "checkpoint": checkpoint,
         "checkpoint_path": str(path.relative_to(run_dir) if path.is_relative_to(run_dir) else path),
@@ -141,7 +134,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
         "top5": result["top5"], "top_k": result["top_k"], "loss": result["loss"],
         "complete": max_batches is None, "files": result["files"], "created": _now(),
     }
-    atomic_write_text(run_dir / rundir.REPORT / f"eval-{split}.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(RunDir(run_dir).eval_record(split), json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -214,75 +207,12 @@ def predict(run_dir: str | Path, images_dir: str | Path, out: str | Path, checkp
     return {"images": len(done), "skipped": skipped, "out": str(out)}
 
 
-def sbatch_command(slurm: config_lib.SlurmConfig, *, job_name: str, output: Path, wrap: str, nodes: int = 1,
-                   gpus_per_node: int = 1, time_min: int | None = None, wait: bool = False) -> list[str]:
-    """The sbatch argument list for `wrap` (shell text) with the site's partition, account, QoS
-    and GPU request style taken from `slurm`. --parsable makes the job id the whole output.
-
-    `output` is the log file; its name may use sbatch patterns such as %j.
-    """
-    # A type without a count is no request at all.
-    gpu_slurm = dataclasses.replace(slurm, gpus_per_node=gpus_per_node,
-                                    gpu_type=slurm.gpu_type if gpus_per_node else "")
-    # sbatch expands %j etc. in --output: the folder's own % signs are doubled to stay literal,
-    # the file name keeps its patterns.
-    output = Path(output)
-    output_arg = f"{str(output.parent).replace('%', '%%')}/{output.name}"
-    args = ["sbatch", "--parsable", f"--job-name={job_name}", f"--nodes={nodes}", "--ntasks-per-node=1",
-            f"--cpus-per-task={slurm.cpus_per_task}", f"--time={time_min or slurm.time_min}",
-            f"--output={output_arg}"]
-    args += [f"--{key}={value}" for key, value in sorted(gpu_request(gpu_slurm).items())]
-    args += [f"--{key}={getattr(slurm, key)}" for key in ("partition", "account", "qos", "mem")
-             if getattr(slurm, key)]
-    if wait:
-        args.append("--wait")
-    return [*args, "--wrap", wrap]
-
-
-def submit(run_dir: Path, job_command: list[str], job_name: str) -> str:
-    """Submits `job_command` (an argument list) as a one-GPU job; returns the job id."""
-    cfg = load_config(run_dir)
-    lines = [*cfg.slurm.setup, shlex.join(job_command)]  # setup lines are the user's own shell
-    argv = sbatch_command(cfg.slurm, job_name=job_name, output=run_dir / rundir.LOGS / f"{job_name}-%j.out",
-                          wrap="\n".join(lines), gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
-                          time_min=min(cfg.slurm.time_min, 60))
-    (run_dir / rundir.LOGS).mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
-        raise EvaluateError(f"could not run sbatch ({err}); --submit needs a SLURM login node") from None
-    if done.returncode != 0:
-        said = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EvaluateError(f"sbatch refused the job: {said}")
-    return done.stdout.strip().split(";")[0]
-
-
-def _job_command(args: argparse.Namespace) -> list[str]:
-    """This same command with absolute paths and without --submit, for the batch job."""
-    cfg = load_config(args.run_dir)
-    python = cfg.runtime.python or sys.executable
-    cmd = [python, "-m", "training.evaluate", args.command, "--run-dir", str(args.run_dir.resolve())]
-    checkpoint = args.checkpoint
-    if checkpoint not in NAMED_CHECKPOINTS:
-        checkpoint = str(Path(checkpoint).resolve())
-    cmd += ["--checkpoint", checkpoint]
-    if args.command == "eval":
-        cmd += ["--split", args.split, "--batch-size", str(args.batch_size)]
-        if args.max_batches is not None:
-            cmd += ["--max-batches", str(args.max_batches)]
-    else:
-        cmd += ["--images", str(args.images.resolve()), "--out", str(args.out.resolve()),
-                "--top-k", str(args.top_k)]
-    return cmd
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--run-dir", type=Path, required=True, help="the run directory")
     common.add_argument("--checkpoint", default="best", help="best | final | latest | path to an .h5 model")
-    common.add_argument("--submit", action="store_true", help="run as a one-GPU SLURM job; prints the job id")
     ev = sub.add_parser("eval", parents=[common], help="accuracy and top-5 of a checkpoint on a split")
     ev.add_argument("--split", default="val", choices=("val", "train"))
     ev.add_argument("--batch-size", type=int, default=0, help="0 = the run's per-replica batch")
@@ -291,32 +221,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pr.add_argument("--images", type=Path, required=True, help="folder searched recursively for jpg/png")
     pr.add_argument("--out", type=Path, required=True, help="CSV to write")
     pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--batch-size", type=int, default=32)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.submit:
-            name = f"{args.command}-{args.run_dir.resolve().name}"
-            job_id = submit(args.run_dir.resolve(), _job_command(args), name)
-            # The id alone on stdout, so scripts can capture it; the hint goes to stderr.
-            print(f"submitted job {job_id}; log: {args.run_dir / rundir.LOGS / f'{name}-{job_id}.out'}",
-                  file=sys.stderr)
-            print(job_id)
-            return 0
         if args.command == "eval":
             rec = evaluate(args.run_dir, args.checkpoint, args.split, args.batch_size, args.max_batches)
             print(f"{args.checkpoint} ({rec['checkpoint_path']}) on {args.split}: "
                   f"accuracy {rec['accuracy']:.4f}  top-{rec['top_k']} {rec['top5']:.4f}  "
                   f"loss {rec['loss']:.4f}  ({rec['examples']} images)")
-            print(f"wrote {args.run_dir / rundir.REPORT / f'eval-{args.split}.json'}")
+            print(f"wrote {RunDir(args.run_dir).eval_record(args.split)}")
         else:
-            res = predict(args.run_dir, args.images, args.out, args.checkpoint, args.top_k)
+            res = predict(args.run_dir, args.images, args.out, args.checkpoint, args.top_k, args.batch_size)
             for path in res["skipped"]:
                 print(f"skipped unreadable image: {path}", file=sys.stderr)
             print(f"wrote {res['images']} predictions to {res['out']}")
-    except (EvaluateError, config_lib.ConfigError, DataError) as err:
+    except (UserError, DataError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
     except Exception as caught:

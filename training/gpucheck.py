@@ -1,9 +1,8 @@
 """Does TensorFlow see the GPUs SLURM gave this process? One line per process, then a verdict.
 
     python -m training.gpucheck [--expect-gpus N] [--run-dir R]
-    python -m training.gpucheck --submit --nodes 2 --gpus 2 [--gpu-type a100] [--run-dir R]
 
-The first form checks this process: hostname, GPUs TensorFlow sees (name, memory), the CUDA and
+It checks this process, where it runs: hostname, GPUs TensorFlow sees (name, memory), the CUDA and
 cuDNN this TensorFlow was built for, TF / tf-keras / Horovod versions, NCCL, and a verdict:
     OK        TensorFlow sees as many GPUs as expected.
     NO GPU    it sees none (when none were expected either, this is not an error).
@@ -12,19 +11,16 @@ Expected count, first that is set: --expect-gpus, SLURM_GPUS_ON_NODE, CUDA_VISIB
 run's slurm.gpus_per_node (--run-dir). The exit code is 1 when the verdict is not OK and GPUs
 were expected. With --run-dir each process also writes RUN_DIR/logs/gpucheck-<host>-<rank>.json.
 
-The second form submits `srun --ntasks-per-node=1 python -m training.gpucheck` on every node of
-a fresh allocation (`sbatch --wait`), prints the line of each node and one verdict for all. The
-job log goes to RUN_DIR/logs/ or, without --run-dir, to the current folder as gpucheck-<job>.out.
+To check every node of a new allocation, `launch gpucheck --nodes 2` (launcher/commands.py)
+submits this module as a job, one task per node, and gives one verdict for all of them.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes.util
-import dataclasses
 import importlib.metadata
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -293,7 +289,9 @@ def check_here(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         from launcher.fsutil import atomic_write_text
 
-        path = args.run_dir / "logs" / f"gpucheck-{info['host']}-{info['rank']}.json"
+        from launcher.rundir import RunDir
+
+        path = RunDir(args.run_dir).logs / f"gpucheck-{info['host']}-{info['rank']}.json"
         atomic_write_text(path, json.dumps(info, indent=1) + "\n")
     return 1 if failed(info["verdict"], info["expected"]) else 0
 
@@ -311,73 +309,18 @@ def allocation_verdict(lines: list[str], nodes: int) -> tuple[str, bool]:
     return f"{worst} on {sum(bad.values())} of {len(lines)} node(s){detail}", False
 
 
-def submit_check(args: argparse.Namespace) -> int:
-    """Runs the check on every node of a new allocation and waits for it."""
-    from launcher.config import SlurmConfig
-    from training.evaluate import sbatch_command
-
-    cfg = _run_config(args.run_dir)
-    slurm = cfg.slurm if cfg else SlurmConfig()
-    overrides = {"gpu_type": args.gpu_type, "gpu_style": args.gpu_style, "partition": args.partition,
-                 "account": args.account, "qos": args.qos}
-    slurm = dataclasses.replace(slurm, **{k: v for k, v in overrides.items() if v is not None})
-    nodes = args.nodes or slurm.nodes
-    gpus = slurm.gpus_per_node if args.gpus is None else args.gpus
-    python = (cfg.runtime.python if cfg else "") or sys.executable
-    # The log must be on storage this machine shares with the nodes: the run's logs/, else the
-    # current folder, which is where sbatch itself puts logs by default.
-    logs = args.run_dir / "logs" if args.run_dir else Path.cwd()
-    logs.mkdir(parents=True, exist_ok=True)
-    task = [python, "-m", "training.gpucheck"]
-    if args.run_dir:
-        task += ["--run-dir", str(args.run_dir.resolve())]
-    if gpus == 0:  # SLURM then sets no GPU variables; seeing none is the right answer
-        task += ["--expect-gpus", "0"]
-    wrap = "\n".join([*slurm.setup, "srun --ntasks-per-node=1 " + shlex.join(task)])
-    argv = sbatch_command(dataclasses.replace(slurm, cpus_per_task=1), job_name=PREFIX,
-                          output=logs / f"{PREFIX}-%j.out", wrap=wrap, nodes=nodes, gpus_per_node=gpus,
-                          time_min=args.time_min, wait=True)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=args.time_min * 60 + 300)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        print(f"gpucheck: could not run sbatch ({err}); --submit needs a SLURM login node", file=sys.stderr)
-        return 2
-    job_id = done.stdout.strip().split(";")[0].splitlines()[0] if done.stdout.strip() else ""
-    log = logs / f"{PREFIX}-{job_id}.out"
-    if not job_id or not log.is_file():
-        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"gpucheck: sbatch failed: {said}", file=sys.stderr)
-        return 2
-    lines = sorted(line for line in log.read_text().splitlines() if parse_verdict(line))
-    for line in lines:
-        print(line)
-    text, ok = allocation_verdict(lines, nodes)
-    print(f"{PREFIX} job {job_id} on {nodes} node(s), {gpus} GPU(s) each: {text} (log: {log})")
-    return 0 if ok else 1
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.gpucheck", description=__doc__.splitlines()[0])
     parser.add_argument("--expect-gpus", type=int, default=None, help="GPUs this process should see")
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="take expectations and the SLURM request from this run; write logs there")
-    sub = parser.add_argument_group("--submit: check every node of a new allocation")
-    sub.add_argument("--submit", action="store_true")
-    sub.add_argument("--nodes", type=int, default=0, help="default: the run's slurm.nodes, else 1")
-    sub.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: the run's)")
-    sub.add_argument("--gpu-type", default=None)
-    sub.add_argument("--gpu-style", default=None, choices=("gres", "gpus-per-node", "constraint"))
-    sub.add_argument("--partition", default=None)
-    sub.add_argument("--account", default=None)
-    sub.add_argument("--qos", default=None)
-    sub.add_argument("--time-min", type=int, default=10)
+                        help="take the expected count from this run; write the JSON report to its logs/")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return submit_check(args) if args.submit else check_here(args)
+        return check_here(args)
     except ValueError as err:  # ConfigError, EvaluateError: one line for the user
         print(f"gpucheck: {err}", file=sys.stderr)
         return 2

@@ -130,7 +130,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
                             f"({steps_into_epoch} of its {plan.steps_per_epoch} steps done)")
         _log(backend, resumed)
     if backend.is_chief:
-        atomic_write_text(run_dir / rundir.MODEL / "model_spec.json",
+        atomic_write_text(rundir.RunDir(run_dir).model_spec,
                           json.dumps(_model_spec(cfg, plan), indent=1))
         write_history(run_dir, [r for r in (state or {}).get("history", []) if r["epoch"] <= initial_epoch])
         write_status(run_dir, state="running", epoch=initial_epoch, epochs=plan.epochs,
@@ -175,7 +175,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
         return {"state": "stopped", "epoch": epoch, "step": step, "plan": plan, "model": model,
                 "signal": stopper.signal_name}
 
-    checkpoints.save_final(model, run_dir / rundir.MODEL / "final.h5")
+    checkpoints.save_final(model, rundir.RunDir(run_dir).final_model)
     _write_rank_report(cfg, run_dir, backend, model)
     epochs_done = len(recorder.history)
     _log(backend, f"finished {epochs_done} epochs in {time.time() - started:.1f} s")

@@ -14,7 +14,7 @@ from pathlib import Path
 from launcher import rundir
 from launcher.fsutil import atomic_path
 
-LR_CSV = "lr.csv"
+LR_CSV = rundir.LR_LOG
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # with FIGSIZE: 800 x 500 pixel PNGs
 PLOTS = ("loss.png", "accuracy.png", "lr.png")

@@ -256,7 +256,7 @@ def write_prediction_report(run_dir: str | Path, model: Any, dataset: Iterable, 
         files["confusion_npy"] = report / f"{prefix}confusion.npy"
         with atomic_path(files["confusion_npy"]) as tmp:
             np.save(tmp, confusion)
-    files["json"] = report / f"{prefix}predictions.json"
+    files["json"] = report / f"{prefix}{rundir.PREDICTIONS}"
     result = {
         "checkpoint": checkpoint, "examples": examples, "accuracy": accuracy, "top5": top5,
         "loss": loss, "top_k": collector.k, "class_names": class_names,

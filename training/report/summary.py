@@ -19,11 +19,11 @@ from launcher import rundir
 from launcher.fsutil import atomic_write_text
 from training.report.curves import PLOTS, read_history
 
-SUMMARY = "summary.json"
-PREDICTIONS_JSON = "predictions.json"  # written by report.predictions, read here
-MODEL_SPEC = "model_spec.json"
-BEST_H5 = f"{rundir.CHECKPOINTS}/best.h5"
-FINAL_H5 = f"{rundir.MODEL}/final.h5"
+SUMMARY = rundir.SUMMARY
+PREDICTIONS_JSON = rundir.PREDICTIONS  # written by report.predictions, read here
+MODEL_SPEC = rundir.MODEL_SPEC
+BEST_H5 = f"{rundir.CHECKPOINTS}/{rundir.BEST_CHECKPOINT}"
+FINAL_H5 = f"{rundir.MODEL}/{rundir.FINAL_MODEL}"
 
 # Every key summary.json always holds, so readers never need .get(); None means "not known yet".
 FIELDS = (
@@ -136,7 +136,7 @@ def derive(run_dir: str | Path) -> dict[str, Any]:
     out["plots"] = _present(run_dir, {Path(p).stem: f"{report}/{p}" for p in PLOTS}) or None
     out["predictions"] = _present(run_dir, preds.get("files") or {}) or None
     models = {"best": BEST_H5, "final": FINAL_H5}
-    latest = _read_json(run_dir / rundir.CHECKPOINTS / "latest.json").get("weights")
+    latest = _read_json(run_dir / rundir.CHECKPOINTS / rundir.LATEST).get("weights")
     if latest:  # latest.json names the newest resumable checkpoint file
         models["latest"] = f"{rundir.CHECKPOINTS}/{latest}"
     out["models"] = _present(run_dir, models) or None

@@ -1,0 +1,288 @@
+"""The subcommands of `launch` besides training: eval, predict, gpucheck, convert, runs, cancel, resume.
+
+Each job they start goes through launcher/jobs.py: the same renderer, template family, site
+options and submit function as a training run. Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from launcher.cli import DEFAULT_CONFIG, REPO
+from launcher.config import Config, load_config
+from launcher.errors import UsageError, UserError
+from launcher.jobs import Request, log_lines, start
+from launcher.render import TaskJob
+from launcher.rundir import RunDir
+
+# argparse dest -> config key, for the site options every job command takes.
+SITE_FLAGS = {
+    "gpu_type": "slurm.gpu_type",
+    "gpu_style": "slurm.gpu_style",
+    "time": "slurm.time_min",
+    "partition": "slurm.partition",
+    "account": "slurm.account",
+    "qos": "slurm.qos",
+    "job_name": "slurm.job_name",
+    "cluster": "runtime.cluster",
+}
+EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
+GPUCHECK_TIME_MIN = 10
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (UsageError) and the epilog's example kept as written."""
+
+    def __init__(self, prog: str, description: str, example: str):
+        super().__init__(prog=prog, description=description, epilog=f"example:\n{example}",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        raise UsageError(f"{message} ({self.prog} --help lists the options)")
+
+
+def _site_options(p: argparse.ArgumentParser, *, run_config: bool) -> None:
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. slurm.mem=16G")
+    if not run_config:
+        p.add_argument("--config", help=f"YAML config whose slurm section applies (default: "
+                                        f"{DEFAULT_CONFIG.relative_to(REPO)})")
+    p.add_argument("--time", "--time-min", dest="time", type=int, metavar="MIN", help="wall-clock limit")
+    p.add_argument("--gpu-type", metavar="T")
+    p.add_argument("--gpu-style", metavar="S", help="gres | gpus-per-node | constraint")
+    p.add_argument("--partition", metavar="P")
+    p.add_argument("--account", metavar="A")
+    p.add_argument("--qos", metavar="Q")
+    p.add_argument("--job-name", metavar="NAME")
+    p.add_argument("--cluster", metavar="C", help="auto | slurm | local: local runs it here and waits")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    flags = {key: getattr(args, dest) for dest, key in SITE_FLAGS.items()}
+    if getattr(args, "gpus", None) is not None:  # gpucheck: --gpu-type is checked against it
+        flags["slurm.gpus_per_node"] = args.gpus
+    return flags
+
+
+def _run(text: str) -> RunDir:
+    run = RunDir(Path(text).expanduser().resolve())
+    if not run.exists():
+        raise UserError(f"{text}: not a run directory (no {run.config.name}); pass a folder that "
+                        "launch created under the run root (launch runs lists them)")
+    return run
+
+
+def _run_config(run: RunDir, args: argparse.Namespace) -> Config:
+    return load_config(run.config, args.overrides, _flags(args))
+
+
+def _site_config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else DEFAULT_CONFIG, args.overrides, _flags(args))
+
+
+def _python(cfg: Config) -> str:
+    return cfg.runtime.python or sys.executable
+
+
+def _log_root(args: argparse.Namespace, cfg: Config) -> Path:
+    """Logs of a job with no run: RUN_ROOT/logs (launch runs ignores the folder: no config.yaml)."""
+    root = args.run_root or cfg.runtime.run_root
+    return Path(root).expanduser().resolve() / "logs"
+
+
+def _common_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="the run directory")
+    p.add_argument("--checkpoint", default="best", help="best | final | latest | path to an .h5 model")
+    p.add_argument("--batch-size", type=int, default=0, help="0 = the run's per-replica batch")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end and print its output")
+    _site_options(p, run_config=True)
+
+
+def _finish(outcome, wait: bool) -> int:
+    """With --wait: the job's output, and how it ended when that was not COMPLETED."""
+    if wait and outcome.log is not None:
+        for line in log_lines(outcome.log):
+            print(line)
+        if outcome.code:
+            print(f"launch: job {outcome.job_id} ended {outcome.state}; see "
+                  f"{outcome.log.with_suffix('.err')}", file=sys.stderr)
+    return outcome.code
+
+
+def cmd_eval(argv: list[str]) -> int:
+    p = Parser("launch eval", "Accuracy, top-5 and loss of a run's checkpoint on a split, as a job "
+               "with one GPU (when the run had GPUs); writes RUN/report/eval-<split>.json.",
+               "  launch eval runs/demo-20261122-101500 --checkpoint final --split val")
+    _common_eval(p)
+    p.add_argument("--split", default="val", choices=("val", "train"))
+    p.add_argument("--max-batches", type=int, default=None, help="stop after N batches")
+    args = p.parse_intermixed_args(argv)
+    run = _run(args.run)
+    cfg = _run_config(run, args)
+    command = [_python(cfg), "-u", "-m", "training.evaluate", "eval", "--run-dir", str(run.path),
+               "--checkpoint", _checkpoint(run, args.checkpoint), "--split", args.split,
+               "--batch-size", str(args.batch_size)]
+    if args.max_batches is not None:
+        command += ["--max-batches", str(args.max_batches)]
+    job = TaskJob("eval", tuple(command), run.logs)
+    request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
+                      time_min=args.time or min(cfg.slurm.time_min, EVAL_TIME_MIN))
+    return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
+
+
+def _checkpoint(run: RunDir, name: str) -> str:
+    """The --checkpoint argument for the job; checked here (dry runs too), so that a missing
+    checkpoint is one line now rather than a failed job later."""
+    path = run.checkpoint(name)
+    return name if name in RunDir.NAMED_CHECKPOINTS else str(path.resolve())
+
+
+def cmd_predict(argv: list[str]) -> int:
+    p = Parser("launch predict", "Classes of every image under a folder, as a CSV row each (path, "
+               "class, confidence, then ranks 2..top-k), computed in a job.",
+               "  launch predict runs/demo-20261122-101500 --images photos/ --out preds.csv --top-k 3")
+    _common_eval(p)
+    p.add_argument("--images", required=True, help="folder searched recursively for jpg/png")
+    p.add_argument("--out", required=True, help="CSV to write (on storage the nodes share)")
+    p.add_argument("--top-k", type=int, default=5)
+    args = p.parse_intermixed_args(argv)
+    run = _run(args.run)
+    cfg = _run_config(run, args)
+    images, out = Path(args.images).expanduser().resolve(), Path(args.out).expanduser().resolve()
+    if not images.is_dir():
+        raise UserError(f"--images {args.images} is not a folder; pass the folder holding the images")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {args.out}: folder {out.parent} does not exist; create it first")
+    command = [_python(cfg), "-u", "-m", "training.evaluate", "predict", "--run-dir", str(run.path),
+               "--checkpoint", _checkpoint(run, args.checkpoint), "--images", str(images),
+               "--out", str(out), "--top-k", str(args.top_k), "--batch-size", str(args.batch_size or 32)]
+    job = TaskJob("predict", tuple(command), run.logs)
+    request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
+                      time_min=args.time or min(cfg.slurm.time_min, EVAL_TIME_MIN))
+    return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
+
+
+def cmd_gpucheck(argv: list[str]) -> int:
+    p = Parser("launch gpucheck", "Does TensorFlow see the GPUs SLURM allocates? Runs `python -m "
+               "training.gpucheck` on every node of a new allocation, waits, prints each node's line "
+               "and one verdict; exit 1 unless every node says OK.",
+               "  launch gpucheck --nodes 2 --gpus 2 --gpu-type a100 --partition gpu")
+    p.add_argument("--nodes", type=int, default=None, help="default: the config's slurm.nodes")
+    p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, default=None,
+                   help="GPUs per node (default: the config's slurm.gpus_per_node)")
+    p.add_argument("--run-dir", default=None, help="take the request from this run; logs go there")
+    p.add_argument("--run-root", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+                   help="without --run-dir, logs go to RUN_ROOT/logs")
+    _site_options(p, run_config=False)
+    args = p.parse_intermixed_args(argv)
+    if args.run_dir and args.config:
+        raise UsageError("--run-dir takes the run's own config.yaml; drop --config")
+    run = _run(args.run_dir) if args.run_dir else None
+    cfg = _run_config(run, args) if run else _site_config(args)
+    nodes = cfg.slurm.nodes if args.nodes is None else args.nodes
+    gpus = cfg.slurm.gpus_per_node if args.gpus is None else args.gpus
+    if nodes < 1 or gpus < 0:
+        raise UsageError(f"--nodes {nodes} --gpus {gpus}: ask for at least one node and zero or more GPUs")
+    command = [_python(cfg), "-m", "training.gpucheck"]
+    command += ["--run-dir", str(run.path)] if run else []
+    command += ["--expect-gpus", "0"] if gpus == 0 else []  # SLURM then sets no GPU variables
+    job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg))
+    request = Request(nodes=nodes, gpus_per_node=gpus, cpus_per_task=1,
+                      time_min=args.time or GPUCHECK_TIME_MIN)
+    outcome = start(cfg, job, request, dry_run=args.dry_run, wait=True)
+    if outcome.job_id is None:  # a dry run, or the check ran here and printed its own line
+        return outcome.code
+    from training.gpucheck import allocation_verdict, parse_verdict  # TF-free helpers
+
+    lines = sorted(line for line in log_lines(outcome.log) if parse_verdict(line))
+    for line in lines:
+        print(line)
+    text, ok = allocation_verdict(lines, nodes)
+    print(f"gpucheck job {outcome.job_id} on {nodes} node(s), {gpus} GPU(s) each: {text} "
+          f"(log: {outcome.log})")
+    return 0 if ok else 1
+
+
+def cmd_convert(argv: list[str]) -> int:
+    p = Parser("launch convert", "Convert SRC/{train,val,test}/<class>/<image> into TFRecord shards "
+               "and labels.json in OUT, as a one-node CPU job (or here with --cluster local).",
+               "  launch convert photos/ shards/ --max-side 512 --cluster local")
+    p.add_argument("src", metavar="SRC", help="folder holding train/ and optionally val/ and test/")
+    p.add_argument("out", metavar="OUT", help="new or empty output folder on shared storage")
+    for flag in ("--shards-train", "--shards-val", "--shards-test", "--workers", "--max-side",
+                 "--min-side", "--jpeg-quality"):
+        p.add_argument(flag, type=int, default=None, metavar="N",
+                       help="as for python -m training.data.convert")
+    p.add_argument("--cpus", type=int, default=None, help="CPUs of the job (default: slurm.cpus_per_task)")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end and print its output")
+    p.add_argument("--run-root", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+                   help="the job's log goes to RUN_ROOT/logs")
+    _site_options(p, run_config=False)
+    args = p.parse_intermixed_args(argv)
+    src, out = Path(args.src).expanduser().resolve(), Path(args.out).expanduser().resolve()
+    if not src.is_dir():
+        raise UserError(f"SRC {args.src} is not a folder; pass the folder holding train/ (and val/)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"OUT {args.out} exists and is not an empty folder; pass a new folder")
+    cfg = _site_config(args)
+    command = [_python(cfg), "-u", "-m", "training.data.convert", str(src), str(out)]
+    for dest in ("shards_train", "shards_val", "shards_test", "workers", "max_side", "min_side",
+                 "jpeg_quality"):
+        if getattr(args, dest) is not None:
+            command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
+    job = TaskJob("convert", tuple(command), _log_root(args, cfg))
+    request = Request(cpus_per_task=args.cpus, time_min=args.time)
+    return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
+
+
+def cmd_runs(argv: list[str]) -> int:
+    from launcher import runs  # only `launch runs` pays for its imports
+
+    return runs.main(argv)
+
+
+def cmd_cancel(argv: list[str]) -> int:
+    p = Parser("launch cancel", "Cancel every queued or running job of a run (scancel), wait until "
+               "SLURM shows them ended, and make status.json say how the run stands.",
+               "  launch cancel runs/demo-20261122-101500")
+    p.add_argument("run", metavar="RUN", help="the run directory")
+    args = p.parse_args(argv)
+    from launcher.cancel import cancel_run
+
+    return cancel_run(_run(args.run))
+
+
+def dispatch(argv: list[str], train: Callable[[list[str]], int]) -> int:
+    """Runs the subcommand named by argv[0]; anything else is `launch train` (the default)."""
+    head, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if head == "resume":
+        if rest[:1] in (["-h"], ["--help"]):
+            print(RESUME_HELP)
+            return 0
+        if not rest or rest[0].startswith("-"):
+            raise UsageError("launch resume RUN [section.key=value ...] [flags]: name the run "
+                             "directory first, e.g. launch resume runs/demo-20261122-101500 train.epochs=30")
+        return train(["--resume", *rest])
+    if head == "train":
+        return train(rest)
+    if head in COMMANDS:
+        return COMMANDS[head](rest)
+    return train(argv)
+
+
+RESUME_HELP = """\
+usage: launch resume RUN [section.key=value ...] [launch flags]
+
+Continue a stopped run in its own directory from its latest checkpoint: the same as
+`launch --resume RUN` (launch --help lists the flags). Refused while a job of the run is queued
+or running; a completed run resumes only with more train.epochs.
+
+example:
+  launch resume runs/demo-20261122-101500 train.epochs=30 --time 120"""
+
+COMMANDS = {"eval": cmd_eval, "predict": cmd_predict, "gpucheck": cmd_gpucheck, "convert": cmd_convert,
+            "runs": cmd_runs, "cancel": cmd_cancel}

@@ -1,0 +1,150 @@
+"""Task jobs (eval, predict, gpucheck, convert): request -> render -> submit, or run here.
+
+The same path as a training run: the slurm section of a config (the run's config.yaml, or
+--config with overrides and flags) gives the site's partition, account, QoS, GPU style and setup
+lines; launcher/render.py renders the script from slurm/task.sbatch.j2; launcher/submit.py
+submits it. Without SLURM (no sbatch on PATH, or --cluster local) the command runs here instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from launcher.config import Config
+from launcher.errors import UserError
+from launcher.render import TaskJob, describe_request, render_task_sbatch
+from launcher.runs import ACTIVE
+from launcher.submit import choose_cluster, submit_job
+
+POLL_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a task job asks of SLURM beyond the config's site options."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None  # None: the config's slurm.cpus_per_task
+    time_min: int | None = None  # None: the config's slurm.time_min
+
+
+def task_slurm(cfg: Config, job: TaskJob, request: Request):
+    """The slurm section the task job runs with: the config's site options, the job's geometry."""
+    slurm = cfg.slurm
+    return dataclasses.replace(
+        slurm, nodes=request.nodes, gpus_per_node=request.gpus_per_node,
+        gpu_type=slurm.gpu_type if request.gpus_per_node else "",
+        cpus_per_task=request.cpus_per_task or slurm.cpus_per_task,
+        time_min=request.time_min or slurm.time_min,
+        job_name=slurm.job_name or job.kind)
+
+
+def render(cfg: Config, job: TaskJob, request: Request) -> str:
+    """The batch script of a task job (pure; raises ConfigError for values sbatch cannot take)."""
+    return render_task_sbatch(task_slurm(cfg, job, request), job)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How a task job went: its exit code here, and for a SLURM job its id and log."""
+
+    code: int
+    job_id: str | None = None
+    log: Path | None = None
+    state: str | None = None
+
+
+def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
+          wait: bool = False) -> Outcome:
+    """Runs `job` the way the config says: prints its script, submits it, or runs it here.
+
+    Args:
+        cfg: the config whose slurm and runtime sections apply (site options, cluster choice).
+        job: what runs, and where its logs go.
+        request: nodes, GPUs, CPUs and time of the job.
+        dry_run: print the script and do nothing else.
+        wait: after submitting, wait until SLURM shows the job ended.
+
+    Raises:
+        UserError: the request cannot be rendered, or sbatch refused it (nothing submitted).
+    """
+    slurm = task_slurm(cfg, job, request)
+    script = render_task_sbatch(slurm, job)  # validation by rendering, before anything happens
+    cluster, why = choose_cluster(cfg.runtime.cluster)
+    if dry_run:
+        sys.stdout.write(script)
+        if cluster == "local":
+            print(f"launch: note: without --dry-run this would run here ({why})", file=sys.stderr)
+        return Outcome(0)
+    if cluster == "local":
+        return Outcome(run_here(job, why))
+    if shutil.which("sbatch") is None:
+        raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
+                        "login node, or pass --cluster local")
+    try:
+        job.log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the log folder {job.log_dir}: {err.strerror}; pass a "
+                        "folder you can write") from None
+    # Not logs/submitit: the job ids found there are the run's training jobs (launch runs, resume).
+    job_id = submit_job(script, job.log_dir / "submitit-tasks", describe_request(slurm, "multiworker"))
+    log = job.log_dir / f"{job.kind}-{job_id}.out"
+    gpus = f"{slurm.gpus_per_node} GPU(s) per node" if slurm.gpus_per_node else "no GPUs"
+    print(f"submitted job {job_id}: {job.kind} on {slurm.nodes} node(s), {gpus}", flush=True)
+    print(f"log:         {log} (and .err)", flush=True)
+    if not wait:
+        return Outcome(0, job_id, log)
+    state = wait_for(job_id)
+    return Outcome(0 if state == "COMPLETED" else 1, job_id, log, state)
+
+
+def run_here(job: TaskJob, why: str) -> int:
+    """Runs the job's command on this machine, its output on the terminal; returns its exit code."""
+    print(f"launch: running {job.kind} here ({why})", file=sys.stderr, flush=True)
+    # SLURM variables of an enclosing allocation would describe another job.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    try:
+        return subprocess.run(list(job.command), env=env).returncode
+    except FileNotFoundError as err:
+        raise UserError(f"cannot start {job.command[0]}: {err.strerror}; set runtime.python to an "
+                        "interpreter that exists here") from None
+
+
+def job_state(job_id: str) -> str | None:
+    """SLURM's word for a job (squeue, then sacct); None when neither knows it."""
+    for argv in (["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
+                 ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id]):
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        words = done.stdout.split()
+        if done.returncode == 0 and words:
+            return words[0]
+    return None
+
+
+def wait_for(job_id: str, timeout_s: float | None = None) -> str:
+    """Polls until job `job_id` has left the queue; returns its end state (GONE when forgotten)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        state = job_state(job_id)
+        if state not in ACTIVE:
+            return state or "GONE"
+        if deadline is not None and time.monotonic() > deadline:
+            return state
+        time.sleep(POLL_S)
+
+
+def log_lines(log: Path) -> list[str]:
+    """The job's output, read once it has ended; [] when there is none."""
+    try:
+        return log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
