@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from launcher.config import Config, dump
+from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -33,6 +34,9 @@ PROGRAMS = {"launch", "python", "python3", "pip", "sbatch", "squeue", "scancel",
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 # A run directory as the README names one: runs/<name>-<YYYYmmdd>-<HHMMSS>.
 EXAMPLE_RUN = re.compile(r"^(?:\./)?runs/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
+# The README's object-store section, served by a local S3-compatible server (tests/s3_server.py).
+EXAMPLE_MIRROR = "s3://ml-runs/alice"
+EXAMPLE_MIRRORED_RUN = re.compile(r"^s3://ml-runs/alice/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
 # Command-line prefix -> why it cannot run on this machine.
 SKIP = {
     "pip install": "installs packages; this test runs the checkout as it is",
@@ -108,9 +112,40 @@ def test_the_readme_has_commands_to_run():
     assert len(LINES) >= 10 and any(" eval " in line.text for line in LINES)
 
 
+def _seed_buckets(endpoint: str, run_dir: Path) -> str:
+    """The buckets the README's object-store lines name: a config, the demo shards, and a mirror
+    holding a copy of `run_dir` with its results-index entry. Returns the mirrored run's URL."""
+    from launcher import storage
+    from training.data.demo import cache_root, prepare_demo
+    from training.mirror import Mirror
+
+    saved = dict(os.environ)
+    os.environ.update(client_env(endpoint))
+    storage._filesystem.cache_clear()
+    try:
+        fs = storage.filesystem()
+        for bucket in ("ml-configs", "datasets", "ml-runs"):
+            fs.mkdir(bucket)
+        storage.upload(str(REPO / "configs" / "demo.yaml"), "s3://ml-configs/demo.yaml")
+        for path in prepare_demo(cache_root()).iterdir():
+            if path.is_file():
+                storage.upload(str(path), f"s3://datasets/digits-v1/{path.name}")
+        url = f"{EXAMPLE_MIRROR}/{run_dir.name}-2"
+        for path in (p for p in run_dir.rglob("*") if p.is_file()):
+            storage.upload(str(path), f"{url}/{path.relative_to(run_dir).as_posix()}")
+        Mirror(run_dir.parent / f"{run_dir.name}-2", EXAMPLE_MIRROR, log=lambda line: None).publish(
+            {"run": f"{run_dir.name}-2", "state": "stopped", "url": url})
+        return url
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        storage._filesystem.cache_clear()
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, slurm_cluster) -> dict:
-    """A scratch folder the commands run in: configs/, photos/, and a run to evaluate and resume."""
+def site(tmp_path_factory, slurm_cluster, s3_endpoint) -> dict:
+    """A scratch folder the commands run in: configs/, photos/, a run to evaluate and resume, and
+    an S3-compatible server holding what the object-store section names."""
     from PIL import Image
 
     cwd = tmp_path_factory.mktemp("readme")
@@ -122,13 +157,14 @@ def site(tmp_path_factory, slurm_cluster) -> dict:
             for i in range(count):
                 Image.new("RGB", (48, 36), tuple(c + 5 * i for c in colour)).save(folder / f"{i}.jpg")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
-           "LAUNCH_RUN_ROOT": str(cwd / "runs"), "PYTHONPATH": str(REPO)}
+           "LAUNCH_RUN_ROOT": str(cwd / "runs"), "PYTHONPATH": str(REPO), **client_env(s3_endpoint)}
     emitted = run_step(["launch", "--emit-sbatch", str(cwd / "first.sh"), "--config", "configs/demo.yaml"],
                        cwd, env)
     assert emitted.returncode == 0, emitted.stderr
     (run_dir,) = (cwd / "runs").iterdir()
     _tiny_best_model(run_dir)
-    return {"cwd": cwd, "env": env, "run": run_dir, "jobs": []}
+    mirrored = _seed_buckets(s3_endpoint, run_dir)
+    return {"cwd": cwd, "env": env, "run": run_dir, "mirrored": mirrored, "jobs": []}
 
 
 def _tiny_best_model(run_dir: Path) -> None:
@@ -153,7 +189,8 @@ def run_step(step: list[str], cwd: Path, env: dict, timeout: float = 600) -> sub
 
 
 def substitute(step: tuple[str, ...], site: dict) -> list[str]:
-    return [str(site["run"]) if EXAMPLE_RUN.match(word) else word for word in step]
+    return [str(site["run"]) if EXAMPLE_RUN.match(word) else
+            site["mirrored"] if EXAMPLE_MIRRORED_RUN.match(word) else word for word in step]
 
 
 def _job(done: subprocess.CompletedProcess) -> str:
