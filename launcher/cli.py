@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an earlier run in its own directory, from its config.yaml")
     p.add_argument("--no-preflight", action="store_true",
                    help="skip the checks of data, cluster fit and free space (launcher/preflight.py)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
+                   help="sweep a key over values (repeatable: the grid product) as one job array; "
+                        "launcher/sweep.py")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="sweep tasks running at once (--array=...%%N)")
     return p
 
 
@@ -272,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         return _runs(argv[1:])
     try:
         args = _parser().parse_intermixed_args(argv)
+        from launcher import sweep  # noqa: PLC0415 (a sweep: one job array, launcher/sweep.py)
+
+        if sweep.wanted(args, DEFAULT_CONFIG):
+            return sweep.launch(args, {key: getattr(args, dest) for dest, key in FLAGS.items()}, DEFAULT_CONFIG)
         return _launch(args)
     except SystemExit as done:  # --help, and argparse errors already printed as one line
         return done.code if isinstance(done.code, int) else 2

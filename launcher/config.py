@@ -28,6 +28,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cyclic_decay", "smooth_decay", "cosine", "step")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CLUSTERS = ("auto", "slurm", "local")
+SWEEP_SECTION = "sweep"  # a config file's sweep: block, read by launcher/sweep.py, not a run setting
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def _apply_mapping(cfg: Config, data: Any, source: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     for section, values in data.items():
-        if values is None:
+        if values is None or section == SWEEP_SECTION:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"section '{section}' in {source}: expected a mapping of keys")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -16,6 +17,20 @@ from launcher.config import BACKENDS, ConfigError, SlurmConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 TEMPLATE = "job.sbatch.j2"
+
+
+@dataclass(frozen=True)
+class JobArray:
+    """A SLURM job array whose task i trains the run directory on line i + 1 of `runs_file`
+    (a sweep, launcher/sweep.py). Every task gets the same resource request."""
+
+    indices: str  # sbatch --array task ids without the limit: "0-3" or "1,3"
+    max_parallel: int  # tasks running at once (the %N of --array); 0 = no limit
+    runs_file: Path  # absolute; one run directory a line
+
+    @property
+    def spec(self) -> str:
+        return f"{self.indices}%{self.max_parallel}" if self.max_parallel else self.indices
 
 
 def tasks_per_node(slurm: SlurmConfig, backend: str) -> int:
@@ -62,21 +77,25 @@ def _slurm_path(path: Path) -> str:
     return str(path).replace("%", "%%")
 
 
-def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
-    """`--key=value` strings, sorted, each value shell-quoted (sbatch parses quotes like a shell)."""
+def directives(slurm: SlurmConfig, backend: str, run_dir: Path, array: JobArray | None = None) -> list[str]:
+    """`--key=value` strings, sorted, each value shell-quoted (sbatch parses quotes like a shell).
+
+    For a job array, `run_dir` is the sweep directory: SLURM opens the logs before a task knows
+    its run directory, so they start there and the script moves its own output on."""
     if backend not in BACKENDS:
         raise ConfigError(f"runtime.backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "mirrored" and slurm.nodes > 1:
         raise ConfigError(f"backend mirrored runs on one node but slurm.nodes is {slurm.nodes}")
     logs = _slurm_path(Path(run_dir) / "logs")
+    job = "%A_%a" if array else "%j"  # sbatch: array job id _ task id
     values: dict[str, object] = {
         "nodes": 1 if backend == "mirrored" else slurm.nodes,
         "ntasks-per-node": tasks_per_node(slurm, backend),
         "cpus-per-task": slurm.cpus_per_task,
         "time": slurm.time_min,  # a bare number is minutes to sbatch
         "job-name": slurm.job_name,
-        "output": f"{logs}/slurm-%j.out",
-        "error": f"{logs}/slurm-%j.err",
+        "output": f"{logs}/slurm-{job}.out",
+        "error": f"{logs}/slurm-{job}.err",
         "open-mode": "append",  # a requeued job appends to the same log
         "requeue": None,
         **gpu_request(slurm),
@@ -93,6 +112,8 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
             values[key] = getattr(slurm, key)
     if slurm.exclusive:
         values["exclusive"] = None
+    if array:
+        values["array"] = array.spec
     lines = []
     for key, value in sorted(values.items()):
         if value is None:
@@ -129,8 +150,8 @@ def _template() -> jinja2.Template:
 
 
 def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
-                  worker_timeout_s: int) -> str:
-    """Renders the batch script for one run.
+                  worker_timeout_s: int, array: JobArray | None = None) -> str:
+    """Renders the batch script for one run, or for a job array of runs (a sweep).
 
     Args:
         slurm: the resolved slurm section (job_name already filled in).
@@ -138,18 +159,23 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         run_dir: absolute run directory on shared storage.
         python: interpreter path on the compute nodes (one word; quoted as a whole).
         worker_timeout_s: seconds srun waits for the other tasks once one has exited.
+        array: for a sweep: the tasks, and the file that maps a task id to its run directory;
+            `run_dir` is then the sweep directory.
 
     Returns:
         The script text. Raises ConfigError for a value sbatch could not read back.
     """
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
-    for what, value in (("run directory", str(run_dir)), ("python", python)):
+    paths = [("run directory", str(run_dir)), ("python", python)]
+    paths += [("runs file", str(array.runs_file))] if array else []
+    for what, value in paths:
         # Config values are checked at load; these two can also come from --resume or sys.executable.
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ConfigError(f"{what} {value!r} contains a control character; use a plain path")
     return _template().render(
-        directives=directives(slurm, backend, Path(run_dir)),
+        directives=directives(slurm, backend, Path(run_dir), array),
+        array=array,
         backend=backend,
         run_dir=str(run_dir),
         max_requeues=slurm.max_requeues,
