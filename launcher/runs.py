@@ -270,7 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", default=rundir.default_run_root(),
                         help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
+    parser.add_argument("--sweep", metavar="SWEEP_DIR", help="compare the points of a sweep, best first; "
+                        "writes compare.csv and compare.png there (launcher/sweep_compare.py)")
+    parser.add_argument("--metric", choices=("val_accuracy", "val_loss"), default="val_accuracy",
+                        help="with --sweep: the metric that orders the points")
     args = parser.parse_args(argv)
+    if args.sweep:
+        from launcher import sweep_compare  # noqa: PLC0415
+
+        return sweep_compare.main(args.sweep, args.metric)
     root = Path(args.run_root).expanduser()
     if not root.is_dir():
         print(f"launch runs: run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT",
