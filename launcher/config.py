@@ -190,6 +190,9 @@ class SlurmConfig:
     job_name: str = ""  # "" = run name
     exclusive: bool = False
     setup: list[str] = field(default_factory=list)  # shell lines run before training (module load ...)
+    # Site escape hatches (launcher/render.py checks and quotes them):
+    extra: list[str] = field(default_factory=list)  # raw sbatch options, each --key or --key=value (--reservation=ml)
+    exports: list[str] = field(default_factory=list)  # env var names the job gets from launch's shell (--export=ALL,NAME); values never written
 
 
 @dataclass

@@ -7,6 +7,7 @@ when switching a config from mirrored to horovod.
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,13 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path, array: JobArray 
         values["exclusive"] = None
     if array:
         values["array"] = array.spec
+    if slurm.exports:
+        values["export"] = ",".join(["ALL", *_export_names(slurm.exports)])
+    for key, value in _extra_options(slurm.extra):
+        if key in values:
+            raise ConfigError(f"slurm.extra --{key}: launch sets --{key} itself from the config; set it there "
+                              "(slurm.*, --array via --sweep) and drop it from slurm.extra")
+        values[key] = value
     lines = []
     for key, value in sorted(values.items()):
         if value is None:
@@ -126,6 +134,32 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path, array: JobArray 
                               "from bash; choose a value (or run root) without '\\'")
         lines.append(f"--{key}={shlex.quote(text)}")
     return lines
+
+
+_OPTION = re.compile(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", re.S)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _extra_options(extra: list[str]) -> list[tuple[str, str | None]]:
+    """slurm.extra as (key, value or None); the value is quoted later like every other value."""
+    options = []
+    for text in extra:
+        found = _OPTION.fullmatch(text)
+        if not found:
+            raise ConfigError(f"slurm.extra {text!r}: each item is one sbatch option written --key or "
+                              "--key=value, e.g. --reservation=ml")
+        if found.group(2) is not None and re.search(r"[\x00-\x1f\x7f]", found.group(2)):
+            raise ConfigError(f"slurm.extra {text!r} contains a control character; write the option on one line")
+        options.append((found.group(1), found.group(2)))
+    return options
+
+
+def _export_names(names: list[str]) -> list[str]:
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"slurm.exports {name!r}: give environment variable names only (e.g. WANDB_API_KEY), "
+                              "never NAME=value: the value would be written into the script")
+    return sorted(set(names))
 
 
 def srun_args(slurm: SlurmConfig, backend: str) -> list[str]:
