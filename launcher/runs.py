@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     runs, squeue_ok = list_runs(root)
+    for sweep in sorted(p for p in root.iterdir() if (p / "sweep.yaml").is_file()):
+        if not args.json:  # a sweep's points live one folder down, in their own listing
+            print(f"sweep {_printable(sweep.name)}: launch runs --sweep {_printable(str(sweep))}", file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))
         return 0
