@@ -47,7 +47,7 @@ def unfinished(points: list[tuple[Point, Path]]) -> list[tuple[Point, Path]]:
 
 
 def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
-    from launcher.cli import _render, _resolved  # noqa: PLC0415 (cli imports launcher.sweep)
+    from launcher.cli import _resolved  # noqa: PLC0415 (cli imports launcher.sweep)
 
     if args.config or args.sweep:
         raise ConfigError("--resume of a sweep continues its points with their own config.yaml; drop "
@@ -70,7 +70,7 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
             cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
             resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
             cfg = _resolved(cfg, run_dir)
-            planned.append(Planned(point, run_dir, cfg, _render(cfg, run_dir)))
+            planned.append(Planned(point, run_dir, cfg))
         except ConfigError as err:
             raise ConfigError(f"sweep point {point.index} ({point.label()}): {err}") from None
     requests = {repr((p.cfg.slurm.__class__(**{**vars(p.cfg.slurm), "job_name": ""}), p.cfg.runtime.backend))

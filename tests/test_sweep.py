@@ -77,3 +77,12 @@ def test_array_script_golden():
 def test_point_labels_name_values():
     assert Point(3, {"optimizer.lr": 0.1, "model.head_units": [64]}).label() == \
         "optimizer.lr=0.1 model.head_units=[64]"
+
+
+def test_a_points_config_yaml_is_the_config_dump():
+    from launcher.config import Config, dump
+    from launcher.sweep import dump_config
+
+    cfg, cache = Config(), {}
+    cfg.optimizer.lr, cfg.model.head_units = 0.5, [8, 4]
+    assert dump_config(cfg, cache) == dump(cfg) == dump_config(cfg, cache)
