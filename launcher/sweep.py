@@ -77,12 +77,6 @@ class Planned:
     run_dir: Path
     cfg: Config
 
-    @property
-    def script(self) -> str:
-        """The point's single-run script (job.sbatch: `launch --resume RUN_DIR`, a hand-run sbatch)."""
-        return render_sbatch(self.cfg.slurm, self.cfg.runtime.backend, self.run_dir, self.cfg.runtime.python,
-                             self.cfg.runtime.worker_timeout_s)
-
 
 def show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
@@ -213,12 +207,12 @@ def resolved(cfg: Config, run_dir: Path, cwd: Path) -> Config:
     cfg.runtime.run_root = str(run_dir.parent)
     cfg.runtime.run_name = run_dir.name
     cfg.runtime.python = cfg.runtime.python or sys.executable
-    cfg.slurm.job_name = cfg.slurm.job_name or run_dir.name
     return cfg
 
 
-def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path) -> list[Planned]:
-    """Resolves every point for `sweep_dir` (their scripts are rendered when written)."""
+def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path, job_name: str) -> list[Planned]:
+    """Resolves every point for `sweep_dir`. Every point carries the array's job name, so a point
+    resumed on its own (launch --resume RUN_DIR) still shows as part of the sweep in squeue."""
     cwd = Path.cwd()
     planned = []
     for point, cfg in zip(points, configs_of):
@@ -226,6 +220,7 @@ def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path) -> list
         cfg = copy.copy(cfg)
         for section in ("data", "model", "runtime", "slurm"):
             setattr(cfg, section, copy.copy(getattr(cfg, section)))
+        cfg.slurm.job_name = job_name
         planned.append(Planned(point, run_dir, resolved(cfg, run_dir, cwd)))
     return planned
 
@@ -283,13 +278,14 @@ def dump_config(cfg: Config, dumped: dict[str, str]) -> str:
 
 def _write(sweep_dir: Path, planned: list[Planned], script: str, source: dict) -> None:
     """The new sweep directory's files. The points' files are plain writes (no fsync each): the
-    folder is new, nothing reads it yet and a failure removes it whole; sweep.yaml comes last."""
+    folder is new, nothing reads it yet and a failure removes it whole; sweep.yaml comes last.
+    A point's run directory holds only its config.yaml until its task starts (the task makes
+    logs/); the script it runs is the sweep's job.sbatch, and `launch --resume RUN_DIR` of one
+    point writes that point's own."""
     dumped: dict[str, str] = {}
     for item in planned:
         item.run_dir.mkdir(exist_ok=True)
-        (item.run_dir / rundir.LOGS).mkdir(exist_ok=True)
         (item.run_dir / rundir.CONFIG).write_text(dump_config(item.cfg, dumped))
-        (item.run_dir / rundir.SBATCH).write_text(item.script)
     fsutil.atomic_write_text(sweep_dir / RUNS_FILE, "".join(f"{p.run_dir}\n" for p in planned))
     record = {**source, "points": [{"index": p.point.index, "values": p.point.values,
                                     "run_dir": p.run_dir.name} for p in planned]}
@@ -319,8 +315,8 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
             raise ConfigError(f"sweep point {point.index} ({point.label()}): {err}") from None
     cluster, why = choose_cluster(base.runtime.cluster)
     sweep_dir = rundir.planned_run_dir(base.runtime.run_root, name)
-    planned = plan(points, point_configs, sweep_dir)
     job_name = base.slurm.job_name or name
+    planned = plan(points, point_configs, sweep_dir, job_name)
     indices = f"0-{len(points) - 1}"
     script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
     if not args.no_preflight:
@@ -338,7 +334,7 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
                           "login node, or pass --cluster local")
     sweep_dir = rundir.new_run_dir(base.runtime.run_root, name)
     try:
-        planned = plan(points, point_configs, sweep_dir)
+        planned = plan(points, point_configs, sweep_dir, job_name)
         script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
         _write(sweep_dir, planned, script, {"config": str(path.resolve()), "overrides": list(args.overrides),
                                             "job_name": job_name, "max_parallel": max_parallel})

@@ -102,12 +102,11 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
 
 
 def _write_resumed(sweep_dir: Path, planned: list[Planned], script: str) -> None:
-    """The resumed points' config.yaml and job.sbatch, and the array script; runs.txt and
-    sweep.yaml stay as they are (every point keeps its line)."""
+    """The resumed points' config.yaml and the array script; runs.txt and sweep.yaml stay as
+    they are (every point keeps its line)."""
     from launcher import fsutil  # noqa: PLC0415
     from launcher.config import dump  # noqa: PLC0415
 
     for item in planned:
         fsutil.atomic_write_text(item.run_dir / rundir.CONFIG, dump(item.cfg))
-        fsutil.atomic_write_text(item.run_dir / rundir.SBATCH, item.script)
     fsutil.atomic_write_text(sweep_dir / rundir.SBATCH, script)
