@@ -118,6 +118,8 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path, array: JobArray 
     if slurm.exports:
         values["export"] = ",".join(["ALL", *_export_names(slurm.exports)])
     for key, value in _extra_options(slurm.extra):
+        if key == "no-requeue":  # the site's choice: the chief then continues the run in a new job
+            values.pop("requeue", None)
         if key in values:
             raise ConfigError(f"slurm.extra --{key}: launch sets --{key} itself from the config; set it there "
                               "(slurm.*, --array via --sweep) and drop it from slurm.extra")

@@ -1,6 +1,7 @@
 """Sweeps without a cluster job: points, validation before anything exists, the array script."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -86,3 +87,20 @@ def test_a_points_config_yaml_is_the_config_dump():
     cfg, cache = Config(), {}
     cfg.optimizer.lr, cfg.model.head_units = 0.5, [8, 4]
     assert dump_config(cfg, cache) == dump(cfg) == dump_config(cfg, cache)
+
+
+@pytest.mark.slow
+def test_without_slurm_the_points_run_here_one_after_another(launch_cli, run_root):
+    done = launch_cli("--config", DEMO, "--run-root", run_root, "--cluster", "local", "--sweep",
+                      "optimizer.lr=0.003,0.01", "train.epochs=1", "train.steps_per_epoch=3",
+                      "train.validation_steps=1", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep_dir,) = run_root.iterdir()
+    runs = [sweep_dir / "000-lr0.003", sweep_dir / "001-lr0.01"]
+    starts = [done.stdout.index(f"sweep point {i} (optimizer.lr={lr}) running locally") for i, lr in
+              enumerate(("0.003", "0.01"))]
+    assert starts[0] < done.stdout.index("finished 1 epochs") < starts[1]  # one after another
+    for run in runs:
+        assert json.loads((run / "status.json").read_text())["state"] == "completed"
+        assert (run / "history.csv").read_text().count("\n") == 2  # header and epoch 1
+    assert (sweep_dir / "runs.txt").read_text().split() == [str(r) for r in runs]
