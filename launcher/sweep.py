@@ -35,6 +35,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,6 +322,8 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
     script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
     if not args.no_preflight:
         _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+        if cluster == "slurm" or args.emit_sbatch:
+            check_array_size(len(points))
     if args.dry_run:
         sys.stdout.write(script)
         print(f"launch: sweep of {len(points)} points as one job array (--array={script_array(script)}):\n"
@@ -343,6 +346,21 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
         raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror or err}; free space "
                           "there or pass --run-root elsewhere") from None
     return start(args, planned, sweep_dir, script, cluster, why, fresh=True)
+
+
+def check_array_size(points: int) -> None:
+    """SLURM refuses array task ids at or above its MaxArraySize; say so before anything exists.
+    (Splitting a larger sweep over several arrays is not done yet.)"""
+    try:
+        done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              timeout=preflight.SCONTROL_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return  # no SLURM client here: sbatch has the last word
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.M)
+    if found and points - 1 >= int(found.group(1)):
+        raise ConfigError(f"a sweep of {points} points needs array task ids up to {points - 1}, but this "
+                          f"cluster's MaxArraySize is {found.group(1)} (ids below it); split the sweep into "
+                          "launches of fewer points (sweep.points lists them) or ask the admins to raise it")
 
 
 def script_array(script: str) -> str:

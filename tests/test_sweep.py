@@ -104,3 +104,13 @@ def test_without_slurm_the_points_run_here_one_after_another(launch_cli, run_roo
         assert json.loads((run / "status.json").read_text())["state"] == "completed"
         assert (run / "history.csv").read_text().count("\n") == 2  # header and epoch 1
     assert (sweep_dir / "runs.txt").read_text().split() == [str(r) for r in runs]
+
+
+@pytest.mark.slurm
+def test_a_sweep_beyond_max_array_size_is_refused_before_anything_exists(slurm_cluster, launch_cli, run_root):
+    size = int(re.search(r"MaxArraySize\s*=\s*(\d+)", subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True).stdout).group(1))
+    lrs = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(size + 1))
+    done = launch_cli("--config", DEMO, "--run-root", run_root, "--sweep", f"optimizer.lr={lrs}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"MaxArraySize is {size}" in done.stderr and not run_root.exists()
