@@ -78,7 +78,12 @@ def wanted(args: argparse.Namespace, default_config: Path) -> bool:
     """This launch is a sweep: --sweep or --max-parallel given, a config with a sweep block, or a
     resume of a sweep directory."""
     if args.resume:
-        return is_sweep_dir(Path(args.resume).expanduser())
+        if is_sweep_dir(Path(args.resume).expanduser()):
+            return True
+        if args.sweep or args.max_parallel is not None:
+            raise ConfigError(f"--resume {args.resume} continues one run; --sweep and --max-parallel start "
+                              "a sweep (launch --config ... --sweep) or resume one (launch --resume SWEEP_DIR)")
+        return False
     if args.sweep or args.max_parallel is not None:
         return True
     return bool(read_block(Path(args.config) if args.config else default_config))

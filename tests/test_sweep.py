@@ -114,3 +114,9 @@ def test_a_sweep_beyond_max_array_size_is_refused_before_anything_exists(slurm_c
     done = launch_cli("--config", DEMO, "--run-root", run_root, "--sweep", f"optimizer.lr={lrs}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"MaxArraySize is {size}" in done.stderr and not run_root.exists()
+
+
+def test_sweep_flags_on_the_resume_of_one_run_are_refused(launch_cli, tmp_path):
+    (tmp_path / "config.yaml").write_text("train: {epochs: 1}\n")
+    done = launch_cli("--resume", tmp_path, "--sweep", "optimizer.lr=0.1,0.2", "--dry-run")
+    assert done.returncode == 2 and "--resume" in done.stderr and done.stderr.count("\n") == 1, done.stderr
