@@ -4,7 +4,8 @@ Prints one row per point (its values, state, best validation accuracy and loss, 
 best, wall time) sorted by the target metric, and writes SWEEP_DIR/compare.csv and
 SWEEP_DIR/compare.png (validation curves of every point). States come from launcher/runs.py
 (one squeue call, at most one sacct call, for the whole sweep). TensorBoard's HParams tab shows
-the same points: every run's chief writes its config as hparams (training/loop.py), so
+the same points: every run's chief writes its config as hparams at its tensorboard/ root,
+above train/ and validation/ (training/loop.py), so
 `tensorboard --logdir SWEEP_DIR` compares them there too.
 
 Login-node side: no TensorFlow; matplotlib only for the plot.
