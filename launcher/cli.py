@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from launcher import fsutil, preflight, resume, rundir
-from launcher.config import Config, ConfigError, dump, load_config
+from launcher.config import Config, ConfigError, config_stem, dump, load_config
 from launcher.errors import EXIT_CODE, UsageError, UserError, one_line
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an earlier run in its own directory, from its config.yaml")
     p.add_argument("--no-preflight", action="store_true",
                    help="skip the checks of data, cluster fit and free space (launcher/preflight.py)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
+                   help="sweep a key over values (repeatable: the grid product) as one job array; "
+                        "launcher/sweep.py")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="sweep tasks running at once (--array=...%%N)")
     return p
 
 
@@ -150,7 +154,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
         return cfg, run_dir, run_dir.name
     path = args.config or DEFAULT_CONFIG  # a file, or an s3:// URL (launcher/storage.py)
     cfg = load_config(path, args.overrides, flags)
-    name = cfg.runtime.run_name or Path(str(path).rsplit("/", 1)[-1]).stem
+    name = cfg.runtime.run_name or config_stem(path)
     if "/" in name or name in (".", ".."):
         raise ConfigError(f"runtime.run_name {name!r}: a run name is one folder name, without '/'")
     return cfg, None, name
@@ -277,7 +281,12 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
 
 def train(argv: list[str]) -> int:
     """`launch [train] ...`: a new run, or `--resume RUN`; raises UserError for the user's mistakes."""
-    return _launch(_parser().parse_intermixed_args(argv))
+    args = _parser().parse_intermixed_args(argv)
+    from launcher import sweep  # a sweep: one job array (launcher/sweep.py)
+
+    if sweep.wanted(args, DEFAULT_CONFIG):
+        return sweep.launch(args, {key: getattr(args, dest) for dest, key in FLAGS.items()}, DEFAULT_CONFIG)
+    return _launch(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import shlex
 from pathlib import Path
 
@@ -23,6 +24,20 @@ from launcher.config import BACKENDS, ConfigError, SlurmConfig
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 TEMPLATE = "job.sbatch.j2"
 TASK_TEMPLATE = "task.sbatch.j2"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobArray:
+    """A SLURM job array whose task i trains the run directory on line i + 1 of `runs_file`
+    (a sweep, launcher/sweep.py). Every task gets the same resource request."""
+
+    indices: str  # sbatch --array task ids without the limit: "0-3" or "1,3"
+    max_parallel: int  # tasks running at once (the %N of --array); 0 = no limit
+    runs_file: Path  # absolute; one run directory a line
+
+    @property
+    def spec(self) -> str:
+        return f"{self.indices}%{self.max_parallel}" if self.max_parallel else self.indices
 
 
 def tasks_per_node(slurm: SlurmConfig, backend: str) -> int:
@@ -69,8 +84,10 @@ def _slurm_path(path: Path) -> str:
     return str(path).replace("%", "%%")
 
 
-def _site_values(slurm: SlurmConfig, nodes: int, per_node: int, logs: Path, stem: str) -> dict[str, object]:
-    """The directives every job shares: geometry, time, name, logs, GPUs and the site's options."""
+def _site_values(slurm: SlurmConfig, nodes: int, per_node: int, logs: Path, stem: str,
+                 job: str = "%j") -> dict[str, object]:
+    """The directives every job shares: geometry, time, name, logs, GPUs and the site's options
+    (slurm.exports; slurm.extra is added last, by `_directive_lines`)."""
     logs_text = _slurm_path(Path(logs))
     values: dict[str, object] = {
         "nodes": nodes,
@@ -78,8 +95,8 @@ def _site_values(slurm: SlurmConfig, nodes: int, per_node: int, logs: Path, stem
         "cpus-per-task": slurm.cpus_per_task,
         "time": slurm.time_min,  # a bare number is minutes to sbatch
         "job-name": slurm.job_name,
-        "output": f"{logs_text}/{stem}-%j.out",
-        "error": f"{logs_text}/{stem}-%j.err",
+        "output": f"{logs_text}/{stem}-{job}.out",
+        "error": f"{logs_text}/{stem}-{job}.err",
         **gpu_request(slurm),
     }
     for key in ("mem", "partition", "account", "qos"):
@@ -87,10 +104,21 @@ def _site_values(slurm: SlurmConfig, nodes: int, per_node: int, logs: Path, stem
             values[key] = getattr(slurm, key)
     if slurm.exclusive:
         values["exclusive"] = None
+    if slurm.exports:
+        values["export"] = ",".join(["ALL", *_export_names(slurm.exports)])
     return values
 
 
-def _directive_lines(values: dict[str, object]) -> list[str]:
+def _directive_lines(values: dict[str, object], extra: list[str]) -> list[str]:
+    """The directives as sorted `--key=value` lines, slurm.extra's options merged in."""
+    values = dict(values)
+    for key, value in _extra_options(extra):
+        if key == "no-requeue":  # the site's choice: the chief then continues the run in a new job
+            values.pop("requeue", None)
+        if key in values:
+            raise ConfigError(f"slurm.extra --{key}: launch sets --{key} itself from the config; set it there "
+                              "(slurm.*, --array via --sweep) and drop it from slurm.extra")
+        values[key] = value
     lines = []
     for key, value in sorted(values.items()):
         if value is None:
@@ -105,17 +133,23 @@ def _directive_lines(values: dict[str, object]) -> list[str]:
     return lines
 
 
-def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
+def directives(slurm: SlurmConfig, backend: str, run_dir: Path, array: JobArray | None = None) -> list[str]:
     """`--key=value` strings of a training run, sorted, each value shell-quoted (sbatch parses
-    quotes like a shell)."""
+    quotes like a shell).
+
+    For a job array, `run_dir` is the sweep directory: SLURM opens the logs before a task knows
+    its run directory, so they start there and the script moves its own output on."""
     if backend not in BACKENDS:
         raise ConfigError(f"runtime.backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "mirrored" and slurm.nodes > 1:
         raise ConfigError(f"backend mirrored runs on one node but slurm.nodes is {slurm.nodes}")
     nodes = 1 if backend == "mirrored" else slurm.nodes
-    values = _site_values(slurm, nodes, tasks_per_node(slurm, backend), Path(run_dir) / rundir.LOGS, "slurm")
+    values = _site_values(slurm, nodes, tasks_per_node(slurm, backend), Path(run_dir) / rundir.LOGS, "slurm",
+                          job="%A_%a" if array else "%j")  # sbatch: array job id _ task id
     values["open-mode"] = "append"  # a requeued job appends to the same log
     values["requeue"] = None
+    if array:
+        values["array"] = array.spec
     if slurm.signal_lead_s >= slurm.time_min * 60:
         # The warning would arrive at once: the trainer would checkpoint and requeue forever.
         raise ConfigError(f"slurm.signal_lead_s {slurm.signal_lead_s} is not shorter than the time "
@@ -123,7 +157,33 @@ def directives(slurm: SlurmConfig, backend: str, run_dir: Path) -> list[str]:
     if slurm.signal_lead_s:
         # No "B:" prefix: the signal goes to the srun tasks, i.e. the trainer, not this shell.
         values["signal"] = f"USR1@{slurm.signal_lead_s}"
-    return _directive_lines(values)
+    return _directive_lines(values, slurm.extra)
+
+
+_OPTION = re.compile(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.*))?", re.S)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _extra_options(extra: list[str]) -> list[tuple[str, str | None]]:
+    """slurm.extra as (key, value or None); the value is quoted later like every other value."""
+    options = []
+    for text in extra:
+        found = _OPTION.fullmatch(text)
+        if not found:
+            raise ConfigError(f"slurm.extra {text!r}: each item is one sbatch option written --key or "
+                              "--key=value, e.g. --reservation=ml")
+        if found.group(2) is not None and re.search(r"[\x00-\x1f\x7f]", found.group(2)):
+            raise ConfigError(f"slurm.extra {text!r} contains a control character; write the option on one line")
+        options.append((found.group(1), found.group(2)))
+    return options
+
+
+def _export_names(names: list[str]) -> list[str]:
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"slurm.exports {name!r}: give environment variable names only (e.g. WANDB_API_KEY), "
+                              "never NAME=value: the value would be written into the script")
+    return sorted(set(names))
 
 
 def srun_args(slurm: SlurmConfig, backend: str) -> list[str]:
@@ -160,8 +220,8 @@ def _check_plain(**values: str) -> None:
 
 
 def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
-                  worker_timeout_s: int) -> str:
-    """Renders the batch script for one run.
+                  worker_timeout_s: int, array: JobArray | None = None) -> str:
+    """Renders the batch script for one run, or for a job array of runs (a sweep).
 
     Args:
         slurm: the resolved slurm section (job_name already filled in).
@@ -169,15 +229,19 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         run_dir: absolute run directory on shared storage.
         python: interpreter path on the compute nodes (one word; quoted as a whole).
         worker_timeout_s: seconds srun waits for the other tasks once one has exited.
+        array: for a sweep: the tasks, and the file that maps a task id to its run directory;
+            `run_dir` is then the sweep directory.
 
     Returns:
         The script text. Raises ConfigError for a value sbatch could not read back.
     """
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
-    _check_plain(run_directory=str(run_dir), python=python)
+    _check_plain(run_directory=str(run_dir), python=python,
+                 **({"runs_file": str(array.runs_file)} if array else {}))
     return _template().render(
-        directives=directives(slurm, backend, Path(run_dir)),
+        directives=directives(slurm, backend, Path(run_dir), array),
+        array=array,
         backend=backend,
         run_dir=str(run_dir),
         max_requeues=slurm.max_requeues,
@@ -214,7 +278,7 @@ def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
     _check_plain(log_folder=str(job.log_dir), **{f"argument {i}": a for i, a in enumerate(job.command)})
     values = _site_values(slurm, slurm.nodes, 1, job.log_dir, job.kind)
     return _environment().get_template(TASK_TEMPLATE).render(
-        directives=_directive_lines(values),
+        directives=_directive_lines(values, slurm.extra),
         kind=job.kind,
         setup=slurm.setup,
         srun_args=srun_args(slurm, "multiworker"),

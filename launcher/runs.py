@@ -289,7 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", default=rundir.default_run_root(),
                         help="folder holding one sub-folder per run (default: $LAUNCH_RUN_ROOT or ./runs)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of runs instead of a table")
+    parser.add_argument("--sweep", metavar="SWEEP_DIR", help="compare the points of a sweep, best first; "
+                        "writes compare.csv and compare.png there (launcher/sweep_compare.py)")
+    parser.add_argument("--metric", choices=("val_accuracy", "val_loss"), default="val_accuracy",
+                        help="with --sweep: the metric that orders the points")
     args = parser.parse_args(argv)
+    if args.sweep:
+        from launcher import sweep_compare  # noqa: PLC0415
+
+        return sweep_compare.main(args.sweep, args.metric)
     if str(args.run_root).startswith("s3://"):
         runs, squeue_ok, root = mirrored_runs(args.run_root), True, args.run_root  # StorageError: a UserError
     else:
@@ -297,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             raise UserError(f"run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT")
         runs, squeue_ok = list_runs(root)
+        for sweep in sorted(p for p in root.iterdir() if (p / "sweep.yaml").is_file()):
+            if not args.json:  # a sweep's points live one folder down, in their own listing
+                print(f"sweep {_printable(sweep.name)}: launch runs --sweep {_printable(str(sweep))}",
+                      file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))
         return 0

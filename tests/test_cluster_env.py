@@ -51,3 +51,12 @@ def test_local_launcher_variables_without_slurm():
 def test_no_variables_is_a_single_process():
     spec = cluster_from_env({})
     assert (spec.rank, spec.world_size, spec.is_chief) == (0, 1, True)
+
+
+def test_an_array_task_is_named_by_array_and_task_id_so_a_requeue_touches_only_it():
+    # The array's first task has SLURM_JOB_ID == SLURM_ARRAY_JOB_ID: requeueing that id would
+    # requeue every point of the sweep.
+    env = slurm_env(0, SLURM_JOB_ID="228", SLURM_ARRAY_JOB_ID="228", SLURM_ARRAY_TASK_ID="0")
+    assert cluster_from_env(env, fake_hostnames).job_id == "228_0"
+    env = slurm_env(0, SLURM_JOB_ID="231", SLURM_ARRAY_JOB_ID="228", SLURM_ARRAY_TASK_ID="3")
+    assert cluster_from_env(env, fake_hostnames).job_id == "228_3"

@@ -101,10 +101,13 @@ def test_tensorboard_has_train_and_validation_curves(mirrored_run):
         tags[sub] = set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
     assert {"epoch_loss", "epoch_accuracy", "epoch_top5", "epoch_learning_rate"} <= tags["train"]
     assert {"epoch_loss", "epoch_accuracy", "epoch_top5"} <= tags["validation"]
-    # The resolved config, as text and as hparams.
+    # The resolved config as text, and as hparams at the root, above train/ and validation/, so
+    # that TensorBoard's HParams tab shows each run (a sweep's points) with its metrics.
     acc = EventAccumulator(str(mirrored_run / "tensorboard" / "config"), size_guidance={"tensors": 0})
     acc.Reload()
     assert "config" in acc.Tags()["tensors"]
+    acc = EventAccumulator(str(mirrored_run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 

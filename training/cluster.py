@@ -20,7 +20,7 @@ class ClusterSpec:
     world_size: int  # number of processes in the job step
     local_rank: int  # index among the processes on this node (GPU pinning)
     hosts: tuple[str, ...]  # host of each rank, index = rank
-    job_id: str | None  # SLURM job id, None when local
+    job_id: str | None  # SLURM job id (ARRAYID_TASKID for a sweep's array task), None when local
     node_name: str  # SLURM node name (or "localhost")
     restart_count: int = 0  # times SLURM requeued this job
 
@@ -48,10 +48,13 @@ def cluster_from_env(env: Mapping[str, str],
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
         nodes = expand_hostnames(nodelist) if nodelist else [env.get("SLURMD_NODENAME", "localhost")]
         per_node = max(world // len(nodes), 1)
+        job_id = env["SLURM_JOB_ID"]
+        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
         hosts = tuple(nodes[min(r // per_node, len(nodes) - 1)] for r in range(world))
         return ClusterSpec(
             rank=int(env["SLURM_PROCID"]), world_size=world,
-            local_rank=int(env.get("SLURM_LOCALID", 0)), hosts=hosts, job_id=env["SLURM_JOB_ID"],
+            local_rank=int(env.get("SLURM_LOCALID", 0)), hosts=hosts, job_id=job_id,
             node_name=env.get("SLURMD_NODENAME", nodes[0]),
             restart_count=int(env.get("SLURM_RESTART_COUNT") or 0))
     world = int(env.get("LAUNCH_WORLD_SIZE", 1))

@@ -47,6 +47,11 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSi
         writer = tf.summary.create_file_writer(str(logdir / "config"))
         with writer.as_default():
             tf.summary.text("config", "```\n" + dump(cfg) + "\n```", step=0)
+        writer.close()
+        # The hparams at the log dir's root: the HParams tab takes a session's metrics from the
+        # runs below it (train/, validation/), so a sweep's points line up with their accuracy.
+        writer = tf.summary.create_file_writer(str(logdir))
+        with writer.as_default():
             hparams.hparams(_flat_hparams(cfg))
         writer.close()
     return [RunTensorBoard(stopper, log_dir=str(logdir), update_freq=cfg.train.log_every_steps,

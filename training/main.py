@@ -17,6 +17,7 @@ import yaml
 from launcher import rundir
 from launcher.config import Config, ConfigError, from_dict
 from launcher.resume import writer_lock
+from launcher.runstatus import read_status, write_status
 from training import signals
 from training.cluster import cluster_from_env
 from training.envreport import write_env_report
@@ -32,16 +33,33 @@ def load_run_config(run_dir: Path) -> Config:
     return from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
-def requeue(job_id: str | None, restarts: int, max_requeues: int) -> str:
-    """Asks SLURM to requeue this job; returns what happened, for the status file."""
+def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path | None = None) -> str:
+    """Asks SLURM to requeue this job (an array task: that task alone, its id being ARRAY_TASK);
+    where SLURM refuses (JobRequeue=0, --no-requeue), submits a continuation job for the run
+    directory instead (launcher/continuation.py). Both count against max_requeues. Returns what
+    happened, for the status file: "requeued ..." when the run comes back by itself."""
     if job_id is None:
         return "stopped (not a SLURM job: continue with launch --resume RUN_DIR)"
-    if restarts >= max_requeues:
+    continuations = int(read_status(run_dir).get("continuations", 0)) if run_dir else 0
+    if restarts + continuations >= max_requeues:
         return f"stopped: requeue limit {max_requeues} reached; continue with launch --resume RUN_DIR"
     done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-    if done.returncode:
-        return f"stopped: scontrol requeue failed ({done.stderr.strip()}); use launch --resume RUN_DIR"
-    return f"requeued (restart {restarts + 1} of at most {max_requeues})"
+    if not done.returncode:
+        return f"requeued (restart {restarts + continuations + 1} of at most {max_requeues})"
+    refused = done.stderr.strip()
+    if run_dir is None:
+        return f"stopped: scontrol requeue failed ({refused}); use launch --resume RUN_DIR"
+    from launcher.continuation import submit_continuation
+    from launcher.submit import SubmitError
+
+    try:
+        follower = submit_continuation(run_dir, job_id)
+    except SubmitError as err:
+        return f"stopped: scontrol requeue failed ({refused}) and so did a continuation job ({err}); " \
+               "use launch --resume RUN_DIR"
+    write_status(run_dir, continuations=continuations + 1)
+    return (f"requeued as continuation job {follower}, which starts once job {job_id} ends (SLURM refused "
+            f"scontrol requeue: {refused}; restart {restarts + continuations + 1} of at most {max_requeues})")
 
 
 def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
@@ -102,7 +120,7 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
             spec = backend.spec
             if result["signal"] == "SIGUSR1":  # SLURM's warning before the time limit
                 message = requeue(spec.job_id, spec.restart_count,
-                                  int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)))
+                                  int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)), run_dir)
             else:  # preemption, scancel or an outside requeue: SLURM decides what comes next
                 message = f"stopped by {result['signal']}; checkpoint saved"
             requeued = message.startswith("requeued")

@@ -1,0 +1,46 @@
+"""Continuing a run where SLURM refuses to requeue it (`JobRequeue=0`, `sbatch --no-requeue`).
+
+The chief, stopped by the time-limit warning with a checkpoint saved, first asks for
+`scontrol requeue`. When SLURM refuses, it submits a continuation instead: the run's own script,
+rendered again from its config.yaml through the one render -> submit path, held until this job
+has ended (`--dependency=afterany:JOB`), so the next job takes the writer lock only once this
+one has let go. Continuations count against slurm.max_requeues together with requeues; the count
+is kept in status.json (`continuations`), since a new job starts SLURM's restart count at 0.
+
+TF-free: the trainer imports it only after training has stopped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from launcher import rundir
+from launcher.config import ConfigError, from_dict
+from launcher.render import describe_request, render_sbatch
+from launcher.submit import SubmitError, submit_slurm
+
+
+def continuation_script(run_dir: Path, after_job: str) -> tuple[str, str]:
+    """(script, request in sbatch's words) for the job that continues `run_dir` after `after_job`."""
+    cfg = from_dict(yaml.safe_load((Path(run_dir) / rundir.CONFIG).read_text()), str(run_dir / rundir.CONFIG))
+    script = render_sbatch(cfg.slurm, cfg.runtime.backend, Path(run_dir), cfg.runtime.python,
+                           cfg.runtime.worker_timeout_s)
+    first, _, rest = script.partition("\n")
+    return f"{first}\n#SBATCH --dependency=afterany:{after_job}\n{rest}", describe_request(cfg.slurm,
+                                                                                              cfg.runtime.backend)
+
+
+def submit_continuation(run_dir: Path, after_job: str) -> str:
+    """Submits the continuation of `run_dir`; returns its job id, recorded in jobs.txt.
+
+    Raises:
+        SubmitError: sbatch refused or could not be run (one line).
+    """
+    try:
+        script, asked = continuation_script(Path(run_dir), after_job)
+    except (OSError, ValueError, ConfigError) as err:
+        raise SubmitError(f"cannot render the continuation from {run_dir / rundir.CONFIG}: {err}") from None
+    job_id = submit_slurm(script, Path(run_dir), asked, fresh=False)
+    rundir.record_job(Path(run_dir), job_id)
+    return job_id

@@ -1,0 +1,322 @@
+"""Sweeps: one config, several points, one SLURM job array.
+
+    launch --config C.yaml --sweep optimizer.lr=0.01,0.03 --sweep model.dropout=0.3,0.5 --max-parallel 2
+    launch --resume SWEEP_DIR          # resubmits only the points that have not completed
+
+A config file may carry the sweep itself, as a grid or as an explicit list of points:
+
+    sweep:
+      grid: {optimizer.lr: [0.01, 0.03], model.dropout: [0.3, 0.5]}   # or:
+      points: [{optimizer.lr: 0.01, model.dropout: 0.3}, {optimizer.lr: 0.1, model.dropout: 0.5}]
+      max_parallel: 2
+
+`--sweep` axes join the file's grid (a key given in both takes the command line's values). The
+grid is the product of the axes, the last key varying fastest. A point's values are applied
+after the file and the dotted overrides.
+
+The sweep directory (RUN_ROOT/<name>-sweep-<timestamp>/) holds sweep.yaml (the points and their
+run directories), runs.txt (one run directory a line: array task i trains line i + 1),
+job.sbatch (the array script), jobs.txt and logs/, and one ordinary run directory per point,
+NNN-<values>/, which `launch --resume` also continues on its own.
+
+The points come from launcher/sweep_points.py. Every point is validated as a single launch
+is, config, rendering and preflight, before anything is created; one bad point refuses the
+whole sweep, naming it. A job array has one
+resource request, so slurm.* and runtime.* keys cannot be swept. Without SLURM the points run
+here one after another, in the same directories.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from launcher import config as configs
+from launcher import fsutil, preflight, resume, rundir
+from launcher.config import Config, ConfigError, config_stem, load_config
+from launcher.render import JobArray, describe_request, render_sbatch
+from launcher.submit import choose_cluster, run_local, submit_slurm
+from launcher.sweep_points import Point, PointConfigs, make_points, parse_axes, read_block, show  # noqa: F401
+
+SWEEP_FILE = "sweep.yaml"  # the points, their values and run directories
+RUNS_FILE = "runs.txt"  # run directory of array task i on line i + 1
+
+
+@dataclass
+class Planned:
+    """A point made concrete: its resolved config and run directory."""
+
+    point: Point
+    run_dir: Path
+    cfg: Config
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def _max_parallel(args: argparse.Namespace, block: dict) -> int:
+    value = args.max_parallel if args.max_parallel is not None else block.get("max_parallel", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"max_parallel {value!r}: expected a whole number of tasks at once, 0 for no "
+                          "limit (--max-parallel N or sweep.max_parallel)")
+    return value
+
+
+def wanted(args: argparse.Namespace, default_config: Path) -> bool:
+    """This launch is a sweep: --sweep or --max-parallel given, a config with a sweep block, or a
+    resume of a sweep directory."""
+    if args.resume:
+        if is_sweep_dir(Path(args.resume).expanduser()):
+            return True
+        if args.sweep or args.max_parallel is not None:
+            raise ConfigError(f"--resume {args.resume} continues one run; --sweep and --max-parallel start "
+                              "a sweep (launch --config ... --sweep) or resume one (launch --resume SWEEP_DIR)")
+        return False
+    if args.sweep or args.max_parallel is not None:
+        return True
+    return bool(read_block(args.config or default_config))  # a file or an s3:// URL
+
+
+def resolved(cfg: Config, run_dir: Path, cwd: Path) -> Config:
+    """The config as the job sees it, as launcher/cli.py's _resolved makes it, on a config whose
+    sections are already this point's own copies (no deepcopy per point)."""
+    resume.absolute_paths(cfg, cwd)
+    cfg.runtime.run_root = str(run_dir.parent)
+    cfg.runtime.run_name = run_dir.name
+    cfg.runtime.python = cfg.runtime.python or sys.executable
+    return cfg
+
+
+def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path, job_name: str) -> list[Planned]:
+    """Resolves every point for `sweep_dir`. Every point carries the array's job name, so a point
+    resumed on its own (launch --resume RUN_DIR) still shows as part of the sweep in squeue."""
+    cwd = Path.cwd()
+    planned = []
+    for point, cfg in zip(points, configs_of):
+        run_dir = sweep_dir / point.dir_name()
+        cfg = copy.copy(cfg)
+        for section in ("data", "model", "runtime", "slurm"):
+            setattr(cfg, section, copy.copy(getattr(cfg, section)))
+        cfg.slurm.job_name = job_name
+        planned.append(Planned(point, run_dir, resolved(cfg, run_dir, cwd)))
+    return planned
+
+
+def array_script(planned: list[Planned], sweep_dir: Path, indices: str, max_parallel: int,
+                 job_name: str) -> str:
+    """The array script: the first point's request (every point's, as slurm.* is not swept)."""
+    cfg = copy.deepcopy(planned[0].cfg)
+    cfg.slurm.job_name = job_name
+    return render_sbatch(cfg.slurm, cfg.runtime.backend, sweep_dir, cfg.runtime.python,
+                         cfg.runtime.worker_timeout_s, JobArray(indices, max_parallel, sweep_dir / RUNS_FILE))
+
+
+def _preflight(planned: list[Planned], to_slurm: bool, dry_run: bool) -> None:
+    """The single launch's checks, once per distinct data/request (1,000 points of one data set
+    ask SLURM once); a problem names the first point that has it."""
+    seen = set()
+    for item in planned:
+        cfg = item.cfg
+        key = repr((cfg.data, dataclasses.replace(cfg.slurm, job_name=""), cfg.runtime.backend,
+                    cfg.runtime.run_root))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            notes = preflight.run(cfg, to_slurm=to_slurm, dry_run=dry_run)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {item.point.index} ({item.point.label()}): {err}") from None
+        for note in notes:
+            print(f"launch: warning: {note}", file=sys.stderr)
+
+
+def point_table(planned: list[Planned]) -> str:
+    keys = list(dict.fromkeys(k for p in planned for k in p.point.values))
+    rows = [("POINT", *keys, "RUN DIR")]
+    rows += [(str(p.point.index), *(show(p.point.values.get(k, "-")) for k in keys), p.run_dir.name)
+             for p in planned]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]) for r in rows)
+
+
+def dump_config(cfg: Config, dumped: dict[str, str]) -> str:
+    """configs.dump(cfg), section by section, each distinct section dumped once: most sections
+    of a sweep's points are the same, and YAML's representer is most of a 1,000-point write."""
+    parts = []
+    for section in dataclasses.fields(Config):
+        value = getattr(cfg, section.name)
+        key = f"{section.name}:{value!r}"
+        if key not in dumped:
+            dumped[key] = yaml.dump({section.name: dataclasses.asdict(value)}, sort_keys=False,
+                                    Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+        parts.append(dumped[key])
+    return "".join(parts)
+
+
+def _write(sweep_dir: Path, planned: list[Planned], script: str, source: dict) -> None:
+    """The new sweep directory's files. The points' files are plain writes (no fsync each): the
+    folder is new, nothing reads it yet and a failure removes it whole; sweep.yaml comes last.
+    A point's run directory holds only its config.yaml until its task starts (the task makes
+    logs/); the script it runs is the sweep's job.sbatch, and `launch --resume RUN_DIR` of one
+    point writes that point's own."""
+    dumped: dict[str, str] = {}
+    for item in planned:
+        item.run_dir.mkdir(exist_ok=True)
+        (item.run_dir / rundir.CONFIG).write_text(dump_config(item.cfg, dumped))
+    fsutil.atomic_write_text(sweep_dir / RUNS_FILE, "".join(f"{p.run_dir}\n" for p in planned))
+    record = {**source, "points": [{"index": p.point.index, "values": p.point.values,
+                                    "run_dir": p.run_dir.name} for p in planned]}
+    fsutil.atomic_write_text(sweep_dir / SWEEP_FILE, yaml.safe_dump(record, sort_keys=False))
+    fsutil.atomic_write_text(sweep_dir / rundir.SBATCH, script)
+
+
+def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path) -> int:
+    """A new sweep (`launch --sweep ...`) or the resume of one (`launch --resume SWEEP_DIR`)."""
+    if args.resume:
+        from launcher.sweep_resume import resume_sweep  # noqa: PLC0415
+
+        return resume_sweep(args, flags)
+    path = args.config or default_config  # a file or an s3:// URL
+    block = read_block(path)
+    points = make_points(block, parse_axes(args.sweep or []), str(path))
+    if len(points) < 2 and not block and not args.sweep:
+        raise ConfigError("--max-parallel needs a sweep: add --sweep section.key=v1,v2 or a sweep: block")
+    max_parallel = _max_parallel(args, block)
+    base = load_config(path, args.overrides, flags)
+    name = f"{base.runtime.run_name or config_stem(path)}-sweep"
+    point_configs, making = [], PointConfigs(base)
+    for point in points:
+        try:
+            point_configs.append(making.of(point))
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {point.index} ({point.label()}): {err}") from None
+    cluster, why = choose_cluster(base.runtime.cluster)
+    sweep_dir = rundir.planned_run_dir(base.runtime.run_root, name)
+    job_name = base.slurm.job_name or name
+    planned = plan(points, point_configs, sweep_dir, job_name)
+    indices = f"0-{len(points) - 1}"
+    script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
+    if not args.no_preflight:
+        _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+        if cluster == "slurm" or args.emit_sbatch:
+            check_array_size(len(points))
+    if args.dry_run:
+        sys.stdout.write(script)
+        print(f"launch: sweep of {len(points)} points as one job array (--array={script_array(script)}):\n"
+              f"{point_table(planned)}", file=sys.stderr)
+        if cluster == "local":
+            print(f"launch: note: without --dry-run the points would run here one after another ({why})",
+                  file=sys.stderr)
+        return 0
+    if not args.emit_sbatch and cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
+                          "login node, or pass --cluster local")
+    sweep_dir = rundir.new_run_dir(base.runtime.run_root, name)
+    try:
+        planned = plan(points, point_configs, sweep_dir, job_name)
+        script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
+        _write(sweep_dir, planned, script, {"config": str(path.resolve()), "overrides": list(args.overrides),
+                                            "job_name": job_name, "max_parallel": max_parallel})
+    except OSError as err:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror or err}; free space "
+                          "there or pass --run-root elsewhere") from None
+    return start(args, planned, sweep_dir, script, cluster, why, fresh=True)
+
+
+def check_array_size(points: int) -> None:
+    """SLURM refuses array task ids at or above its MaxArraySize; say so before anything exists.
+    (Splitting a larger sweep over several arrays is not done yet.)"""
+    try:
+        done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              timeout=preflight.SCONTROL_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return  # no SLURM client here: sbatch has the last word
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.M)
+    if found and points - 1 >= int(found.group(1)):
+        raise ConfigError(f"a sweep of {points} points needs array task ids up to {points - 1}, but this "
+                          f"cluster's MaxArraySize is {found.group(1)} (ids below it); split the sweep into "
+                          "launches of fewer points (sweep.points lists them) or ask the admins to raise it")
+
+
+def script_array(script: str) -> str:
+    found = re.search(r"^#SBATCH --array=(\S+)$", script, re.M)
+    return found.group(1) if found else "?"
+
+
+def start(args: argparse.Namespace, planned: list[Planned], sweep_dir: Path, script: str, cluster: str,
+          why: str, fresh: bool, before_release: Callable[[], None] | None = None) -> int:
+    """Emits, runs here one point after another, or submits the array.
+
+    fresh: the sweep directory was made for this launch (removed if sbatch refuses). Otherwise
+    (a resume) the array is submitted held, `before_release` writes the points' files, and only
+    then may it start; if that write fails the array is cancelled."""
+    if args.emit_sbatch:
+        fsutil.atomic_write_text(Path(args.emit_sbatch), script)
+        print(f"sweep dir: {sweep_dir}\nwrote {args.emit_sbatch} (also {sweep_dir / rundir.SBATCH}); "
+              f"submit it with:\n  sbatch {shlex.quote(str(args.emit_sbatch))}")
+        return 0
+    if cluster == "local":
+        return run_here(planned, why)
+    cfg = planned[0].cfg
+    job_id = submit_slurm(resume.held(script) if not fresh else script, sweep_dir,
+                          describe_request(cfg.slurm, cfg.runtime.backend), fresh=fresh)
+    record_jobs(sweep_dir, planned, job_id)
+    if not fresh:
+        try:
+            if before_release:
+                before_release()
+        except OSError as err:
+            resume.cancel(job_id)
+            raise ConfigError(f"cannot write {err.filename or sweep_dir}: {err.strerror or err}; cancelled "
+                              f"job array {job_id}; free space there and resume again") from None
+        resume.release(job_id)
+    print(f"submitted job array {job_id} (--array={script_array(script)}): {len(planned)} point(s), "
+          f"{cfg.runtime.backend} on {cfg.slurm.nodes} node(s) each")
+    print(f"sweep dir:   {sweep_dir}")
+    print(point_table(planned))
+    print(f"follow:      squeue -j {job_id}; launch runs --sweep {shlex.quote(str(sweep_dir))}")
+    print(f"tensorboard: tensorboard --logdir {shlex.quote(str(sweep_dir))}")
+    if warning := preflight.job_warning(job_id):
+        print(f"launch: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def record_jobs(sweep_dir: Path, planned: list[Planned], job_id: str) -> None:
+    """jobs.txt of the sweep gets the array id; each point's gets its task, ARRAY_INDEX."""
+    with contextlib.suppress(OSError):  # the logs' names record the ids as well
+        rundir.record_job(sweep_dir, job_id)
+        for item in planned:
+            rundir.record_job(item.run_dir, f"{job_id}_{item.point.index}")
+
+
+def run_here(planned: list[Planned], why: str) -> int:
+    """No SLURM: each point in turn, in its run directory; returns the first failure's exit code."""
+    first_failure = 0
+    for item in planned:
+        cfg = item.cfg
+        print(f"launch: sweep point {item.point.index} ({item.point.label()}) running locally ({why}); "
+              f"run dir {item.run_dir}", flush=True)
+        from launcher.render import world_size  # noqa: PLC0415
+
+        code = run_local(item.run_dir, cfg.runtime.python, world_size(cfg.slurm, cfg.runtime.backend),
+                         cfg.runtime.worker_timeout_s)
+        if code == 128 + 2:  # interrupted: stop the sweep, not just this point
+            return code
+        if code:
+            print(f"launch: sweep point {item.point.index} ended with exit code {code}; going on with "
+                  "the next", file=sys.stderr, flush=True)
+        first_failure = first_failure or code
+    return first_failure

@@ -1,0 +1,112 @@
+"""Sweeps on the real local SLURM cluster: one job array, one run directory per point, a requeued
+task that resumes alone, and a resume that resubmits only the unfinished points.
+
+Accounting is off on the local cluster (sacct answers nothing), so the array's tasks are read
+from squeue and scontrol, which show the same ids.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.runstatus import read_status
+from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, wait, wait_final
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+TINY = ("train.steps_per_epoch=8", "train.validation_steps=2")  # about 5 s an epoch on 2 shared cores
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def submitted_array(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stderr
+    return re.search(r"^submitted job array (\d+)", done.stdout, re.M).group(1)
+
+
+def queued_tasks(array_id: str) -> set[tuple[str, str]]:
+    """{(array job id, task id)} of the array's tasks still in the queue, one line per task."""
+    out = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%F|%K"], capture_output=True,
+                         text=True, check=True).stdout
+    return {tuple(line.split("|")) for line in out.split()}
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    return [sweep_dir / p["run_dir"] for p in yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["points"]]
+
+
+def files(run_dir: Path) -> tuple[str, str]:
+    return (run_dir / "history.csv").read_text(), (run_dir / "status.json").read_text()
+
+
+def test_grid_sweep_is_one_array_and_a_requeued_task_resumes_alone(slurm_cluster, tmp_path):
+    epochs = 4
+    array = submitted_array(launch("--config", DEMO, "--run-root", str(tmp_path), "--sweep",
+                                   "optimizer.lr=0.003,0.01", "--sweep", "model.dropout=0.1,0.2",
+                                   "--max-parallel", "2", f"train.epochs={epochs}", *TINY))
+    assert queued_tasks(array) == {(array, str(i)) for i in range(4)}  # one array id, four tasks
+    assert job_field(array, "ArrayTaskThrottle") == "2"
+    (sweep_dir,) = tmp_path.iterdir()
+    runs = run_dirs(sweep_dir)
+    assert [r.name for r in runs] == ["000-lr0.003-dropout0.1", "001-lr0.003-dropout0.2",
+                                      "002-lr0.01-dropout0.1", "003-lr0.01-dropout0.2"]
+    assert yaml.safe_load((runs[3] / "config.yaml").read_text())["optimizer"]["lr"] == 0.01
+
+    task2 = f"{array}_2"
+    wait(lambda: epochs_done(runs[2]) >= 1, task2, 600, "task 2's first epoch")
+    subprocess.run(["scontrol", "requeue", task2], check=True)
+    finished = {i: files(runs[i]) for i in (0, 1, 3)
+                if read_status(runs[i]).get("state") == "completed"}  # (SLURM ran 0 and 1 first)
+    wait(lambda: job_field(task2, "Restarts") == "1", task2, 60, "the requeue")
+    for i in range(4):
+        assert wait_final(f"{array}_{i}", 600) == "COMPLETED", (runs[i] / "logs").iterdir()
+    for i, run in enumerate(runs):
+        assert history_epochs(run) == list(range(1, epochs + 1)), i  # each epoch once
+        assert status(run)["state"] == "completed" and status(run)["job_id"] == f"{array}_{i}"
+        assert status(run)["restarts"] == (1 if i == 2 else 0), i
+    assert finished, "no task had completed when task 2 was requeued"
+    assert all(files(runs[i]) == before for i, before in finished.items())  # untouched
+    log = (runs[2] / "logs" / f"slurm-{task2}.out").read_text()
+    assert re.search(r"resumed from latest-\d+\.h5", log), log[-2000:]
+    done = launch("--resume", str(sweep_dir))
+    assert done.returncode == 2 and "all 4 points have completed" in done.stderr, done.stderr
+
+    done = launch("runs", "--sweep", str(sweep_dir))
+    assert done.returncode == 0, done.stderr
+    with open(sweep_dir / "compare.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["point"] for r in rows) == ["0", "1", "2", "3"]
+    accs = [float(r["best_val_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and {r["state"] for r in rows} == {"COMPLETED"}
+    assert (sweep_dir / "compare.png").stat().st_size > 0
+
+
+def test_resume_resubmits_only_the_unfinished_points(slurm_cluster, tmp_path):
+    emitted = tmp_path / "array.sbatch"
+    root = tmp_path / "runs"
+    done = launch("--config", DEMO, "--run-root", str(root), "--sweep", "optimizer.lr=0.001,0.002,0.003,0.004",
+                  "--emit-sbatch", str(emitted), "train.epochs=1", *TINY)
+    assert done.returncode == 0, done.stderr
+    (sweep_dir,) = root.iterdir()
+    runs = run_dirs(sweep_dir)
+    for i in (0, 2):  # as a finished array would leave them
+        (runs[i] / "status.json").write_text('{"state": "completed", "epoch": 1}')
+    preview = launch("--resume", str(sweep_dir), "--max-parallel", "2", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    assert "#SBATCH --array=1,3%2" in preview.stdout
+
+    array = submitted_array(launch("--resume", str(sweep_dir), "--max-parallel", "2"))
+    assert {task for _, task in queued_tasks(array)} <= {"1", "3"}
+    for i in (1, 3):
+        assert wait_final(f"{array}_{i}", 600) == "COMPLETED"
+        assert history_epochs(runs[i]) == [1]
+    for i in (0, 2):
+        assert sorted(p.name for p in runs[i].iterdir()) == ["config.yaml", "status.json"]  # untouched
