@@ -205,3 +205,16 @@ def test_local_paths_never_load_the_object_store_stack(tmp_path):
             "assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_sweep_points_are_mirrored_under_their_sweep(s3, tmp_path):
+    from training.mirror import Mirror, index_entry
+
+    sweep = tmp_path / "demo-sweep-20261125-101000"
+    point = run_dir_with_checkpoint(sweep, 20).rename(sweep / "000-lr0.01")
+    (sweep / "sweep.yaml").write_text("points: []\n")
+    mirror = Mirror(point, f"{s3}/runs", log=lambda line: None)
+    assert mirror.sync() == []
+    assert storage.is_file(f"{s3}/runs/demo-sweep-20261125-101000/000-lr0.01/checkpoints/latest.json")
+    mirror.publish(index_entry(point, mirror.url))
+    assert [e["run"] for e in storage.read_index(f"{s3}/runs")] == ["demo-sweep-20261125-101000/000-lr0.01"]

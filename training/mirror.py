@@ -31,8 +31,16 @@ INDEX, RUNS_JSON = storage.INDEX, storage.RUNS_JSON
 SKIP_NAMES = (rundir.WRITER_LOCK, rundir.LAUNCH_LOCK, STATE)
 
 
+def mirror_name(run_dir: Path) -> str:
+    """The run's path under the mirror: its folder name, under its sweep's name for a sweep's
+    point (points are named by their values, NNN-lr0.01, and repeat across sweeps)."""
+    from launcher.sweep import is_sweep_dir
+
+    return f"{run_dir.parent.name}/{run_dir.name}" if is_sweep_dir(run_dir.parent) else run_dir.name
+
+
 def run_url(mirror: str, run_dir: Path) -> str:
-    return storage.join(mirror, run_dir.name)
+    return storage.join(mirror, mirror_name(run_dir))
 
 
 def _skipped(rel: str) -> bool:
@@ -138,7 +146,7 @@ class Mirror:
 
     def publish(self, entry: dict) -> None:
         """Adds this run's entry to the results index at the mirror's root. Never raises."""
-        name = self.run_dir.name
+        name = mirror_name(self.run_dir).replace("/", "--")
         body = json.dumps(entry, indent=1, sort_keys=True).encode()
         if not self._retry(lambda: storage.write_bytes(storage.join(self.mirror, INDEX, f"{name}.json"),
                                                        body, self.endpoint_url)):
@@ -161,7 +169,7 @@ def index_entry(run_dir: Path, url: str) -> dict:
             entry.update(json.loads((run_dir / rel).read_text()))
         except (OSError, ValueError):
             pass
-    entry.update(run=run_dir.name, url=url)
+    entry.update(run=mirror_name(run_dir), url=url)
     return entry
 
 
