@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 from launcher.fsutil import atomic_path
-from training.data import DataError
+from training.data import DataError, convert_parts
 
 LABELS_FILE = "labels.json"
 SKIPPED_FILE = "skipped.txt"
@@ -273,7 +273,7 @@ def _default_workers() -> int:
 
 def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = None,
             workers: int | None = None, seed: int = SHUFFLE_SEED, log=print,
-            store: StoreSettings = StoreSettings()) -> ConvertSummary:
+            store: StoreSettings = StoreSettings(), part: tuple[int, int] | None = None) -> ConvertSummary:
     """Converts a class-folder tree into TFRecord shards.
 
     Args:
@@ -286,13 +286,15 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         seed: shuffles examples across shards so each shard mixes classes.
         log: called with progress lines; pass `lambda _: None` for silence.
         store: size bound and JPEG quality of stored images (default: as they are).
+        part: (task, tasks): write only this array task's slice of the shards and its part record;
+            the last task to finish writes labels.json (training/data/convert_parts.py).
 
     Raises:
         DataError: mis-laid source folders or a non-empty output folder.
     """
     src, out = Path(src), Path(out)
     split_dirs = _split_folders(src)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if part is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         hint = "" if (out / LABELS_FILE).exists() else " (a conversion stopped part-way leaves no labels.json)"
         raise DataError(f"output folder {out} already exists and is not empty{hint}; remove it or pass "
                         "a new or empty folder")
@@ -311,6 +313,9 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         random.Random(seed).shuffle(examples)
         n = num_shards[split] = max(1, min(wanted[split], len(examples)))
         tasks += [(split, i, n, examples[i::n], store) for i in range(n)]
+    expected = [f"{split}-{i:05d}-of-{n:05d}" for split, i, n, _, _ in tasks]
+    if part is not None:  # an array task: its slice of the same plan (same scan, same seed)
+        tasks = tasks[slice(*convert_parts.bounds(len(tasks), *part))]
 
     out.mkdir(parents=True, exist_ok=True)
     counts = {split: 0 for split in per_split}
@@ -335,6 +340,13 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
             if done % max(1, len(tasks) // 10) == 0 or done == len(tasks):
                 log(f"  {done}/{len(tasks)} shards written")
     skipped.sort()
+    if part is not None:
+        convert_parts.write_part(out, *part, {
+            "classes": classes, "counts": counts, "skipped": skipped, "stored": store.record(),
+            "shards": manifest, "expected": expected}, _write_text)
+        if convert_parts.finalize(out, _write_text, LABELS_FILE, SKIPPED_FILE):
+            log(f"every task has written its shards: wrote {out / LABELS_FILE}")
+        return ConvertSummary(out, classes, counts, num_shards, skipped)
     # Newlines in a file name would split its line; they are the one character escaped.
     _write_text(out / SKIPPED_FILE, "".join(
         f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
@@ -348,8 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.data.convert",
         description="Convert SRC/{train,val,test}/<class>/<image> into TFRecord shards in OUT.")
-    parser.add_argument("src", help="folder holding train/ and optionally val/ and test/")
-    parser.add_argument("out", help="new or empty output folder")
+    parser.add_argument("src", nargs="?", help="folder holding train/ and optionally val/ and test/")
+    parser.add_argument("out", nargs="?", help="new or empty output folder")
+    parser.add_argument("--array-tasks", type=int, default=None, metavar="K",
+                        help="one of K array tasks: write only this task's slice of the shards")
+    parser.add_argument("--task", type=int, default=None, metavar="I",
+                        help="with --array-tasks: this task's index (default: $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--finalize", metavar="OUT", default=None,
+                        help="write labels.json of an array conversion whose tasks have all ended")
     parser.add_argument("--shards-train", type=int, default=DEFAULT_SHARDS["train"])
     parser.add_argument("--shards-val", type=int, default=DEFAULT_SHARDS["validation"])
     parser.add_argument("--shards-test", type=int, default=DEFAULT_SHARDS["test"])
@@ -361,6 +379,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY,
                         help=f"quality of re-encoded JPEGs, 1-100 (default {JPEG_QUALITY})")
     args = parser.parse_args(argv)
+    if args.finalize:
+        try:
+            done = convert_parts.finalize(Path(args.finalize), _write_text, LABELS_FILE, SKIPPED_FILE)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.finalize}: " + ("complete" if done else "some array tasks have not finished yet"))
+        return 0 if done else 1
+    if not (args.src and args.out):
+        parser.error("SRC and OUT are required (or --finalize OUT)")
+    part = None
+    if args.array_tasks is not None:
+        task = args.task if args.task is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", -1))
+        if not 0 <= task < args.array_tasks:
+            parser.error(f"--task {task}: expected 0 to {args.array_tasks - 1} (or run as an array task)")
+        part = (task, args.array_tasks)
     if min(args.shards_train, args.shards_val, args.shards_test) < 1 or (args.workers or 1) < 1:
         parser.error("shard and worker counts must be at least 1")
     if min(args.max_side or 1, args.min_side or 1) < 1:
@@ -371,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
     try:
         summary = convert(args.src, args.out, shards, args.workers,
-                          log=lambda text: print(text, file=sys.stderr, flush=True), store=store)
+                          log=lambda text: print(text, file=sys.stderr, flush=True), store=store, part=part)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
