@@ -209,14 +209,21 @@ def cmd_gpucheck(argv: list[str]) -> int:
 
 def cmd_convert(argv: list[str]) -> int:
     p = Parser("launch convert", "Convert SRC/{train,val,test}/<class>/<image> into TFRecord shards "
-               "and labels.json in OUT, as a one-node CPU job (or here with --cluster local).",
-               "  launch convert photos/ shards/ --max-side 512 --cluster local")
+               "and labels.json in OUT, as a one-node CPU job, or as one job array of K tasks that "
+               "each write their slice of the shards (or here with --cluster local).",
+               "  launch convert photos/ shards/ --max-side 512 --cluster local\n"
+               "  launch convert photos/ shards/ --shards 128 --array-tasks 8")
     p.add_argument("src", metavar="SRC", help="folder holding train/ and optionally val/ and test/")
     p.add_argument("out", metavar="OUT", help="new or empty output folder on shared storage")
     for flag in ("--shards-train", "--shards-val", "--shards-test", "--workers", "--max-side",
                  "--min-side", "--jpeg-quality"):
         p.add_argument(flag, type=int, default=None, metavar="N",
                        help="as for python -m training.data.convert")
+    p.add_argument("--shards", dest="shards_train", type=int, default=None, metavar="N",
+                   help="training shards (the same as --shards-train)")
+    p.add_argument("--array-tasks", type=int, default=None, metavar="K",
+                   help="one job array of K tasks, each writing its contiguous slice of the shards; the "
+                        "last task to finish writes labels.json")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the job (default: slurm.cpus_per_task)")
     p.add_argument("--wait", action="store_true", help="wait for the job to end and print its output")
     p.add_argument("--run-root", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
@@ -228,13 +235,25 @@ def cmd_convert(argv: list[str]) -> int:
         raise UserError(f"SRC {args.src} is not a folder; pass the folder holding train/ (and val/)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"OUT {args.out} exists and is not an empty folder; pass a new folder")
+    if args.array_tasks is not None and args.array_tasks < 1:
+        raise UsageError(f"--array-tasks {args.array_tasks}: ask for at least one task")
     cfg = _site_config(args)
     command = [_python(cfg), "-u", "-m", "training.data.convert", str(src), str(out)]
+    array = ""
+    if args.array_tasks is not None:
+        from launcher.submit import choose_cluster  # noqa: PLC0415
+
+        if choose_cluster(cfg.runtime.cluster)[0] == "slurm":
+            array = f"0-{args.array_tasks - 1}"
+            command += ["--array-tasks", str(args.array_tasks)]  # each task: $SLURM_ARRAY_TASK_ID
+        else:
+            print("launch: note: --array-tasks needs SLURM; converting in one process here, which "
+                  "writes the same shards", file=sys.stderr)
     for dest in ("shards_train", "shards_val", "shards_test", "workers", "max_side", "min_side",
                  "jpeg_quality"):
         if getattr(args, dest) is not None:
             command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
-    job = TaskJob("convert", tuple(command), _log_root(args, cfg))
+    job = TaskJob("convert", tuple(command), _log_root(args, cfg), array)
     request = Request(cpus_per_task=args.cpus, time_min=args.time)
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
 

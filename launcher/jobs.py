@@ -94,9 +94,11 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
                         "folder you can write") from None
     # Not logs/submitit: the job ids found there are the run's training jobs (launch runs, resume).
     job_id = submit_job(script, job.log_dir / "submitit-tasks", describe_request(slurm, "multiworker"))
-    log = job.log_dir / f"{job.kind}-{job_id}.out"
+    log = job.log_dir / f"{job.kind}-{job_id}{'_TASK' if job.array else ''}.out"
     gpus = f"{slurm.gpus_per_node} GPU(s) per node" if slurm.gpus_per_node else "no GPUs"
-    print(f"submitted job {job_id}: {job.kind} on {slurm.nodes} node(s), {gpus}", flush=True)
+    what = f"job array {job_id} (--array={job.array})" if job.array else f"job {job_id}"
+    print(f"submitted {what}: {job.kind} on {slurm.nodes} node(s){' each' if job.array else ''}, {gpus}",
+          flush=True)
     print(f"log:         {log} (and .err)", flush=True)
     if not wait:
         return Outcome(0, job_id, log)
@@ -117,7 +119,9 @@ def run_here(job: TaskJob, why: str) -> int:
 
 
 def job_state(job_id: str) -> str | None:
-    """SLURM's word for a job (squeue, then sacct); None when neither knows it."""
+    """SLURM's word for a job (squeue, then sacct); None when neither knows it. For a job array:
+    an active state while any task is queued or running, then the first task's that did not
+    complete, else COMPLETED."""
     for argv in (["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
                  ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id]):
         try:
@@ -126,7 +130,8 @@ def job_state(job_id: str) -> str | None:
             continue
         words = done.stdout.split()
         if done.returncode == 0 and words:
-            return words[0]
+            return next((w for w in words if w in ACTIVE), None) or next(
+                (w for w in words if w != "COMPLETED"), words[0])
     return None
 
 
@@ -143,7 +148,12 @@ def wait_for(job_id: str, timeout_s: float | None = None) -> str:
 
 
 def log_lines(log: Path) -> list[str]:
-    """The job's output, read once it has ended; [] when there is none."""
+    """The job's output, read once it has ended; [] when there is none. A job array's log
+    (KIND-<array>_TASK.out) is every task's, in task order."""
+    if log.stem.endswith("_TASK"):
+        stem = log.stem[: -len("TASK")]
+        logs = sorted(log.parent.glob(f"{stem}*{log.suffix}"), key=lambda p: int(p.stem[len(stem):] or 0))
+        return [line for part in logs for line in log_lines(part)]
     try:
         return log.read_text(errors="replace").splitlines()
     except OSError:

@@ -260,11 +260,14 @@ class TaskJob:
         kind: eval | predict | gpucheck | convert; names the logs (KIND-<job id>.out) and the script.
         command: the argument list each task runs, interpreter first, paths absolute.
         log_dir: folder on shared storage for SLURM's .out/.err files.
+        array: sbatch --array task ids ("0-3") for a job array whose tasks each run the command
+            (with $SLURM_ARRAY_TASK_ID set); empty for one job. Logs are then KIND-<array>_<task>.out.
     """
 
     kind: str
     command: tuple[str, ...]
     log_dir: Path
+    array: str = ""
 
 
 def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
@@ -276,10 +279,13 @@ def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the job's kind")
     _check_plain(log_folder=str(job.log_dir), **{f"argument {i}": a for i, a in enumerate(job.command)})
-    values = _site_values(slurm, slurm.nodes, 1, job.log_dir, job.kind)
+    values = _site_values(slurm, slurm.nodes, 1, job.log_dir, job.kind, job="%A_%a" if job.array else "%j")
+    if job.array:
+        values["array"] = job.array
     return _environment().get_template(TASK_TEMPLATE).render(
         directives=_directive_lines(values, slurm.extra),
         kind=job.kind,
+        array=job.array,
         setup=slurm.setup,
         srun_args=srun_args(slurm, "multiworker"),
         command=list(job.command),

@@ -61,9 +61,19 @@ def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
         time.sleep(2)
 
 
+def job_states(job_id: str) -> list[str]:
+    """JobState of the job, or of every task of a job array."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return re.findall(r"\bJobState=(\S+)", out)
+
+
 def wait_final(job_id: str, timeout_s: float) -> str:
-    wait(lambda: job_field(job_id, "JobState") in FINAL, job_id, timeout_s, "the job to end")
-    return job_field(job_id, "JobState")
+    """Waits until the job (every task of an array) has ended; the first state that is not
+    COMPLETED, else COMPLETED."""
+    wait(lambda: (states := job_states(job_id)) and all(s in FINAL for s in states), job_id, timeout_s,
+         "the job to end")
+    states = job_states(job_id)
+    return next((s for s in states if s != "COMPLETED"), states[0] if states else "")
 
 
 def history_epochs(run_dir: Path) -> list[int]:

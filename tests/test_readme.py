@@ -194,7 +194,7 @@ def substitute(step: tuple[str, ...], site: dict) -> list[str]:
 
 
 def _job(done: subprocess.CompletedProcess) -> str:
-    found = re.search(r"^submitted job (\d+)", done.stdout, re.M)
+    found = re.search(r"^submitted job (?:array )?(\d+)", done.stdout, re.M)
     assert found, f"no 'submitted job N' in: {done.stdout}{done.stderr}"
     return found.group(1)
 

@@ -63,7 +63,10 @@ TASKS = {
                                                           time_min=10)),
     "convert": (["-u", "-m", "training.data.convert", "/shared/photos", "/shared/shards", "--max-side",
                  "512"], jobs.Request()),
+    "convert-array": (["-u", "-m", "training.data.convert", "/shared/photos", "/shared/shards",
+                       "--array-tasks", "8", "--shards-train", "128"], jobs.Request()),
 }
+ARRAYS = {"convert-array": "0-7"}  # launch convert --array-tasks 8
 
 
 def task_config(style: str) -> Config:
@@ -76,7 +79,7 @@ def task_config(style: str) -> Config:
 @pytest.mark.parametrize("kind", TASKS)
 def test_golden_task_jobs(kind):
     args, request = TASKS[kind]
-    job = TaskJob(kind, (PYTHON, *args), RUN_DIR / "logs")
+    job = TaskJob(kind.split("-")[0], (PYTHON, *args), RUN_DIR / "logs", ARRAYS.get(kind, ""))
     check_golden(f"task-{kind}.sbatch", jobs.render(task_config("gres"), job, request))
 
 
