@@ -60,3 +60,50 @@ def test_an_array_task_is_named_by_array_and_task_id_so_a_requeue_touches_only_i
     assert cluster_from_env(env, fake_hostnames).job_id == "228_0"
     env = slurm_env(0, SLURM_JOB_ID="231", SLURM_ARRAY_JOB_ID="228", SLURM_ARRAY_TASK_ID="3")
     assert cluster_from_env(env, fake_hostnames).job_id == "228_3"
+
+
+# A 1,024-node x 8-GPU job as SLURM describes it to each task (scontrol expands the nodelist).
+NODES, GPUS, BASE_PORT = 1024, 8, 29500
+
+
+def big_job_env(rank: int, per_node: int) -> dict[str, str]:
+    node, local = divmod(rank, per_node)
+    tasks = NODES * per_node
+    return {"SLURM_JOB_ID": "90210", "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(tasks),
+            "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_NODEID": str(node), "SLURM_LOCALID": str(local),
+            "SLURM_JOB_NODELIST": "gpu[0001-1024]", "SLURM_STEP_NODELIST": "gpu[0001-1024]",
+            "SLURM_STEP_TASKS_PER_NODE": f"{per_node}(x{NODES})", "SLURMD_NODENAME": f"gpu{node + 1:04d}"}
+
+
+def test_a_1024_node_multiworker_job_has_one_worker_per_node_and_expands_the_nodelist_once():
+    from training import cluster
+
+    cluster._expand.cache_clear()
+    for rank in (0, 517, NODES - 1):
+        spec = cluster_from_env(big_job_env(rank, 1))
+        workers = json.loads(tf_config(spec, BASE_PORT))["cluster"]["worker"]
+        assert spec.rank == rank and spec.node_name == f"gpu{rank + 1:04d}"
+    assert len(workers) == NODES
+    assert (workers[0], workers[-1]) == ("gpu0001:29500", f"gpu1024:{BASE_PORT + NODES - 1}")
+    assert json.loads(tf_config(spec, BASE_PORT))["task"] == {"type": "worker", "index": NODES - 1}
+    assert cluster._expand.cache_info().misses == 1  # one `scontrol show hostnames` for every rank
+
+
+def test_a_1024_node_horovod_job_numbers_8192_ranks_node_by_node():
+    from training import cluster
+    from training.backends.horovod_env import horovod_env_from_slurm
+
+    cluster._expand.cache_clear()
+    seen = {}
+    for rank in (0, 7, 8, 4100, NODES * GPUS - 1):
+        env = big_job_env(rank, GPUS)
+        spec = cluster_from_env(env)
+        hosts = cluster.scontrol_hostnames(env["SLURM_JOB_NODELIST"])
+        seen[rank] = horovod_env_from_slurm(env, hosts, "gpu0001", 4000)
+        assert spec.hosts[rank] == seen[rank]["HOROVOD_HOSTNAME"] == f"gpu{rank // GPUS + 1:04d}"
+        assert (int(seen[rank]["HOROVOD_RANK"]), spec.world_size) == (rank, NODES * GPUS)
+        assert int(seen[rank]["HOROVOD_LOCAL_RANK"]) == spec.local_rank == rank % GPUS
+    last = seen[NODES * GPUS - 1]
+    assert (last["HOROVOD_SIZE"], last["HOROVOD_LOCAL_SIZE"], last["HOROVOD_CROSS_SIZE"]) == ("8192", "8", "1024")
+    assert (last["HOROVOD_CROSS_RANK"], seen[8]["HOROVOD_CROSS_RANK"], seen[8]["HOROVOD_LOCAL_RANK"]) == ("1023", "1", "0")
+    assert cluster._expand.cache_info().misses == 1

@@ -6,6 +6,7 @@ allocation come from `scontrol show hostnames`, never from parsing the nodelist 
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from dataclasses import dataclass
@@ -30,10 +31,16 @@ class ClusterSpec:
 
 
 def scontrol_hostnames(nodelist: str) -> list[str]:
-    """Expands a SLURM nodelist (e.g. `node[1-2]`) with `scontrol show hostnames`."""
+    """Expands a SLURM nodelist (e.g. `node[1-2]`) with `scontrol show hostnames`, once per
+    nodelist in a process: the backend, the Horovod variables and the writer lock all ask."""
+    return list(_expand(nodelist))
+
+
+@functools.lru_cache(maxsize=8)
+def _expand(nodelist: str) -> tuple[str, ...]:
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
                          capture_output=True, text=True).stdout
-    return out.split()
+    return tuple(out.split())
 
 
 def cluster_from_env(env: Mapping[str, str],
