@@ -34,6 +34,7 @@ class JobArray:
     indices: str  # sbatch --array task ids without the limit: "0-3" or "1,3"
     max_parallel: int  # tasks running at once (the %N of --array); 0 = no limit
     runs_file: Path  # absolute; one run directory a line
+    offset: int = 0  # task i trains line offset + i + 1: one of several arrays (launcher/sweep_arrays.py)
 
     @property
     def spec(self) -> str:

@@ -34,7 +34,6 @@ import dataclasses
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,11 @@ from typing import Any, Callable
 import yaml
 
 from launcher import config as configs
-from launcher import fsutil, preflight, resume, rundir
+from launcher import fsutil, preflight, resume, rundir, sweep_arrays
 from launcher.config import Config, ConfigError, config_stem, load_config
 from launcher.render import JobArray, describe_request, render_sbatch
 from launcher.submit import choose_cluster, run_local, submit_slurm
+from launcher.sweep_arrays import SweepArray
 from launcher.sweep_points import Point, PointConfigs, make_points, parse_axes, read_block, show  # noqa: F401
 
 SWEEP_FILE = "sweep.yaml"  # the points, their values and run directories
@@ -115,12 +115,33 @@ def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path, job_nam
 
 
 def array_script(planned: list[Planned], sweep_dir: Path, indices: str, max_parallel: int,
-                 job_name: str) -> str:
+                 job_name: str, offset: int = 0) -> str:
     """The array script: the first point's request (every point's, as slurm.* is not swept)."""
     cfg = copy.deepcopy(planned[0].cfg)
     cfg.slurm.job_name = job_name
     return render_sbatch(cfg.slurm, cfg.runtime.backend, sweep_dir, cfg.runtime.python,
-                         cfg.runtime.worker_timeout_s, JobArray(indices, max_parallel, sweep_dir / RUNS_FILE))
+                         cfg.runtime.worker_timeout_s,
+                         JobArray(indices, max_parallel, sweep_dir / RUNS_FILE, offset))
+
+
+def arrays_of(planned: list[Planned], sweep_dir: Path, max_parallel: int, job_name: str,
+              limit: int | None) -> list[SweepArray]:
+    """The points as job arrays whose task ids stay below `limit` (MaxArraySize), scripts rendered."""
+    arrays = sweep_arrays.split(planned, limit)
+    for array in arrays:
+        array.script = array_script(array.planned, sweep_dir, array.task_ids(), max_parallel, job_name,
+                                    array.offset)
+    return arrays
+
+
+def array_limit(cluster: str, emit: bool) -> int | None:
+    """MaxArraySize where the sweep goes to SLURM; None when the points run here."""
+    return sweep_arrays.max_array_size() if cluster == "slurm" or emit else None
+
+
+def print_scripts(arrays: list[SweepArray]) -> None:
+    """--dry-run: every array's script, one after another."""
+    sys.stdout.write("\n".join(array.script for array in arrays))
 
 
 def _preflight(planned: list[Planned], to_slurm: bool, dry_run: bool) -> None:
@@ -165,7 +186,7 @@ def dump_config(cfg: Config, dumped: dict[str, str]) -> str:
     return "".join(parts)
 
 
-def _write(sweep_dir: Path, planned: list[Planned], script: str, source: dict) -> None:
+def _write(sweep_dir: Path, planned: list[Planned], arrays: list[SweepArray], source: dict) -> None:
     """The new sweep directory's files. The points' files are plain writes (no fsync each): the
     folder is new, nothing reads it yet and a failure removes it whole; sweep.yaml comes last.
     A point's run directory holds only its config.yaml until its task starts (the task makes
@@ -179,7 +200,7 @@ def _write(sweep_dir: Path, planned: list[Planned], script: str, source: dict) -
     record = {**source, "points": [{"index": p.point.index, "values": p.point.values,
                                     "run_dir": p.run_dir.name} for p in planned]}
     fsutil.atomic_write_text(sweep_dir / SWEEP_FILE, yaml.safe_dump(record, sort_keys=False))
-    fsutil.atomic_write_text(sweep_dir / rundir.SBATCH, script)
+    write_scripts(sweep_dir, arrays)
 
 
 def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path) -> int:
@@ -206,15 +227,21 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
     sweep_dir = rundir.planned_run_dir(base.runtime.run_root, name)
     job_name = base.slurm.job_name or name
     planned = plan(points, point_configs, sweep_dir, job_name)
-    indices = f"0-{len(points) - 1}"
-    script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
+    limit = array_limit(cluster, bool(args.emit_sbatch))
+    arrays = arrays_of(planned, sweep_dir, max_parallel, job_name, limit)
+    if len(arrays) > 1 and args.emit_sbatch:
+        raise ConfigError(f"a sweep of {len(points)} points needs {len(arrays)} job arrays on this cluster "
+                          f"(MaxArraySize {limit}) and --emit-sbatch writes one script; submit it with "
+                          "launch (without --emit-sbatch), which splits it")
     if not args.no_preflight:
         _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
-        if cluster == "slurm" or args.emit_sbatch:
-            check_array_size(len(points))
+    sweep_arrays.say_split(arrays, limit)
     if args.dry_run:
-        sys.stdout.write(script)
-        print(f"launch: sweep of {len(points)} points as one job array (--array={script_array(script)}):\n"
+        print_scripts(arrays)
+        shape = (f"one job array (--array={script_array(arrays[0].script)})" if len(arrays) == 1 else
+                 f"{len(arrays)} job arrays (" + ", ".join(f"--array={script_array(a.script)} from point "
+                                                          f"{a.offset}" for a in arrays) + ")")
+        print(f"launch: sweep of {len(points)} points as {shape}:\n"
               f"{point_table(planned)}", file=sys.stderr)
         if cluster == "local":
             print(f"launch: note: without --dry-run the points would run here one after another ({why})",
@@ -226,29 +253,14 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
     sweep_dir = rundir.new_run_dir(base.runtime.run_root, name)
     try:
         planned = plan(points, point_configs, sweep_dir, job_name)
-        script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
-        _write(sweep_dir, planned, script, {"config": str(path.resolve()), "overrides": list(args.overrides),
+        arrays = arrays_of(planned, sweep_dir, max_parallel, job_name, limit)
+        _write(sweep_dir, planned, arrays, {"config": _where(path), "overrides": list(args.overrides),
                                             "job_name": job_name, "max_parallel": max_parallel})
     except OSError as err:
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror or err}; free space "
                           "there or pass --run-root elsewhere") from None
-    return start(args, planned, sweep_dir, script, cluster, why, fresh=True)
-
-
-def check_array_size(points: int) -> None:
-    """SLURM refuses array task ids at or above its MaxArraySize; say so before anything exists.
-    (Splitting a larger sweep over several arrays is not done yet.)"""
-    try:
-        done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                              timeout=preflight.SCONTROL_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return  # no SLURM client here: sbatch has the last word
-    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.M)
-    if found and points - 1 >= int(found.group(1)):
-        raise ConfigError(f"a sweep of {points} points needs array task ids up to {points - 1}, but this "
-                          f"cluster's MaxArraySize is {found.group(1)} (ids below it); split the sweep into "
-                          "launches of fewer points (sweep.points lists them) or ask the admins to raise it")
+    return start(args, planned, sweep_dir, arrays, cluster, why, fresh=True)
 
 
 def script_array(script: str) -> str:
@@ -256,50 +268,73 @@ def script_array(script: str) -> str:
     return found.group(1) if found else "?"
 
 
-def start(args: argparse.Namespace, planned: list[Planned], sweep_dir: Path, script: str, cluster: str,
-          why: str, fresh: bool, before_release: Callable[[], None] | None = None) -> int:
-    """Emits, runs here one point after another, or submits the array.
+def _where(path: Path | str) -> str:
+    """The config's absolute path, or its s3:// URL as given."""
+    from launcher.storage import is_remote  # noqa: PLC0415
+
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def script_names(arrays: list[SweepArray]) -> list[str]:
+    """job.sbatch for the (first) array; job-2.sbatch, ... for the others of a split sweep."""
+    return [rundir.SBATCH if k == 0 else f"job-{k + 1}.sbatch" for k in range(len(arrays))]
+
+
+def write_scripts(sweep_dir: Path, arrays: list[SweepArray]) -> None:
+    for name, array in zip(script_names(arrays), arrays):
+        fsutil.atomic_write_text(sweep_dir / name, array.script)
+
+
+def start(args: argparse.Namespace, planned: list[Planned], sweep_dir: Path, arrays: list[SweepArray],
+          cluster: str, why: str, fresh: bool, before_release: Callable[[], None] | None = None) -> int:
+    """Emits, runs here one point after another, or submits the array(s).
 
     fresh: the sweep directory was made for this launch (removed if sbatch refuses). Otherwise
-    (a resume) the array is submitted held, `before_release` writes the points' files, and only
-    then may it start; if that write fails the array is cancelled."""
+    (a resume), and whenever there are several arrays, the arrays are submitted held,
+    `before_release` writes the points' files, and only then may they start; if sbatch refuses
+    one of them or that write fails, every array already submitted is cancelled."""
     if args.emit_sbatch:
-        fsutil.atomic_write_text(Path(args.emit_sbatch), script)
+        fsutil.atomic_write_text(Path(args.emit_sbatch), arrays[0].script)
         print(f"sweep dir: {sweep_dir}\nwrote {args.emit_sbatch} (also {sweep_dir / rundir.SBATCH}); "
               f"submit it with:\n  sbatch {shlex.quote(str(args.emit_sbatch))}")
         return 0
     if cluster == "local":
         return run_here(planned, why)
     cfg = planned[0].cfg
-    job_id = submit_slurm(resume.held(script) if not fresh else script, sweep_dir,
-                          describe_request(cfg.slurm, cfg.runtime.backend), fresh=fresh)
-    record_jobs(sweep_dir, planned, job_id)
-    if not fresh:
+    asked = describe_request(cfg.slurm, cfg.runtime.backend)
+    ids = sweep_arrays.submit_all(arrays, lambda text: submit_slurm(text, sweep_dir, asked, fresh=fresh),
+                                  held=not fresh)
+    for job_id, array in zip(ids, arrays):
+        record_jobs(sweep_dir, array, job_id)
+    if not fresh or len(arrays) > 1:
         try:
             if before_release:
                 before_release()
         except OSError as err:
-            resume.cancel(job_id)
+            for job_id in ids:
+                resume.cancel(job_id)
             raise ConfigError(f"cannot write {err.filename or sweep_dir}: {err.strerror or err}; cancelled "
-                              f"job array {job_id}; free space there and resume again") from None
-        resume.release(job_id)
-    print(f"submitted job array {job_id} (--array={script_array(script)}): {len(planned)} point(s), "
-          f"{cfg.runtime.backend} on {cfg.slurm.nodes} node(s) each")
+                              f"job array(s) {', '.join(ids)}; free space there and resume again") from None
+        sweep_arrays.release_all(ids)
+    for job_id, array in zip(ids, arrays):
+        print(f"submitted job array {job_id} (--array={script_array(array.script)}): {len(array.planned)} "
+              f"point(s) ({array.points()}), {cfg.runtime.backend} on {cfg.slurm.nodes} node(s) each")
     print(f"sweep dir:   {sweep_dir}")
     print(point_table(planned))
-    print(f"follow:      squeue -j {job_id}; launch runs --sweep {shlex.quote(str(sweep_dir))}")
+    print(f"follow:      squeue -j {','.join(ids)}; launch runs --sweep {shlex.quote(str(sweep_dir))}")
     print(f"tensorboard: tensorboard --logdir {shlex.quote(str(sweep_dir))}")
-    if warning := preflight.job_warning(job_id):
-        print(f"launch: warning: {warning}", file=sys.stderr)
+    for job_id in ids:
+        if warning := preflight.job_warning(job_id):
+            print(f"launch: warning: {warning}", file=sys.stderr)
     return 0
 
 
-def record_jobs(sweep_dir: Path, planned: list[Planned], job_id: str) -> None:
-    """jobs.txt of the sweep gets the array id; each point's gets its task, ARRAY_INDEX."""
+def record_jobs(sweep_dir: Path, array: SweepArray, job_id: str) -> None:
+    """jobs.txt of the sweep gets the array id; each point's gets its task, ARRAY_TASK."""
     with contextlib.suppress(OSError):  # the logs' names record the ids as well
         rundir.record_job(sweep_dir, job_id)
-        for item in planned:
-            rundir.record_job(item.run_dir, f"{job_id}_{item.point.index}")
+        for item in array.planned:
+            rundir.record_job(item.run_dir, f"{job_id}_{item.point.index - array.offset}")
 
 
 def run_here(planned: list[Planned], why: str) -> int:

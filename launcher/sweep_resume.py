@@ -20,8 +20,9 @@ import yaml
 from launcher import resume, rundir, runstatus
 from launcher.config import ConfigError, load_config
 from launcher.submit import choose_cluster
-from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, _preflight, array_script, point_table,
-                            script_array, start)
+from launcher import sweep_arrays
+from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, _preflight, array_limit, arrays_of,
+                            point_table, print_scripts, script_array, start, write_scripts)
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -80,14 +81,18 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
                           "which one job array cannot; resume them one by one with launch --resume RUN_DIR")
     cluster, why = choose_cluster(planned[0].cfg.runtime.cluster)
     max_parallel = args.max_parallel if args.max_parallel is not None else int(record.get("max_parallel") or 0)
-    indices = ",".join(str(p.point.index) for p in planned)
-    script = array_script(planned, sweep_dir, indices, max_parallel, record.get("job_name") or sweep_dir.name)
+    limit = array_limit(cluster, bool(args.emit_sbatch))
+    arrays = arrays_of(planned, sweep_dir, max_parallel, record.get("job_name") or sweep_dir.name, limit)
+    if len(arrays) > 1 and args.emit_sbatch:
+        raise ConfigError(f"resuming {len(planned)} points needs {len(arrays)} job arrays on this cluster "
+                          f"(MaxArraySize {limit}) and --emit-sbatch writes one script; resume without it")
     if not args.no_preflight:
         _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+    sweep_arrays.say_split(arrays, limit)
     print(f"launch: resuming {len(planned)} of {len(everything)} points of {sweep_dir.name} (the others "
-          f"completed): --array={script_array(script)}", flush=True)
+          f"completed): " + ", ".join(f"--array={script_array(a.script)}" for a in arrays), flush=True)
     if args.dry_run:
-        print(script, end="")
+        print_scripts(arrays)
         print(point_table(planned))
         return 0
     with resume.launch_lock(sweep_dir):
@@ -95,13 +100,13 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         for item in planned:
             resume.check_idle(item.run_dir)
         if cluster == "local" or args.emit_sbatch:
-            _write_resumed(sweep_dir, planned, script)
-            return start(args, planned, sweep_dir, script, cluster, why, fresh=True)
-        return start(args, planned, sweep_dir, script, cluster, why, fresh=False,
-                     before_release=lambda: _write_resumed(sweep_dir, planned, script))
+            _write_resumed(sweep_dir, planned, arrays)
+            return start(args, planned, sweep_dir, arrays, cluster, why, fresh=True)
+        return start(args, planned, sweep_dir, arrays, cluster, why, fresh=False,
+                     before_release=lambda: _write_resumed(sweep_dir, planned, arrays))
 
 
-def _write_resumed(sweep_dir: Path, planned: list[Planned], script: str) -> None:
+def _write_resumed(sweep_dir: Path, planned: list[Planned], arrays: list) -> None:
     """The resumed points' config.yaml and the array script; runs.txt and sweep.yaml stay as
     they are (every point keeps its line)."""
     from launcher import fsutil  # noqa: PLC0415
@@ -109,4 +114,4 @@ def _write_resumed(sweep_dir: Path, planned: list[Planned], script: str) -> None
 
     for item in planned:
         fsutil.atomic_write_text(item.run_dir / rundir.CONFIG, dump(item.cfg))
-    fsutil.atomic_write_text(sweep_dir / rundir.SBATCH, script)
+    write_scripts(sweep_dir, arrays)
