@@ -107,13 +107,15 @@ def test_without_slurm_the_points_run_here_one_after_another(launch_cli, run_roo
 
 
 @pytest.mark.slurm
-def test_a_sweep_beyond_max_array_size_is_refused_before_anything_exists(slurm_cluster, launch_cli, run_root):
+def test_a_sweep_beyond_max_array_size_becomes_two_arrays(slurm_cluster, launch_cli, run_root):
     size = int(re.search(r"MaxArraySize\s*=\s*(\d+)", subprocess.run(
         ["scontrol", "show", "config"], capture_output=True, text=True).stdout).group(1))
     lrs = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(size + 1))
-    done = launch_cli("--config", DEMO, "--run-root", run_root, "--sweep", f"optimizer.lr={lrs}")
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert f"MaxArraySize is {size}" in done.stderr and not run_root.exists()
+    done = launch_cli("--config", DEMO, "--run-root", run_root, "--sweep", f"optimizer.lr={lrs}", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"^#SBATCH --array=(\S+)$", done.stdout, re.M) == [f"0-{size - 1}", "0"]
+    assert (f"MaxArraySize is {size}, so the sweep is split into 2 job arrays: points 0-{size - 1}, "
+            f"points {size}") in done.stderr and not run_root.exists()
 
 
 def test_sweep_flags_on_the_resume_of_one_run_are_refused(launch_cli, tmp_path):
