@@ -21,7 +21,8 @@ NNN-<values>/, which `launch --resume` also continues on its own.
 
 The points come from launcher/sweep_points.py. Every point is validated as a single launch
 is, config, rendering and preflight, before anything is created; one bad point refuses the
-whole sweep, naming it. A job array has one
+whole sweep, naming it. Past the cluster's MaxArraySize the points go to several arrays
+(launcher/sweep_arrays.py; job.sbatch, job-2.sbatch, ...). A job array has one
 resource request, so slurm.* and runtime.* keys cannot be swept. Without SLURM the points run
 here one after another, in the same directories.
 """
