@@ -2,7 +2,7 @@
 MaxArraySize (`scontrol show config`), so a larger sweep becomes several arrays, each over its
 own contiguous range of points.
 
-Array k starts at point `offset`: its task t trains point offset + t (line offset + t + 1 of
+Array k starts at point `offset` = k * MaxArraySize: its task t trains point offset + t (line offset + t + 1 of
 runs.txt), so every task id stays below MaxArraySize while runs.txt, sweep.yaml and the points'
 directories are those of a single array. Each array id goes into the sweep's jobs.txt, each
 task's ARRAY_TASK into its point's jobs.txt, which is all `launch runs --sweep` and
@@ -51,11 +51,13 @@ def max_array_size() -> int | None:
 
 def split(planned: list, limit: int | None) -> list[SweepArray]:
     """The points (in index order) as arrays whose task ids stay below `limit` (None: one array).
-    Each array starts at its first point, so a resume's scattered points need few arrays."""
+    Array k covers points k * limit to (k + 1) * limit - 1, so a point keeps its array's offset
+    and task id when a resume submits it again (`--array=1,3` below the limit, as before)."""
     arrays: list[SweepArray] = []
     for item in planned:
-        if not arrays or (limit is not None and item.point.index - arrays[-1].offset >= limit):
-            arrays.append(SweepArray([], item.point.index))
+        offset = item.point.index // limit * limit if limit else 0
+        if not arrays or arrays[-1].offset != offset:
+            arrays.append(SweepArray([], offset))
         arrays[-1].planned.append(item)
     return arrays
 

@@ -36,9 +36,10 @@ def test_points_split_into_contiguous_arrays_whose_task_ids_stay_below_the_limit
     assert len(sweep_arrays.split(planned(list(range(5))), None)) == 1
 
 
-def test_a_resume_of_scattered_points_starts_each_array_at_its_first_point():
+def test_a_resumed_point_keeps_its_array_offset_and_task_id():
     arrays = sweep_arrays.split(planned([1, 3, 4, 7]), 3)
-    assert [(a.offset, a.task_ids()) for a in arrays] == [(1, "0,2"), (4, "0"), (7, "0")]
+    assert [(a.offset, a.task_ids()) for a in arrays] == [(0, "1"), (3, "0-1"), (6, "1")]
+    assert sweep_arrays.split(planned([1, 3]), 1001)[0].task_ids() == "1,3"  # below the limit: as before
 
 
 def test_dry_run_prints_one_script_per_array_and_says_so(limit_2, run_root, capsys, tmp_path):
