@@ -227,7 +227,7 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
     try:
         planned = plan(points, point_configs, sweep_dir, job_name)
         script = array_script(planned, sweep_dir, indices, max_parallel, job_name)
-        _write(sweep_dir, planned, script, {"config": str(path.resolve()), "overrides": list(args.overrides),
+        _write(sweep_dir, planned, script, {"config": str(path) if str(path).startswith("s3://") else str(Path(path).resolve()), "overrides": list(args.overrides),
                                             "job_name": job_name, "max_parallel": max_parallel})
     except OSError as err:
         shutil.rmtree(sweep_dir, ignore_errors=True)

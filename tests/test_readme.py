@@ -34,6 +34,8 @@ PROGRAMS = {"launch", "python", "python3", "pip", "sbatch", "squeue", "scancel",
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 # A run directory as the README names one: runs/<name>-<YYYYmmdd>-<HHMMSS>.
 EXAMPLE_RUN = re.compile(r"^(?:\./)?runs/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
+# A sweep directory as the README names one; replaced by the sweep its own sweep line made.
+EXAMPLE_SWEEP = re.compile(r"^(?:\./)?runs/[\w.-]+-sweep-\d{8}-\d{6}(?:-\d+)?/?$")
 # The README's object-store section, served by a local S3-compatible server (tests/s3_server.py).
 EXAMPLE_MIRROR = "s3://ml-runs/alice"
 EXAMPLE_MIRRORED_RUN = re.compile(r"^s3://ml-runs/alice/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
@@ -189,7 +191,10 @@ def run_step(step: list[str], cwd: Path, env: dict, timeout: float = 600) -> sub
 
 
 def substitute(step: tuple[str, ...], site: dict) -> list[str]:
-    return [str(site["run"]) if EXAMPLE_RUN.match(word) else
+    if any(EXAMPLE_SWEEP.match(word) for word in step) and "sweep" not in site:
+        pytest.skip("names the sweep that the README's sweep line makes; run the whole file")
+    return [site["sweep"] if EXAMPLE_SWEEP.match(word) else
+            str(site["run"]) if EXAMPLE_RUN.match(word) else
             site["mirrored"] if EXAMPLE_MIRRORED_RUN.match(word) else word for word in step]
 
 
@@ -226,6 +231,16 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
     elif "--emit-sbatch" in words:
         assert done.returncode == 0, said
         assert (site["cwd"] / step[step.index("--emit-sbatch") + 1]).is_file(), said
+    elif "--sweep" in words and command == "train":  # one job array for every point
+        assert done.returncode == 0, said
+        job = re.search(r"^submitted job array (\d+) \(--array=0-(\d+)", done.stdout, re.M)
+        assert job, said
+        site["sweep"] = re.search(r"^sweep dir: +(\S+)", done.stdout, re.M).group(1)
+        subprocess.run(["scancel", job.group(1)], capture_output=True)
+        wait_final(f"{job.group(1)}_0", 120)
+    elif command == "runs" and "--sweep" in words:
+        assert done.returncode == 0, said
+        assert (Path(site["sweep"]) / "compare.csv").is_file(), said
     elif command == "runs":
         assert done.returncode == 0 and done.stdout.startswith("NAME "), said
         assert site["run"].name in done.stdout, said
