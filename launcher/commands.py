@@ -11,24 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from launcher.cli import DEFAULT_CONFIG, REPO
+from launcher.cli import DEFAULT_CONFIG, REPO, SITE_FLAGS
 from launcher.config import Config, load_config
 from launcher.errors import UsageError, UserError
 from launcher.jobs import Request, log_lines, start
 from launcher.render import TaskJob
 from launcher.rundir import RunDir
 
-# argparse dest -> config key, for the site options every job command takes.
-SITE_FLAGS = {
-    "gpu_type": "slurm.gpu_type",
-    "gpu_style": "slurm.gpu_style",
-    "time": "slurm.time_min",
-    "partition": "slurm.partition",
-    "account": "slurm.account",
-    "qos": "slurm.qos",
-    "job_name": "slurm.job_name",
-    "cluster": "runtime.cluster",
-}
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
 GPUCHECK_TIME_MIN = 10
 
