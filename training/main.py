@@ -45,23 +45,18 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int) -> str:
 
 
 def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
-    """Chief only: prediction grids and confusion matrix from the best checkpoint, then summary."""
-    from training.data.pipeline import build_dataset
+    """Chief only: the task's prediction report from the best checkpoint, then the summary."""
     from training.keras_compat import keras
     from training.models import custom_objects
-    from training.report.predictions import write_prediction_report
     from training.report.summary import write_summary
 
     best = run_dir / rundir.CHECKPOINTS / "best.h5"
     model = keras.models.load_model(best if best.is_file() else run_dir / rundir.MODEL / "final.h5",
                                     custom_objects=custom_objects(), compile=False)
-    plan = result["plan"]
-    val = build_dataset(cfg.data, "val", False, plan.global_batch_size, None, cfg.train.seed)
-    write_prediction_report(run_dir, model, val, list(plan.class_names),
-                            checkpoint="best" if best.is_file() else "final")
+    fields = result["task"].final_report(run_dir, model, result["plan"], "best" if best.is_file() else "final")
     write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
                   gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
-                  job_id=backend.spec.job_id)
+                  job_id=backend.spec.job_id, **fields)
 
 
 def run(run_dir: Path) -> int:
