@@ -20,6 +20,7 @@ HISTORY = "history.csv"
 MODEL = "model"  # final.h5 + model_spec.json
 REPORT = "report"  # plots, prediction grids, summary.json
 MODEL_SPEC = "model_spec.json"  # under MODEL: architecture, image size, classes (written at job start)
+TOKENIZER = "tokenizer.json"  # under MODEL, text task: settings and vocabulary, adapted once by the chief
 LATEST = "latest.json"  # under CHECKPOINTS: the committed resumable checkpoint (epoch, step, history)
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/resume.py)
