@@ -1,0 +1,99 @@
+"""The text task's pieces: a tokenizer adapted once and reloaded the same, pretrained vectors,
+the models, and the one-line errors for bad text settings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from launcher.config import ConfigError, ModelConfig, TextConfig, load_config
+from training.data import DataError
+
+TEXTS = ["a good movie", "a bad plot", "bad acting", "bad", "fine"]  # bad x3, a x2, the rest once
+
+
+def texts_ds(texts=TEXTS):
+    from training.keras_compat import tf
+
+    return lambda: tf.data.Dataset.from_tensor_slices(texts)
+
+
+def test_tokenizer_is_adapted_once_and_reloaded_unchanged(tmp_path):
+    from training import tokenizer
+
+    text = TextConfig(max_tokens=50, sequence_length=6)
+    layer, spec, digest = tokenizer.prepare(tmp_path, text, texts_ds(), is_chief=True, log=lambda _: None)
+    path = tokenizer.tokenizer_path(tmp_path)
+    assert spec["vocabulary"][:4] == ["", "[UNK]", "bad", "a"]  # padding, unknown, then by frequency
+    ids = layer(["a bad unseenword"]).numpy().tolist()
+    assert ids == [[3, 2, 1, 0, 0, 0]]
+    stamp = path.stat().st_mtime_ns
+
+    def must_not_adapt():
+        raise AssertionError("adapted again")
+
+    again, _, digest2 = tokenizer.prepare(tmp_path, text, must_not_adapt, is_chief=True, log=lambda _: None)
+    assert digest2 == digest and path.stat().st_mtime_ns == stamp  # a resume reuses the same file
+    assert again(["a bad unseenword"]).numpy().tolist() == ids
+    # A worker that is not the chief reads the chief's file and never adapts.
+    assert tokenizer.prepare(tmp_path, text, must_not_adapt, is_chief=False, log=lambda _: None)[2] == digest
+    with pytest.raises(DataError, match="text.sequence_length 9 .* differ from the run's saved tokenizer"):
+        tokenizer.prepare(tmp_path, TextConfig(max_tokens=50, sequence_length=9), must_not_adapt, True)
+
+
+def test_a_vocabulary_of_two_tokens_is_an_error(tmp_path):
+    from training import tokenizer
+
+    with pytest.raises(DataError, match="found 0 words"):
+        tokenizer.prepare(tmp_path, TextConfig(), texts_ds(["...", "!!"]), is_chief=True, log=lambda _: None)
+    assert not tokenizer.tokenizer_path(tmp_path).exists()
+
+
+def test_glove_vectors_initialise_known_words_and_a_wrong_dimension_is_one_line(tmp_path):
+    from training.embeddings import embedding_matrix
+    from training.text_models import build_text_model
+
+    vocabulary = ["", "[UNK]", "good", "bad", "film"]
+    glove = tmp_path / "glove.4d.txt"
+    glove.write_text("good 1 2 3 4\nunrelated 9 9 9 9\nfilm -1 -2 -3 -4\n")
+    matrix, hits = embedding_matrix(glove, vocabulary, 4)
+    assert hits == 2
+    text = TextConfig(sequence_length=5, embedding_dim=4, hidden_dim=3)
+    model = build_text_model(ModelConfig(name="lstm", dropout=0.0), text, len(vocabulary), 2, matrix)
+    weights = model.get_layer("embedding").get_weights()[0]
+    assert weights[2].tolist() == [1, 2, 3, 4] and weights[4].tolist() == [-1, -2, -3, -4]
+    assert abs(weights[3]).max() <= 0.05  # "bad" is not in the file: a random row
+    with pytest.raises(DataError) as err:
+        embedding_matrix(glove, vocabulary, 8)
+    assert str(err.value) == (f"text.embeddings_file {glove} holds 4-dimensional vectors but text.embedding_dim "
+                              "is 8; set text.embedding_dim=4 or use a 8-d file")
+
+
+@pytest.mark.parametrize("name, bidirectional, layers", [("lstm", True, 2), ("gru", False, 1),
+                                                         ("bag_of_embeddings", False, 1)])
+def test_text_models_mask_padding(name, bidirectional, layers):
+    from training.text_models import build_text_model
+
+    text = TextConfig(sequence_length=6, embedding_dim=8, hidden_dim=4, number_of_layers=layers,
+                      bidirectional=bidirectional)
+    model = build_text_model(ModelConfig(name=name, dropout=0.0), text, 20, 3)
+    padded = np.array([[5, 6, 0, 0, 0, 0]], np.int32)
+    probs = model.predict_on_batch(padded)
+    assert probs.shape == (1, 3) and np.allclose(probs.sum(), 1.0, atol=1e-5)
+    # Masked: whatever vector the padding id holds, the output stays the same.
+    embedding = model.get_layer("embedding")
+    weights = embedding.get_weights()[0]
+    weights[0] = 5.0
+    embedding.set_weights([weights])
+    assert np.allclose(model.predict_on_batch(padded), probs, atol=1e-6)
+    # A real word there does change it.
+    assert not np.allclose(model.predict_on_batch(np.array([[5, 6, 7, 0, 0, 0]], np.int32)), probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("text.sequence_length=0", "text.sequence_length.*below the minimum 1"),
+    ("data.image_size=64", "data.image_size is a key of task image, but the task is text"),
+    ("optimizer.clipnorm=-1", "optimizer.clipnorm.*below the minimum 0"),
+])
+def test_bad_text_settings_fail_when_the_config_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["task=text", override])
