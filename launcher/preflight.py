@@ -20,7 +20,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import registry
 from launcher.config import Config, ConfigError, DataConfig, SlurmConfig
+from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
 LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
@@ -47,7 +49,8 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
     """
     notes = []
     try:
-        check_data(cfg.data)
+        check_data(cfg.data, registry.TASKS[cfg.task].checked_layouts)
+        check_text(cfg)
     except ConfigError as err:
         if not dry_run:
             raise
@@ -66,10 +69,11 @@ def _prefix(data: DataConfig, split: str) -> str:
     return data.train_split if split == "train" else data.val_split
 
 
-def check_data(data: DataConfig) -> None:
-    """Data a job could not read. demo and synthetic have no files to check; remote URLs
+def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder")) -> None:
+    """Data a job could not read, for the sources in `layouts` (the task's: text folders are
+    checked by launcher/preflight_text.py). demo and synthetic have no files to check; remote URLs
     (gs://...) are left to the job, which reads them through TensorFlow."""
-    if data.source not in ("tfrecord", "folder") or "://" in data.data_dir:
+    if data.source not in layouts or "://" in data.data_dir:
         return
     root = Path(data.data_dir).expanduser()
     if not root.is_dir():

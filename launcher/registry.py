@@ -26,6 +26,7 @@ class TaskEntry:
     default_model: str
     sources: tuple[str, ...]
     own_keys: dict[str, tuple[str, ...] | None]
+    checked_layouts: tuple[str, ...] = ()  # sources whose shard manifest / class folders launcher/preflight.py checks
 
 
 TASKS: dict[str, TaskEntry] = {
@@ -36,12 +37,14 @@ TASKS: dict[str, TaskEntry] = {
         own_keys={"augment": None,
                   "data": ("image_size", "min_crop_area", "val_crop_fraction", "synthetic_examples",
                            "synthetic_classes", "label_offset", "num_classes"),
-                  "model": ("weights", "head_units", "trainable_layers", "channel_order", "mean", "std")}),
+                  "model": ("weights", "head_units", "trainable_layers", "channel_order", "mean", "std")},
+        checked_layouts=("tfrecord", "folder")),
     "text": TaskEntry(
         models=("lstm", "gru", "bag_of_embeddings"),
         default_model="lstm",
         sources=("demo", "tfrecord", "folder", "csv", "jsonl"),
-        own_keys={"text": None, "data": ("text_column", "label_column", "val_fraction", "classes")}),
+        own_keys={"text": None, "data": ("text_column", "label_column", "val_fraction", "classes")},
+        checked_layouts=("tfrecord",)),  # shards and their manifest are checked alike
 }
 
 

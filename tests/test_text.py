@@ -2,12 +2,15 @@
 the models, and the one-line errors for bad text settings."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from launcher.config import ConfigError, ModelConfig, TextConfig, load_config
 from training.data import DataError
 
+REPO = Path(__file__).resolve().parent.parent
 TEXTS = ["a good movie", "a bad plot", "bad acting", "bad", "fine"]  # bad x3, a x2, the rest once
 
 
@@ -82,7 +85,7 @@ def test_text_models_mask_padding(name, bidirectional, layers):
     # Masked: whatever vector the padding id holds, the output stays the same.
     embedding = model.get_layer("embedding")
     weights = embedding.get_weights()[0]
-    weights[0] = 5.0
+    weights[0] = weights[7] = 5.0  # padding and word 7 both far from the small random rows
     embedding.set_weights([weights])
     assert np.allclose(model.predict_on_batch(padded), probs, atol=1e-6)
     # A real word there does change it.
@@ -97,3 +100,23 @@ def test_text_models_mask_padding(name, bidirectional, layers):
 def test_bad_text_settings_fail_when_the_config_loads(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["task=text", override])
+
+
+def test_launch_refuses_a_missing_column_or_a_wrong_dimension_before_anything_is_made(tmp_path):
+    import subprocess
+    import sys
+
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_bytes("\ufeffbody,label\nfine,pos\n".encode())
+    glove = tmp_path / "glove.txt"
+    glove.write_text("good 1 2 3\n")
+    runs = tmp_path / "runs"
+    for extra, message in (([], f"{reviews} has no column 'text' (its columns: body, label); set data.text_column"),
+                           (["data.text_column=body", f"text.embeddings_file={glove}"],
+                            "holds 3-dimensional vectors but text.embedding_dim is 64")):
+        done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "sentiment_demo.yaml"),
+                               "--cluster", "local", "--run-root", str(runs),
+                               "task=text", "data.source=csv", f"data.data_dir={reviews}", *extra],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not runs.exists()

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,11 +75,14 @@ def test_sentiment_demo_trains_predicts_and_resumes_with_the_same_vocabulary(tmp
 
 
 @pytest.mark.slurm
-def test_sentiment_demo_as_a_two_node_multiworker_slurm_job(slurm_cluster, tmp_path):
-    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "--backend", "multiworker",
+@pytest.mark.parametrize("backend", ["multiworker", pytest.param("horovod", marks=pytest.mark.horovod)])
+def test_sentiment_demo_as_a_two_node_slurm_job(slurm_cluster, tmp_path, backend):
+    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "--backend", backend,
                   f"train.epochs={EPOCHS}", "slurm.cpus_per_task=2")
-    job_id = done.stdout.split("submitted job ", 1)[1].split()[0]
+    job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
     (run_dir,) = tmp_path.iterdir()
-    assert wait_final(job_id, 9 * 60) == "COMPLETED", (run_dir / "logs").iterdir()
+    assert wait_final(job_id, 9 * 60) == "COMPLETED", (run_dir / "logs" / f"slurm-{job_id}.err").read_text()[-3000:]
     summary = check_summary(run_dir)
-    assert summary["backend"] == "multiworker" and summary["nodes"] == 2
+    assert summary["backend"] == backend and summary["nodes"] == 2
+    shards = [json.loads((run_dir / "logs" / f"rank-{r}.json").read_text())["train_shards"] for r in (0, 1)]
+    assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])  # each worker its own shards
