@@ -120,3 +120,16 @@ def test_launch_refuses_a_missing_column_or_a_wrong_dimension_before_anything_is
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not runs.exists()
+
+
+def test_a_class_smaller_than_one_batch_is_an_error_naming_it(tmp_path):
+    from launcher.config import DataConfig
+    from training.data.text_pipeline import text_info
+
+    rows = [f"{i} good\tpos" for i in range(40)] + [f"{i} bad\tneg" for i in range(40)] + ["odd one\tweird"] * 3
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(r.replace("\t", ",") + "\n" for r in rows))
+    data = DataConfig(source="csv", data_dir=str(tmp_path / "t.csv"), batch_size=16, val_fraction=0.25)
+    with pytest.raises(DataError, match="class 'weird' has 2 training texts, fewer than one global batch"):
+        text_info(data)
+    data.classes = ["neg", "pos"]  # the fix the message names
+    assert (text_info(data).train_examples, text_info(data).val_examples) == (60, 20)

@@ -122,15 +122,19 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
     path = checkpoint_path(run_dir, checkpoint)
-    if dataset is None:
+    if dataset is None and cfg.task == "image":
         from training.data.pipeline import build_dataset
 
         dataset = build_dataset(cfg.data, split, training=False,
                                 batch_size=batch_size or default_batch_size(cfg), input_context=None,
                                 seed=cfg.train.seed)
-    model = load_model(path)
-    result = write_prediction_report(run_dir, model, dataset, class_names(run_dir, cfg), max_batches,
-                                     prefix=f"eval-{split}-", checkpoint=checkpoint)
+    if cfg.task != "image":  # the run's own tokenizer and the texts' report (training/predict_text.py)
+        from training.predict_text import evaluate_text
+
+        result = evaluate_text(run_dir, checkpoint, split, batch_size or default_batch_size(cfg), max_batches)
+    else:
+        result = write_prediction_report(run_dir, load_model(path), dataset, class_names(run_dir, cfg),
+                                         max_batches, prefix=f"eval-{split}-", checkpoint=checkpoint)
     if not result["examples"]:
         raise EvaluateError(f"the {split} split gave no images; check data.data_dir and data.val_split "
                             f"in {run_dir / rundir.CONFIG}")

@@ -66,7 +66,8 @@ def predict_texts(run_dir: str | Path, texts: list[str], checkpoint: str = "best
     return rows
 
 
-def evaluate_text(run_dir: str | Path, checkpoint: str = "best", split: str = "val", batch_size: int = 256) -> dict:
+def evaluate_text(run_dir: str | Path, checkpoint: str = "best", split: str = "val", batch_size: int = 256,
+                  max_batches: int | None = None) -> dict:
     """Accuracy of a checkpoint on the run's split; writes report/eval-<split>-* like the image eval."""
     from training.data.text_pipeline import text_dataset
     from training.evaluate import load_config
@@ -75,6 +76,8 @@ def evaluate_text(run_dir: str | Path, checkpoint: str = "best", split: str = "v
     run_dir = Path(run_dir)
     model, layer, names = load_text_model(run_dir, checkpoint)
     data = text_dataset(load_config(run_dir).data, split, False).batch(batch_size)
+    if max_batches is not None:
+        data = data.take(max_batches)
     return write_text_report(run_dir, model, layer, data, names, prefix=f"eval-{split}-", checkpoint=checkpoint)
 
 

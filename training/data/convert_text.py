@@ -68,7 +68,10 @@ def convert_text(src: str | Path, out: str | Path, source: str = "", text_column
         counts[split] = len(rows)
         log(f"  {split}: {len(rows)} texts in {n} shards")
     write_skipped(out, data.skipped)
-    write_labels(out, data.classes, counts, len(data.skipped), manifest, features=list(TEXT_FEATURES))
+    per_class = {split: [sum(1 for _, lab in rows if lab == i) for i in range(len(data.classes))]
+                 for split, rows in data.splits.items()}
+    write_labels(out, data.classes, counts, len(data.skipped), manifest, features=list(TEXT_FEATURES),
+                 class_counts=per_class)
     return TextConvertSummary(out, data.classes, counts, data.skipped)
 
 

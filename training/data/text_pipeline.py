@@ -68,11 +68,23 @@ def _shard_files(data_dir: str, prefix: str) -> list[str]:
     return [tf.io.gfile.join(data_dir, n) for n in names]
 
 
+def _check_class_sizes(data: DataConfig, classes: list[str], train_counts: list[int] | None) -> None:
+    """A class with fewer training texts than one global batch is almost surely a labelling slip."""
+    for name, count in zip(classes, train_counts or []):
+        if count < data.batch_size:
+            raise DataError(f"class {name!r} has {count} training texts, fewer than one global batch "
+                            f"(data.batch_size {data.batch_size}); add texts, keep only the other classes "
+                            "with data.classes, or lower data.batch_size")
+
+
 def text_info(data: DataConfig) -> DatasetInfo:
     """Classes and example counts of the train and val splits."""
     if data.source in ("folder", "csv", "jsonl"):
         texts = _read_direct(data)
-        return DatasetInfo(len(texts.classes), list(texts.classes), len(_direct_split(data, "train")),
+        train = _direct_split(data, "train")
+        _check_class_sizes(data, texts.classes, [sum(1 for _, lab in train if lab == i)
+                                                 for i in range(len(texts.classes))])
+        return DatasetInfo(len(texts.classes), list(texts.classes), len(train),
                            len(_direct_split(data, "val")), data.data_dir)
     data_dir = resolve_data_dir(data)
     labels = shards.read_labels(data_dir)
@@ -88,6 +100,7 @@ def text_info(data: DataConfig) -> DatasetInfo:
         names = [f.rsplit("/", 1)[-1] for f in _shard_files(data_dir, prefix)]
         shards.check_listed(data_dir, prefix, names, labels)
         counts.append(labels["counts"][prefix])
+    _check_class_sizes(data, labels["classes"], labels.get("class_counts", {}).get(_split_name(data, "train")))
     return DatasetInfo(len(labels["classes"]), list(labels["classes"]), *counts, data_dir)
 
 

@@ -47,11 +47,14 @@ def write_text_report(run_dir: str | Path, model: Any, vectorize, dataset: Itera
     correct: list[dict] = []
     wrong: list[dict] = []
     loss_sum = 0.0
+    k = min(5, n)
+    top_k_hits = 0
     for texts, labels in dataset:
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         probs = probabilities(np.asarray(model.predict_on_batch(vectorize(texts))))
         pred = probs.argmax(axis=1)
         np.add.at(confusion, (labels, pred), 1)
+        top_k_hits += int((np.argsort(-probs, axis=1)[:, :k] == labels[:, None]).any(axis=1).sum())
         loss_sum += float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).sum())
         for text, true, guess, p in zip(np.asarray(texts), labels, pred, probs.max(axis=1)):
             item = {"probability": float(p), "predicted": class_names[guess], "true": class_names[true],
@@ -70,7 +73,8 @@ def write_text_report(run_dir: str | Path, model: Any, vectorize, dataset: Itera
                                                accuracy or 0.0),
              "json": report / f"{prefix}predictions.json"}
     atomic_write_text(files["texts"], page)
-    result = {"checkpoint": checkpoint, "examples": examples, "accuracy": accuracy, "top5": None,
+    result = {"checkpoint": checkpoint, "examples": examples, "accuracy": accuracy, "top_k": k,
+              "top5": top_k_hits / examples if examples else None,
               "loss": loss_sum / examples if examples else None, "class_names": class_names,
               "most_confident_correct": correct, "most_confident_incorrect": wrong,
               "files": {label: path.relative_to(run_dir).as_posix() for label, path in files.items()},
