@@ -54,6 +54,13 @@ class Range:
         return None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The allowed values of a text field, declared with it: `Annotated[str, Choice(NAMES)]`."""
+
+    values: tuple[str, ...]
+
+
 COUNT = Range(ge=1)  # counts of things: at least one
 NON_NEGATIVE = Range(ge=0)
 FRACTION = Range(gt=0, le=1)  # a part of the whole, (0, 1]
@@ -105,7 +112,7 @@ class ModelConfig:
     head_units: Annotated[list[int], COUNT] = field(default_factory=lambda: [1024])  # dense layers before the classifier
     dropout: Annotated[float, PROBABILITY] = 0.5  # dropout before each head layer
     trainable_layers: Annotated[int, Range(ge=-1)] = -1  # -1 trains every layer; N trains only the top N base layers
-    channel_order: str = "bgr"  # rgb | bgr: order the base network expects
+    channel_order: Annotated[str, Choice(("rgb", "bgr"))] = "bgr"  # order the base network expects
     mean: list[float] = field(default_factory=lambda: [103.939, 116.779, 123.68])  # per channel, 0..255 scale
     std: Annotated[list[float], Range(gt=0)] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # per channel divisor after mean
 
@@ -114,7 +121,7 @@ class ModelConfig:
 class OptimizerConfig:
     """Optimizer and the base learning rate."""
 
-    name: str = "sgd"  # sgd | adam | adamw
+    name: Annotated[str, Choice(registry.OPTIMIZERS)] = "sgd"
     lr: Annotated[float, Range(gt=0)] = 0.1  # peak learning rate at base_batch_size
     momentum: Annotated[float, PROBABILITY] = 0.9  # sgd only
     nesterov: bool = False  # sgd only
@@ -132,7 +139,7 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Learning-rate schedule over steps; epochs here are converted to steps once at start-up."""
 
-    name: str = "cosine"  # constant | cyclic_decay | smooth_decay | cosine | step
+    name: Annotated[str, Choice(registry.SCHEDULES)] = "cosine"  # shapes: training/optim.py WarmupDecay
     warmup_epochs: Annotated[float, NON_NEGATIVE] = 0.0  # linear warmup from 0 to the peak lr
     min_lr_fraction: Annotated[float, Range(ge=0, le=1)] = 0.0  # floor of the schedule, fraction of the peak lr
     decay_rate: Annotated[float, FRACTION] = 0.5  # smooth_decay: factor per decay_epochs; cyclic_decay: factor per cycle
@@ -148,8 +155,9 @@ class TextConfig:
 
     max_tokens: Annotated[int, Range(ge=3)] = 20000  # vocabulary size, padding and out-of-vocabulary included
     sequence_length: Annotated[int, COUNT] = 200  # tokens per text, cut or padded (with 0, the pad index)
-    standardize: str = "lower_and_strip_punctuation"  # lower_and_strip_punctuation | lower | strip_punctuation | none
-    split: str = "whitespace"  # whitespace | character
+    standardize: Annotated[str, Choice(("lower_and_strip_punctuation", "lower", "strip_punctuation", "none"))] = \
+        "lower_and_strip_punctuation"
+    split: Annotated[str, Choice(("whitespace", "character"))] = "whitespace"
     embedding_dim: Annotated[int, COUNT] = 128
     hidden_dim: Annotated[int, COUNT] = 128  # units of each recurrent layer (per direction); dense units for bag_of_embeddings
     number_of_layers: Annotated[int, COUNT] = 1  # stacked recurrent layers
@@ -166,7 +174,7 @@ class TrainConfig:
     steps_per_epoch: Annotated[int, NON_NEGATIVE] = 0  # 0 = examples / global batch
     validation_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = the whole validation split
     seed: int = 42  # each worker uses seed + rank
-    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    precision: Annotated[str, Choice(PRECISIONS)] = "float32"  # bfloat16 / float16: mixed precision
     jit_compile: bool = False  # XLA
     log_every_steps: Annotated[int, COUNT] = 50  # TensorBoard scalar cadence, steps
     checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = end of each epoch only
@@ -178,8 +186,8 @@ class TrainConfig:
 class RuntimeConfig:
     """Where and how the job runs."""
 
-    backend: str = "mirrored"  # mirrored | multiworker | horovod
-    cluster: str = "auto"  # auto (slurm when sbatch is on PATH) | slurm | local
+    backend: Annotated[str, Choice(registry.BACKENDS)] = "mirrored"
+    cluster: Annotated[str, Choice(CLUSTERS)] = "auto"  # auto: slurm when sbatch is on PATH
     run_root: str = "./runs"  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
     python: str = ""  # interpreter on the compute nodes; "" = the one running launch
@@ -196,7 +204,7 @@ class SlurmConfig:
     nodes: Annotated[int, COUNT] = 1
     gpus_per_node: Annotated[int, NON_NEGATIVE] = 0
     gpu_type: str = ""  # e.g. a100; "" = any
-    gpu_style: str = "gres"  # gres | gpus-per-node | constraint
+    gpu_style: Annotated[str, Choice(GPU_STYLES)] = "gres"
     cpus_per_task: Annotated[int, COUNT] = 8
     mem: str = ""  # per node, sbatch syntax (e.g. 64G); "" = site default
     time_min: Annotated[int, COUNT] = 60  # wall-clock limit, minutes
@@ -228,18 +236,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# Choices that depend on the task (model.name, data.source) are checked in `check`, once the task is known.
-_CHOICES = {
-    ("optimizer", "name"): registry.OPTIMIZERS,
-    ("schedule", "name"): registry.SCHEDULES,
-    ("text", "standardize"): ("lower_and_strip_punctuation", "lower", "strip_punctuation", "none"),
-    ("text", "split"): ("whitespace", "character"),
-    ("train", "precision"): PRECISIONS,
-    ("runtime", "backend"): BACKENDS,
-    ("runtime", "cluster"): CLUSTERS,
-    ("slurm", "gpu_style"): GPU_STYLES,
-    ("model", "channel_order"): ("rgb", "bgr"),
-}
 
 
 def _type_name(tp: Any) -> str:
@@ -299,10 +295,10 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: se
     where = f"{section}.{key} in {source}"
     value = _coerce(value, hints[key], where)
     _reject_control_characters(value, where)
-    choices = _CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    for bound in _ranges(type(sec), key):
+    for choice in _declared(type(sec), key, Choice):
+        if value not in choice.values:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}")
+    for bound in _declared(type(sec), key, Range):
         for item in value if isinstance(value, list) else [value]:
             if (problem := bound.problem(item)) is not None:
                 raise ConfigError(f"{where}: {item!r} {problem}")
@@ -311,12 +307,12 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: se
         given[(section, key)] = where
 
 
-def _ranges(section_type: type, key: str) -> list[Range]:
-    """The Range bounds declared on a field's annotation."""
+def _declared(section_type: type, key: str, kind: type) -> list:
+    """The Range bounds or Choice lists declared on a field's annotation."""
     hint = typing.get_type_hints(section_type, include_extras=True)[key]
     if typing.get_origin(hint) is not Annotated:
         return []
-    return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, Range)]
+    return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, kind)]
 
 
 def _apply_mapping(cfg: Config, data: Any, source: str, given: dict | None = None) -> None:
