@@ -49,7 +49,10 @@ def review_tree(tmp_path: Path) -> Path:
     return src
 
 
-def test_folder_tree_keeps_texts_and_lists_every_skipped_file(review_tree, tmp_path):
+def test_folder_tree_keeps_texts_and_lists_every_skipped_file(review_tree, tmp_path, monkeypatch):
+    from training.data import text_sources
+
+    monkeypatch.setattr(text_sources, "PARALLEL_MIN_FILES", 2)  # read by worker processes, as a large tree is
     out = tmp_path / "shards"
     summary = convert_text(review_tree, out, workers=2, log=lambda _: None)
     assert summary.classes == ["neg", "pos"]  # unsup/ is not a class

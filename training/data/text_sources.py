@@ -32,6 +32,7 @@ SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validatio
 UNLABELLED_FOLDERS = ("unsup",)  # folders of texts without a label: never a class
 TEXT_SUFFIX = ".txt"
 SPLIT_SEED = 0  # fixed: the same source always gives the same validation split
+PARALLEL_MIN_FILES = 1000  # below this, starting worker processes costs more than reading the files
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _read_folder(src: Path, workers: int) -> tuple[dict[str, list[tuple[str, str
     """{split: [(where, text, label name)]} for a class-folder tree; files read by `workers` processes."""
     listed, skipped = _scan_folder(src)
     paths = [path for files in listed.values() for path, _ in files]
-    if workers > 1 and len(paths) > 1000:
+    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
         # spawn, not fork: the caller may run TensorFlow's threads. Reading is I/O and decoding.
         with concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn")) as pool:
