@@ -133,3 +133,27 @@ def test_a_class_smaller_than_one_batch_is_an_error_naming_it(tmp_path):
         text_info(data)
     data.classes = ["neg", "pos"]  # the fix the message names
     assert (text_info(data).train_examples, text_info(data).val_examples) == (60, 20)
+
+
+@pytest.mark.parametrize("source", ["csv", "tfrecord"])
+def test_each_worker_reads_its_own_part_of_the_texts(tmp_path, source):
+    from launcher.config import DataConfig
+    from training.data.convert_text import convert_text
+    from training.data.text_pipeline import text_dataset, text_info
+    from training.keras_compat import tf
+
+    rows = [(f"good text {i}", "pos") for i in range(30)] + [(f"bad text {i}", "neg") for i in range(30)]
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    data = DataConfig(source="csv", data_dir=str(tmp_path / "t.csv"), batch_size=8, val_fraction=0.2)
+    if source == "tfrecord":
+        convert_text(tmp_path / "t.csv", tmp_path / "shards", val_fraction=0.2, shards={"train": 4}, log=lambda _: None)
+        data = DataConfig(source="tfrecord", data_dir=str(tmp_path / "shards"), batch_size=8)
+    info = text_info(data)
+    assert (info.class_names, info.train_examples, info.val_examples) == (["neg", "pos"], 48, 12)
+    parts = []
+    for rank in (0, 1):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=rank)
+        parts.append({t.decode() for t, _ in text_dataset(data, "train", False, context).as_numpy_iterator()})
+    assert parts[0] and parts[1] and not parts[0] & parts[1] and len(parts[0] | parts[1]) == 48
+    pairs = {(t.decode(), int(lab)) for t, lab in text_dataset(data, "val", False).as_numpy_iterator()}
+    assert len(pairs) == 12 and all((lab == 1) == t.startswith("good") for t, lab in pairs)
