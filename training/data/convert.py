@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Sequence
 
 from training.data import DataError
-from training.data.records import (LABELS_FILE, SKIPPED_FILE, check_output_folder, write_labels, write_shard,
-                                   write_skipped)
+from training.data.records import (LABELS_FILE, SKIPPED_FILE, check_output_folder, run_converter, write_labels,
+                                   write_shard, write_skipped)
 # Source folder names -> split (shard prefix) names; ImageNet shards call the val split so.
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -323,14 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jpeg-quality must be between 1 and 100")
     store = StoreSettings(args.max_side, args.min_side, args.jpeg_quality)
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
-    try:
-        summary = convert(args.src, args.out, shards, args.workers,
-                          log=lambda text: print(text, file=sys.stderr, flush=True), store=store)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    return 0
+    return run_converter(lambda log: convert(args.src, args.out, shards, args.workers, log=log, store=store))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from training.data import DataError
-from training.data.records import SKIPPED_FILE, check_output_folder, write_labels, write_shard, write_skipped
+from training.data.records import (SKIPPED_FILE, check_output_folder, run_converter, write_labels, write_shard,
+                                   write_skipped)
 from training.data.text_sources import SPLIT_SEED, default_workers, read_text_source
 
 DEFAULT_SHARDS = {"train": 16, "validation": 4, "test": 4}
@@ -99,15 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--val-fraction must lie between 0 and 1")
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] or None
-    try:
-        summary = convert_text(args.src, args.out, args.source, args.text_column, args.label_column, classes,
-                               args.val_fraction, shards, args.workers,
-                               log=lambda text: print(text, file=sys.stderr, flush=True))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    return 0
+    return run_converter(lambda log: convert_text(args.src, args.out, args.source, args.text_column,
+                                                  args.label_column, classes, args.val_fraction, shards,
+                                                  args.workers, log=log))
 
 
 if __name__ == "__main__":

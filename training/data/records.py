@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from launcher.fsutil import atomic_path
 from training.data import DataError
@@ -85,3 +86,15 @@ def write_labels(out_dir: Path, classes: list[str], counts: dict[str, int], skip
     labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": skipped, **extra,
               "shards": dict(sorted(manifest.items()))}
     write_text(out_dir / LABELS_FILE, json.dumps(labels, indent=1) + "\n")
+
+
+def run_converter(convert: Callable) -> int:
+    """A converter's command line: `convert(log=...)` with progress on stderr, its summary line on
+    stdout; a DataError is one line on stderr and exit 2."""
+    try:
+        summary = convert(log=lambda text: print(text, file=sys.stderr, flush=True))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0

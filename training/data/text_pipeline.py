@@ -14,7 +14,7 @@ import functools
 
 from launcher.config import DataConfig
 from training.data import DataError, shards
-from training.data.pipeline import DatasetInfo
+from training.data.pipeline import DatasetInfo, _tfrecord_files
 from training.data.records import LABELS_FILE
 from training.keras_compat import tf
 
@@ -58,16 +58,6 @@ def _direct_split(data: DataConfig, split: str) -> list[tuple[str, int]]:
     return texts.splits[name]
 
 
-def _shard_files(data_dir: str, prefix: str) -> list[str]:
-    if not tf.io.gfile.isdir(data_dir):
-        raise DataError(f"data.data_dir {data_dir} does not exist or is not a folder")
-    names = sorted(n for n in tf.io.gfile.listdir(data_dir) if n.startswith(prefix + "-"))
-    if not names:
-        raise DataError(f"no text shards named {prefix}-* in {data_dir}; check data.data_dir and "
-                        "data.train_split / data.val_split (python -m training.data.convert_text writes them)")
-    return [tf.io.gfile.join(data_dir, n) for n in names]
-
-
 def _check_class_sizes(data: DataConfig, classes: list[str], train_counts: list[int] | None) -> None:
     """A class with fewer training texts than one global batch is almost surely a labelling slip."""
     for name, count in zip(classes, train_counts or []):
@@ -97,7 +87,7 @@ def text_info(data: DataConfig) -> DatasetInfo:
         if prefix not in labels["counts"]:
             raise DataError(f"{data_dir}/{LABELS_FILE} has no split {prefix!r}; its splits are "
                             f"{', '.join(labels['counts'])} (set data.train_split / data.val_split)")
-        names = [f.rsplit("/", 1)[-1] for f in _shard_files(data_dir, prefix)]
+        names = [f.rsplit("/", 1)[-1] for f in _tfrecord_files(data_dir, prefix)]
         shards.check_listed(data_dir, prefix, names, labels)
         counts.append(labels["counts"][prefix])
     _check_class_sizes(data, labels["classes"], labels.get("class_counts", {}).get(_split_name(data, "train")))
@@ -115,7 +105,7 @@ def train_files(data: DataConfig, input_context=None) -> list[str]:
     if data.source in ("folder", "csv", "jsonl"):
         return []
     count, index = _pipelines(input_context)
-    return _shard_files(resolve_data_dir(data), _split_name(data, "train"))[index::count]
+    return _tfrecord_files(resolve_data_dir(data), _split_name(data, "train"))[index::count]
 
 
 def text_dataset(data: DataConfig, split: str, training: bool, input_context=None, seed: int = 0) -> tf.data.Dataset:
@@ -128,7 +118,7 @@ def text_dataset(data: DataConfig, split: str, training: bool, input_context=Non
         ds = tf.data.Dataset.from_tensor_slices(([t for t, _ in rows], [lab for _, lab in rows]))
         ds = ds.map(lambda t, lab: (t, tf.cast(lab, tf.int32)))
     else:
-        files = _shard_files(resolve_data_dir(data), _split_name(data, split))
+        files = _tfrecord_files(resolve_data_dir(data), _split_name(data, split))
         if len(files) < count:
             raise DataError(f"{len(files)} {_split_name(data, split)} shards cannot be split between {count} "
                             "input pipelines (one worker each); convert with more shards or run fewer workers")
