@@ -360,6 +360,8 @@ def absolute_paths(cfg: Config, cwd: Path) -> None:
         cfg.data.data_dir = str((cwd / Path(cfg.data.data_dir).expanduser()).resolve())
     if cfg.model.weights not in (None, "imagenet") and "://" not in cfg.model.weights:
         cfg.model.weights = str((cwd / Path(cfg.model.weights).expanduser()).resolve())
+    if cfg.text.embeddings_file and "://" not in cfg.text.embeddings_file:
+        cfg.text.embeddings_file = str((cwd / Path(cfg.text.embeddings_file).expanduser()).resolve())
     cfg.runtime.run_root = str((cwd / Path(cfg.runtime.run_root).expanduser()).resolve())
 
 

@@ -84,10 +84,12 @@ def stage_inputs(cfg: Config) -> None:
 
         cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
                                       log=lambda line: print(f"[train] {line}", flush=True)))
-    if (cfg.model.weights or "").startswith("s3://"):
-        from training.data.stage import stage_file
+    from training.data.stage import stage_file
 
+    if (cfg.model.weights or "").startswith("s3://"):
         cfg.model.weights = str(stage_file(cfg.model.weights, cfg.storage))
+    if cfg.text.embeddings_file.startswith("s3://"):
+        cfg.text.embeddings_file = str(stage_file(cfg.text.embeddings_file, cfg.storage))
 
 
 def run(run_dir: Path) -> int:
