@@ -166,7 +166,46 @@ def site(tmp_path_factory, slurm_cluster, s3_endpoint) -> dict:
     (run_dir,) = (cwd / "runs").iterdir()
     _tiny_best_model(run_dir)
     mirrored = _seed_buckets(s3_endpoint, run_dir)
-    return {"cwd": cwd, "env": env, "run": run_dir, "mirrored": mirrored, "jobs": []}
+    _movie_review_tree(cwd / "aclImdb")
+    emitted = run_step(["launch", "--emit-sbatch", str(cwd / "text.sh"), "--config", "configs/sentiment_demo.yaml"],
+                       cwd, env)
+    assert emitted.returncode == 0, emitted.stderr
+    (text_run,) = (p for p in (cwd / "runs").iterdir() if p.name.startswith("sentiment_demo-"))
+    _tiny_text_model(text_run)
+    return {"cwd": cwd, "env": env, "run": run_dir, "text_run": text_run, "mirrored": mirrored, "jobs": []}
+
+
+def _movie_review_tree(root: Path) -> None:
+    """The large movie-review set's layout, small: train/ and test/ by class, and unsup/."""
+    words = {"pos": ["great", "moving", "superb", "fun"], "neg": ["tedious", "dull", "mess", "bland"]}
+    for split, count in (("train", 80), ("test", 70)):
+        for label, vocabulary in words.items():
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                (folder / f"{i}_{i % 10}.txt").write_text(f"a {vocabulary[i % 4]} film, {vocabulary[(i + 1) % 4]} too")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("no label")
+
+
+def _tiny_text_model(run_dir: Path) -> None:
+    """A text run's tokenizer, model spec and best.h5 (untrained), so predict has a model."""
+    from launcher.config import from_dict
+    from training import tokenizer
+    from training.text_models import build_text_model
+
+    import yaml
+
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    vocabulary = ["", "[UNK]", "a", "film", "tedious", "overlong", "mess", "great"]
+    (run_dir / "model").mkdir(exist_ok=True)
+    tokenizer.save(tokenizer.tokenizer_path(run_dir), cfg.text, vocabulary)
+    (run_dir / "model" / "model_spec.json").write_text('{"task": "text", "classes": ["neg", "pos"]}')
+    model = build_text_model(cfg.model, cfg.text, len(vocabulary), 2)
+    (run_dir / "checkpoints").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.save(run_dir / "checkpoints" / "best.h5", save_format="h5")
 
 
 def _tiny_best_model(run_dir: Path) -> None:
@@ -194,6 +233,7 @@ def substitute(step: tuple[str, ...], site: dict) -> list[str]:
     if any(EXAMPLE_SWEEP.match(word) for word in step) and "sweep" not in site:
         pytest.skip("names the sweep that the README's sweep line makes; run the whole file")
     return [site["sweep"] if EXAMPLE_SWEEP.match(word) else
+            str(site["text_run"]) if EXAMPLE_RUN.match(word) and "sentiment" in word else
             str(site["run"]) if EXAMPLE_RUN.match(word) else
             site["mirrored"] if EXAMPLE_MIRRORED_RUN.match(word) else word for word in step]
 
@@ -257,6 +297,8 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
         assert wait_final(job, 600) == "COMPLETED", f"job {job} did not complete\n{said}"
         if command == "eval":
             assert (site["run"] / "report" / "eval-val.json").is_file(), said
+        elif command == "predict" and "--text" in words:  # a text run; --wait prints the job's CSV
+            assert "text,predicted_class,confidence" in done.stdout, said
         elif command == "predict":
             out = site["cwd"] / step[step.index("--out") + 1]
             assert out.read_text().startswith("path,predicted_class,confidence"), said
