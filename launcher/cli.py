@@ -29,20 +29,25 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
 
 # argparse dest -> config key. Each flag also has an alias spelled like its key, so that config
-# errors ("flag --gpus-per-node") name a flag that exists.
-FLAGS = {
-    "nodes": "slurm.nodes",
-    "gpus": "slurm.gpus_per_node",
+# errors ("flag --gpus-per-node") name a flag that exists. First the site options every job
+# command takes (launcher/commands.py: eval, predict, gpucheck, convert) ...
+SITE_FLAGS = {
     "gpu_type": "slurm.gpu_type",
     "gpu_style": "slurm.gpu_style",
-    "backend": "runtime.backend",
     "time": "slurm.time_min",
     "partition": "slurm.partition",
     "account": "slurm.account",
     "qos": "slurm.qos",
     "job_name": "slurm.job_name",
     "cluster": "runtime.cluster",
+}
+# ... and a training run's, which also sets its shape, backend and run root.
+FLAGS = {
+    "nodes": "slurm.nodes",
+    "gpus": "slurm.gpus_per_node",
+    "backend": "runtime.backend",
     "run_root": "runtime.run_root",
+    **SITE_FLAGS,
 }
 
 

@@ -11,24 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from launcher.cli import DEFAULT_CONFIG, REPO
+from launcher.cli import DEFAULT_CONFIG, REPO, SITE_FLAGS
 from launcher.config import Config, load_config
 from launcher.errors import UsageError, UserError
 from launcher.jobs import Request, log_lines, start
 from launcher.render import TaskJob
 from launcher.rundir import RunDir
 
-# argparse dest -> config key, for the site options every job command takes.
-SITE_FLAGS = {
-    "gpu_type": "slurm.gpu_type",
-    "gpu_style": "slurm.gpu_style",
-    "time": "slurm.time_min",
-    "partition": "slurm.partition",
-    "account": "slurm.account",
-    "qos": "slurm.qos",
-    "job_name": "slurm.job_name",
-    "cluster": "runtime.cluster",
-}
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
 GPUCHECK_TIME_MIN = 10
 
@@ -142,28 +131,61 @@ def _checkpoint(run: RunDir, name: str) -> str:
 
 
 def cmd_predict(argv: list[str]) -> int:
-    p = Parser("launch predict", "Classes of every image under a folder, as a CSV row each (path, "
-               "class, confidence, then ranks 2..top-k), computed in a job.",
-               "  launch predict runs/demo-20261122-101500 --images photos/ --out preds.csv --top-k 3")
+    p = Parser("launch predict", "Classes of every image under a folder (image runs), or of texts "
+               "given on the command line or in a file (text runs), as a CSV row each (item, class, "
+               "confidence, ...), computed in a job.",
+               "  launch predict runs/demo-20261122-101500 --images photos/ --out preds.csv --top-k 3\n"
+               "  launch predict runs/sentiment_demo-20261125-101500 --text \"a tedious, overlong mess\" --wait")
     _common_eval(p)
-    p.add_argument("--images", required=True, help="folder searched recursively for jpg/png")
-    p.add_argument("--out", required=True, help="CSV to write (on storage the nodes share)")
+    p.add_argument("--images", help="image runs: folder searched recursively for jpg/png")
+    p.add_argument("--text", action="append", default=[], help="text runs: a text to label; repeat for several")
+    p.add_argument("--file", help="text runs: a text file (one text a line) or a CSV with a text column")
+    p.add_argument("--out", help="CSV to write (on storage the nodes share); text runs without it: "
+                   "the job's log (printed with --wait)")
     p.add_argument("--top-k", type=int, default=5)
     args = p.parse_intermixed_args(argv)
     run = _run(args.run)
     cfg = _run_config(run, args)
-    images, out = Path(args.images).expanduser().resolve(), Path(args.out).expanduser().resolve()
-    if not images.is_dir():
-        raise UserError(f"--images {args.images} is not a folder; pass the folder holding the images")
-    if not out.parent.is_dir():
+    out = Path(args.out).expanduser().resolve() if args.out else None
+    if out is not None and not out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {out.parent} does not exist; create it first")
-    command = [_python(cfg), "-u", "-m", "training.evaluate", "predict", "--run-dir", str(run.path),
-               "--checkpoint", _checkpoint(run, args.checkpoint), "--images", str(images),
-               "--out", str(out), "--top-k", str(args.top_k), "--batch-size", str(args.batch_size or 32)]
+    if cfg.task == "text":
+        command = _predict_texts(run, args, out)
+    else:
+        command = _predict_images(run, args, out)
+    command = [_python(cfg), "-u", *command, "--run-dir", str(run.path), "--checkpoint",
+               _checkpoint(run, args.checkpoint)]
     job = TaskJob("predict", tuple(command), run.logs)
     request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
                       time_min=args.time or min(cfg.slurm.time_min, EVAL_TIME_MIN))
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
+
+
+def _predict_images(run: RunDir, args: argparse.Namespace, out: Path | None) -> list[str]:
+    if args.text or args.file or not args.images:
+        raise UserError(f"{run.path} is an image run: pass --images FOLDER (--text and --file are for text runs)")
+    images = Path(args.images).expanduser().resolve()
+    if not images.is_dir():
+        raise UserError(f"--images {args.images} is not a folder; pass the folder holding the images")
+    if out is None:
+        raise UserError("--out FILE is missing: image predictions go to a CSV on storage the nodes share")
+    return ["-m", "training.evaluate", "predict", "--images", str(images), "--out", str(out),
+            "--top-k", str(args.top_k), "--batch-size", str(args.batch_size or 32)]
+
+
+def _predict_texts(run: RunDir, args: argparse.Namespace, out: Path | None) -> list[str]:
+    if args.images or not (args.text or args.file):
+        raise UserError(f"{run.path} is a text run: pass --text \"...\" (repeatable) or --file FILE "
+                        "(--images is for image runs)")
+    command = ["-m", "training.predict_text"]
+    for text in args.text:
+        command += ["--text", text]
+    if args.file:
+        source = Path(args.file).expanduser().resolve()
+        if not source.is_file():
+            raise UserError(f"--file {args.file} does not exist; pass a text file (one text a line) or a CSV")
+        command += ["--file", str(source)]
+    return command + (["--out", str(out)] if out else [])
 
 
 def cmd_gpucheck(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import yaml
 
+from launcher import registry
 from launcher.errors import UserError
 
 
@@ -23,11 +24,8 @@ class ConfigError(UserError, ValueError):
     """A user-facing configuration problem; its message is one line: what, where, what to do."""
 
 
-BACKENDS = ("mirrored", "multiworker", "horovod")
+BACKENDS = registry.BACKENDS
 GPU_STYLES = ("gres", "gpus-per-node", "constraint")
-DATA_SOURCES = ("demo", "tfrecord", "folder", "synthetic")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cyclic_decay", "smooth_decay", "cosine", "step")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CLUSTERS = ("auto", "slurm", "local")
 SWEEP_SECTION = "sweep"  # a config file's sweep: block, read by launcher/sweep.py, not a run setting
@@ -58,6 +56,13 @@ class Range:
         return None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The allowed values of a text field, declared with it: `Annotated[str, Choice(NAMES)]`."""
+
+    values: tuple[str, ...]
+
+
 COUNT = Range(ge=1)  # counts of things: at least one
 NON_NEGATIVE = Range(ge=0)
 FRACTION = Range(gt=0, le=1)  # a part of the whole, (0, 1]
@@ -66,10 +71,10 @@ PROBABILITY = Range(ge=0, lt=1)  # dropout, smoothing, momentum: [0, 1)
 
 @dataclass
 class DataConfig:
-    """Where the images come from and how they are batched."""
+    """Where the examples come from and how they are batched."""
 
-    source: str = "demo"  # demo | tfrecord | folder | synthetic
-    data_dir: str = ""  # TFRecord shard folder, or class-folder root with train/ and val/
+    source: str = "demo"  # image: demo | tfrecord | folder | synthetic; text: demo | tfrecord | folder | csv | jsonl
+    data_dir: str = ""  # TFRecord shard folder, class-folder root with train/ and val/, or the CSV/JSONL file
     train_split: str = "train"  # shard prefix (tfrecord) or sub-folder (folder) of training data
     val_split: str = "validation"  # shard prefix or sub-folder of validation data
     label_offset: Annotated[int, NON_NEGATIVE] = 0  # subtracted from stored labels; 1 for the standard ImageNet shards
@@ -81,6 +86,10 @@ class DataConfig:
     val_crop_fraction: Annotated[float, FRACTION] = 0.875  # centre crop kept before resizing, eval only
     synthetic_examples: Annotated[int, COUNT] = 12800  # examples per epoch in synthetic mode
     synthetic_classes: Annotated[int, COUNT] = 1000
+    text_column: str = "text"  # text task, csv/jsonl: the column (key) holding the text
+    label_column: str = "label"  # text task, csv/jsonl: the column (key) holding the class name
+    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # text task: held out when the source has no val split
+    classes: list[str] = field(default_factory=list)  # text task: keep only these labels; [] = every label seen
 
 
 @dataclass
@@ -100,12 +109,12 @@ class AugmentConfig:
 class ModelConfig:
     """Architecture, pretrained weights, head and input preprocessing."""
 
-    name: str = "vgg19"  # registry name: vgg16, vgg19, resnet50, resnet101, mobilenetv2, efficientnetb0, small_cnn
+    name: str = "vgg19"  # launcher/registry.py names per task; text defaults to lstm
     weights: str | None = None  # "imagenet", a path to an .h5 file, or null for random init
     head_units: Annotated[list[int], COUNT] = field(default_factory=lambda: [1024])  # dense layers before the classifier
     dropout: Annotated[float, PROBABILITY] = 0.5  # dropout before each head layer
     trainable_layers: Annotated[int, Range(ge=-1)] = -1  # -1 trains every layer; N trains only the top N base layers
-    channel_order: str = "bgr"  # rgb | bgr: order the base network expects
+    channel_order: Annotated[str, Choice(("rgb", "bgr"))] = "bgr"  # order the base network expects
     mean: list[float] = field(default_factory=lambda: [103.939, 116.779, 123.68])  # per channel, 0..255 scale
     std: Annotated[list[float], Range(gt=0)] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # per channel divisor after mean
 
@@ -114,7 +123,7 @@ class ModelConfig:
 class OptimizerConfig:
     """Optimizer and the base learning rate."""
 
-    name: str = "sgd"  # sgd | adam | adamw
+    name: Annotated[str, Choice(registry.OPTIMIZERS)] = "sgd"
     lr: Annotated[float, Range(gt=0)] = 0.1  # peak learning rate at base_batch_size
     momentum: Annotated[float, PROBABILITY] = 0.9  # sgd only
     nesterov: bool = False  # sgd only
@@ -125,13 +134,14 @@ class OptimizerConfig:
     scale_lr: bool = True  # linear scaling: lr * global_batch / base_batch_size
     base_batch_size: Annotated[int, COUNT] = 256  # batch the lr was tuned for
     label_smoothing: Annotated[float, PROBABILITY] = 0.0
+    clipnorm: Annotated[float, NON_NEGATIVE] = 0.0  # clip each gradient to this L2 norm (RNNs need it); 0 = off
 
 
 @dataclass
 class ScheduleConfig:
     """Learning-rate schedule over steps; epochs here are converted to steps once at start-up."""
 
-    name: str = "cosine"  # constant | cyclic_decay | smooth_decay | cosine | step
+    name: Annotated[str, Choice(registry.SCHEDULES)] = "cosine"  # shapes: training/optim.py WarmupDecay
     warmup_epochs: Annotated[float, NON_NEGATIVE] = 0.0  # linear warmup from 0 to the peak lr
     min_lr_fraction: Annotated[float, Range(ge=0, le=1)] = 0.0  # floor of the schedule, fraction of the peak lr
     decay_rate: Annotated[float, FRACTION] = 0.5  # smooth_decay: factor per decay_epochs; cyclic_decay: factor per cycle
@@ -142,6 +152,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class TextConfig:
+    """Text task: tokenizer (a Keras TextVectorization adapted on the training split) and text model."""
+
+    max_tokens: Annotated[int, Range(ge=3)] = 20000  # vocabulary size, padding and out-of-vocabulary included
+    sequence_length: Annotated[int, COUNT] = 200  # tokens per text, cut or padded (with 0, the pad index)
+    standardize: Annotated[str, Choice(("lower_and_strip_punctuation", "lower", "strip_punctuation", "none"))] = \
+        "lower_and_strip_punctuation"
+    split: Annotated[str, Choice(("whitespace", "character"))] = "whitespace"
+    embedding_dim: Annotated[int, COUNT] = 128
+    hidden_dim: Annotated[int, COUNT] = 128  # units of each recurrent layer (per direction); dense units for bag_of_embeddings
+    number_of_layers: Annotated[int, COUNT] = 1  # stacked recurrent layers
+    bidirectional: bool = False
+    embeddings_file: str = ""  # GloVe text format (word v1 ... vd), d = embedding_dim; "" = random init
+    embeddings_trainable: bool = True  # false freezes the embedding (pretrained vectors kept as they are)
+
+
+@dataclass
 class TrainConfig:
     """Loop length, numerics, checkpoint and logging cadence."""
 
@@ -149,7 +176,7 @@ class TrainConfig:
     steps_per_epoch: Annotated[int, NON_NEGATIVE] = 0  # 0 = examples / global batch
     validation_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = the whole validation split
     seed: int = 42  # each worker uses seed + rank
-    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    precision: Annotated[str, Choice(PRECISIONS)] = "float32"  # bfloat16 / float16: mixed precision
     jit_compile: bool = False  # XLA
     log_every_steps: Annotated[int, COUNT] = 50  # TensorBoard scalar cadence, steps
     checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = end of each epoch only
@@ -161,8 +188,8 @@ class TrainConfig:
 class RuntimeConfig:
     """Where and how the job runs."""
 
-    backend: str = "mirrored"  # mirrored | multiworker | horovod
-    cluster: str = "auto"  # auto (slurm when sbatch is on PATH) | slurm | local
+    backend: Annotated[str, Choice(registry.BACKENDS)] = "mirrored"
+    cluster: Annotated[str, Choice(CLUSTERS)] = "auto"  # auto: slurm when sbatch is on PATH
     run_root: str = "./runs"  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
     python: str = ""  # interpreter on the compute nodes; "" = the one running launch
@@ -179,7 +206,7 @@ class SlurmConfig:
     nodes: Annotated[int, COUNT] = 1
     gpus_per_node: Annotated[int, NON_NEGATIVE] = 0
     gpu_type: str = ""  # e.g. a100; "" = any
-    gpu_style: str = "gres"  # gres | gpus-per-node | constraint
+    gpu_style: Annotated[str, Choice(GPU_STYLES)] = "gres"
     cpus_per_task: Annotated[int, COUNT] = 8
     mem: str = ""  # per node, sbatch syntax (e.g. 64G); "" = site default
     time_min: Annotated[int, COUNT] = 60  # wall-clock limit, minutes
@@ -209,11 +236,13 @@ class StorageConfig:
 
 @dataclass
 class Config:
+    task: str = "image"  # launcher/registry.py TASKS: image | text
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -223,16 +252,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {
-    ("data", "source"): DATA_SOURCES,
-    ("optimizer", "name"): OPTIMIZERS,
-    ("schedule", "name"): SCHEDULES,
-    ("train", "precision"): PRECISIONS,
-    ("runtime", "backend"): BACKENDS,
-    ("runtime", "cluster"): CLUSTERS,
-    ("slurm", "gpu_style"): GPU_STYLES,
-    ("model", "channel_order"): ("rgb", "bgr"),
-}
 
 
 def _type_name(tp: Any) -> str:
@@ -273,8 +292,14 @@ def _reject_control_characters(value: Any, where: str) -> None:
                               "write the value on one line without tabs or newlines")
 
 
-def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
-    sections = {f.name: f for f in dataclasses.fields(Config)}
+def _set_task(cfg: Config, value: Any, source: str) -> None:
+    if value not in registry.TASKS:
+        raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}")
+    cfg.task = value
+
+
+def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: set | None = None) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "task"}
     if section not in sections:
         raise ConfigError(
             f"unknown section '{section}' in {source}; valid sections: {', '.join(sections)}")
@@ -286,36 +311,40 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
     where = f"{section}.{key} in {source}"
     value = _coerce(value, hints[key], where)
     _reject_control_characters(value, where)
-    choices = _CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    for bound in _ranges(type(sec), key):
+    for choice in _declared(type(sec), key, Choice):
+        if value not in choice.values:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}")
+    for bound in _declared(type(sec), key, Range):
         for item in value if isinstance(value, list) else [value]:
             if (problem := bound.problem(item)) is not None:
                 raise ConfigError(f"{where}: {item!r} {problem}")
     setattr(sec, key, value)
+    if given is not None:
+        given[(section, key)] = where
 
 
-def _ranges(section_type: type, key: str) -> list[Range]:
-    """The Range bounds declared on a field's annotation."""
+def _declared(section_type: type, key: str, kind: type) -> list:
+    """The Range bounds or Choice lists declared on a field's annotation."""
     hint = typing.get_type_hints(section_type, include_extras=True)[key]
     if typing.get_origin(hint) is not Annotated:
         return []
-    return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, Range)]
+    return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, kind)]
 
 
-def _apply_mapping(cfg: Config, data: Any, source: str) -> None:
+def _apply_mapping(cfg: Config, data: Any, source: str, given: dict | None = None) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    if "task" in data:  # the one top-level key that is not a section
+        _set_task(cfg, data["task"], source)
     for section, values in data.items():
-        if values is None or section == SWEEP_SECTION:
+        if values is None or section in ("task", SWEEP_SECTION):
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"section '{section}' in {source}: expected a mapping of keys")
         for key, value in values.items():
-            _set(cfg, str(section), str(key), value, source)
+            _set(cfg, str(section), str(key), value, source, given)
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -328,6 +357,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     as typed (slurm.account=007 stays "007"). YAML is not applied to the rest: it would cut
     `proj #7` to `proj` and fold a newline without a word.
     """
+    if text.split("=", 1)[0] == "task":
+        return "", "task", text.split("=", 1)[1].strip()
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05")
     dotted, raw = text.split("=", 1)
@@ -399,16 +430,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         flags: `{"section.key": value}` from explicit command-line flags; None values are skipped.
     """
     cfg = Config()
+    given: dict[tuple[str, str], str] = {}  # (section, key) -> where it was set last
     data = load_yaml(path) if path is not None else None
-    _apply_mapping(cfg, data, str(path))
+    _apply_mapping(cfg, data, str(path), given)
     for text in overrides:
         section, key, value = parse_override(text)
-        _set(cfg, section, key, value, f"override '{text}'")
+        if not section:
+            _set_task(cfg, value, f"override '{text}'")
+            continue
+        _set(cfg, section, key, value, f"override '{text}'", given)
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
             flag = "--" + key.replace("_", "-")
-            _set(cfg, section, key, value, f"flag {flag}")
+            _set(cfg, section, key, value, f"flag {flag}", given)
+    check_task_keys(cfg, given)
     runtime = data.get("runtime") if isinstance(data, dict) else None
     backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
                      or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
@@ -433,8 +469,29 @@ def resolve_backend(cfg: Config, backend_given: bool) -> str | None:
             "mirrored drives one node; pass --backend horovod for Horovod")
 
 
+def check_task_keys(cfg: Config, given: dict[tuple[str, str], str]) -> None:
+    """Refuses keys of another task set away from their defaults (they would be ignored without a
+    word; a resolved config.yaml holds every key at its default) and gives the task its default
+    model when the config names none."""
+    for (section, key), where in given.items():
+        owner = registry.owner_of(section, key)
+        sec = getattr(cfg, section)
+        if owner is not None and owner != cfg.task and getattr(sec, key) != getattr(type(sec)(), key):
+            raise ConfigError(f"{where.split(' in ', 1)[-1]}: {section}.{key} is a key of task {owner}, but "
+                              f"the task is {cfg.task}; remove it or set task: {owner}")
+    if ("model", "name") not in given:
+        cfg.model.name = registry.TASKS[cfg.task].default_model
+
+
 def check(cfg: Config) -> None:
     """Cross-field rules that no single key can enforce."""
+    entry = registry.TASKS[cfg.task]
+    if cfg.model.name not in entry.models:
+        raise ConfigError(f"model.name {cfg.model.name!r} is not a {cfg.task} model; valid names: "
+                          f"{', '.join(entry.models)} (launcher/registry.py)")
+    if cfg.data.source not in entry.sources:
+        raise ConfigError(f"data.source {cfg.data.source!r} is not a {cfg.task} source; valid sources: "
+                          f"{', '.join(entry.sources)}")
     if cfg.runtime.backend == "mirrored" and cfg.slurm.nodes > 1:
         raise ConfigError(
             f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
@@ -445,7 +502,7 @@ def check(cfg: Config) -> None:
                           "Horovod build leaves out; set train.jit_compile=false or use --backend mirrored")
     if cfg.slurm.gpu_type and cfg.slurm.gpus_per_node == 0:
         raise ConfigError(f"--gpu-type {cfg.slurm.gpu_type} needs --gpus N (GPUs per node) above 0")
-    if cfg.data.source in ("tfrecord", "folder") and not cfg.data.data_dir:
+    if cfg.data.source in ("tfrecord", "folder", "csv", "jsonl") and not cfg.data.data_dir:
         raise ConfigError(f"data.source {cfg.data.source} needs data.data_dir; set it in the config or "
                           "as data.data_dir=/path")
     if cfg.storage.mirror and not cfg.storage.mirror.startswith("s3://"):

@@ -22,7 +22,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import registry
 from launcher.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
+from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
 LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
@@ -48,7 +50,9 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
         Warnings, one line each.
     """
     notes = []
-    for check in (lambda: check_data(cfg.data, cfg.storage.endpoint_url), lambda: check_mirror(cfg.storage)):
+    data_checks = (lambda: check_data(cfg.data, registry.TASKS[cfg.task].checked_layouts, cfg.storage.endpoint_url),
+                   lambda: check_text(cfg), lambda: check_mirror(cfg.storage))
+    for check in data_checks:
         try:
             check()
         except ConfigError as err:
@@ -77,10 +81,11 @@ def _prefix(data: DataConfig, split: str) -> str:
     return data.train_split if split == "train" else data.val_split
 
 
-def check_data(data: DataConfig, endpoint_url: str = "") -> None:
-    """Data a job could not read. demo and synthetic have no files to check; s3:// shards are
-    checked by one listing and one read of labels.json; other URLs (gs://...) are left to the job."""
-    if data.source not in ("tfrecord", "folder"):
+def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder"), endpoint_url: str = "") -> None:
+    """Data a job could not read, for the sources in `layouts` (the task's: text folders are
+    checked by launcher/preflight_text.py). demo and synthetic have no files to check; s3:// shards
+    are checked by one listing and one read of labels.json; other URLs (gs://...) are left to the job."""
+    if data.source not in layouts:
         return
     if data.data_dir.startswith("s3://"):
         from launcher import storage

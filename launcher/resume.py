@@ -54,7 +54,8 @@ LAUNCH_LOCK_MAX_AGE_S = 600  # a launch takes seconds; an older launch lock is a
 # Keys the checkpoint's weights and optimizer slots were built with.
 SHAPE_KEYS = ("model.name", "model.head_units", "model.trainable_layers", "data.image_size",
               "data.num_classes", "data.source", "data.synthetic_classes", "optimizer.name",
-              "train.precision")
+              "train.precision", "task", "text.max_tokens", "text.sequence_length", "text.embedding_dim",
+              "text.hidden_dim", "text.number_of_layers", "text.bidirectional")
 # Keys that fix where each epoch ends in optimizer steps, i.e. where the LR schedule stands.
 STEP_KEYS = ("data.batch_size", "train.steps_per_epoch")
 
@@ -64,6 +65,8 @@ class RunBusy(ConfigError):
 
 
 def _get(cfg: Config, dotted: str):
+    if "." not in dotted:  # the top-level task
+        return getattr(cfg, dotted)
     section, key = dotted.split(".")
     return getattr(getattr(cfg, section), key)
 
@@ -357,6 +360,8 @@ def absolute_paths(cfg: Config, cwd: Path) -> None:
         cfg.data.data_dir = str((cwd / Path(cfg.data.data_dir).expanduser()).resolve())
     if cfg.model.weights not in (None, "imagenet") and "://" not in cfg.model.weights:
         cfg.model.weights = str((cwd / Path(cfg.model.weights).expanduser()).resolve())
+    if cfg.text.embeddings_file and "://" not in cfg.text.embeddings_file:
+        cfg.text.embeddings_file = str((cwd / Path(cfg.text.embeddings_file).expanduser()).resolve())
     cfg.runtime.run_root = str((cwd / Path(cfg.runtime.run_root).expanduser()).resolve())
 
 

@@ -27,6 +27,7 @@ REPORT = "report"  # plots, prediction grids, summary.json
 MODEL_SPEC = "model_spec.json"  # under MODEL: architecture, image size, classes (written at job start)
 FINAL_MODEL = "final.h5"  # under MODEL: the model as training ended
 BEST_CHECKPOINT = "best.h5"  # under CHECKPOINTS: the model of the best val loss so far
+TOKENIZER = "tokenizer.json"  # under MODEL, text task: settings and vocabulary, adapted once by the chief
 LATEST = "latest.json"  # under CHECKPOINTS: the committed resumable checkpoint (epoch, step, history)
 LATEST_WEIGHTS = "latest-{step:09d}.h5"  # under CHECKPOINTS: the file LATEST names
 LATEST_GLOB = "latest-*.h5"

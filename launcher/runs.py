@@ -30,6 +30,7 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -121,8 +122,11 @@ def job_id_of(run: Path, status: dict) -> str | None:
     """
     ids = {str(status["job_id"])} if status.get("job_id") else set()
     for folder in (run / rundir.LOGS, run / rundir.LOGS / "submitit"):
-        if folder.is_dir():
-            ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
+        try:
+            with os.scandir(folder) as entries:  # one directory read, no stat per file
+                ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return max(ids, key=_job_number) if ids else None
 
@@ -199,8 +203,15 @@ def _configured_epochs(run: Path) -> int | None:
 
 def find_run_dirs(run_root: Path) -> list[Path]:
     """Sub-folders of `run_root` holding config.yaml, oldest first (by config.yaml's time)."""
-    runs = [p for p in run_root.iterdir() if p.is_dir() and rundir.is_run_dir(p)]
-    return sorted(runs, key=lambda p: ((p / rundir.CONFIG).stat().st_mtime, p.name))
+    found = []
+    with os.scandir(run_root) as entries:
+        for entry in entries:
+            try:  # one stat per folder: its config.yaml, which also gives the order
+                mtime = os.stat(os.path.join(entry.path, rundir.CONFIG)).st_mtime
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            found.append((mtime, entry.name))
+    return [run_root / name for _, name in sorted(found)]
 
 
 def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
@@ -222,7 +233,9 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
         state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok)
         status = settle_dead_run(run, status, job, queue.get(job or "") or acct.get(job or ""), squeue_ok)
         status_state = status.get("state")
-        last_epoch, best_acc = _from_history(run)
+        # history.csv only for what the chief's status.json lacks (a run that never wrote one)
+        last_epoch, best_acc = ((None, None) if "epoch" in status and "best_val_accuracy" in status
+                                else _from_history(run))
         epoch = status.get("epoch", last_epoch)
         runs.append(Run(
             name=run.name, run_dir=str(run), job_id=job, state=state, state_source=source,

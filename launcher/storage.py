@@ -203,3 +203,9 @@ def read_index(mirror: str, endpoint_url: str = "") -> list[dict]:
     entries = [json.loads(read_bytes(join(url, name), endpoint_url))
                for name in sorted(listing(url, endpoint_url)) if name.endswith(".json")]
     return sorted(entries, key=lambda e: (str(e.get("created", "")), str(e.get("run", ""))))
+
+
+def read_head(url: str, size: int, endpoint_url: str = "") -> bytes:
+    """The first `size` bytes of an object (one ranged GET), e.g. a large file's first line."""
+    fs = filesystem(endpoint_url)
+    return _call(url, endpoint_url, fs.cat_file, _key(url), 0, size)

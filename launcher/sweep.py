@@ -181,7 +181,8 @@ def dump_config(cfg: Config, dumped: dict[str, str]) -> str:
         value = getattr(cfg, section.name)
         key = f"{section.name}:{value!r}"
         if key not in dumped:
-            dumped[key] = yaml.dump({section.name: dataclasses.asdict(value)}, sort_keys=False,
+            plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value  # task: a name
+            dumped[key] = yaml.dump({section.name: plain}, sort_keys=False,
                                     Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
         parts.append(dumped[key])
     return "".join(parts)

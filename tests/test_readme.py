@@ -34,6 +34,8 @@ PROGRAMS = {"launch", "python", "python3", "pip", "sbatch", "squeue", "scancel",
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 # A run directory as the README names one: runs/<name>-<YYYYmmdd>-<HHMMSS>.
 EXAMPLE_RUN = re.compile(r"^(?:\./)?runs/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
+# A sweep directory as the README names one; replaced by the sweep its own sweep line made.
+EXAMPLE_SWEEP = re.compile(r"^(?:\./)?runs/[\w.-]+-sweep-\d{8}-\d{6}(?:-\d+)?/?$")
 # The README's object-store section, served by a local S3-compatible server (tests/s3_server.py).
 EXAMPLE_MIRROR = "s3://ml-runs/alice"
 EXAMPLE_MIRRORED_RUN = re.compile(r"^s3://ml-runs/alice/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
@@ -164,7 +166,46 @@ def site(tmp_path_factory, slurm_cluster, s3_endpoint) -> dict:
     (run_dir,) = (cwd / "runs").iterdir()
     _tiny_best_model(run_dir)
     mirrored = _seed_buckets(s3_endpoint, run_dir)
-    return {"cwd": cwd, "env": env, "run": run_dir, "mirrored": mirrored, "jobs": []}
+    _movie_review_tree(cwd / "aclImdb")
+    emitted = run_step(["launch", "--emit-sbatch", str(cwd / "text.sh"), "--config", "configs/sentiment_demo.yaml"],
+                       cwd, env)
+    assert emitted.returncode == 0, emitted.stderr
+    (text_run,) = (p for p in (cwd / "runs").iterdir() if p.name.startswith("sentiment_demo-"))
+    _tiny_text_model(text_run)
+    return {"cwd": cwd, "env": env, "run": run_dir, "text_run": text_run, "mirrored": mirrored, "jobs": []}
+
+
+def _movie_review_tree(root: Path) -> None:
+    """The large movie-review set's layout, small: train/ and test/ by class, and unsup/."""
+    words = {"pos": ["great", "moving", "superb", "fun"], "neg": ["tedious", "dull", "mess", "bland"]}
+    for split, count in (("train", 80), ("test", 70)):
+        for label, vocabulary in words.items():
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                (folder / f"{i}_{i % 10}.txt").write_text(f"a {vocabulary[i % 4]} film, {vocabulary[(i + 1) % 4]} too")
+    (root / "train" / "unsup").mkdir()
+    (root / "train" / "unsup" / "0_0.txt").write_text("no label")
+
+
+def _tiny_text_model(run_dir: Path) -> None:
+    """A text run's tokenizer, model spec and best.h5 (untrained), so predict has a model."""
+    from launcher.config import from_dict
+    from training import tokenizer
+    from training.text_models import build_text_model
+
+    import yaml
+
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    vocabulary = ["", "[UNK]", "a", "film", "tedious", "overlong", "mess", "great"]
+    (run_dir / "model").mkdir(exist_ok=True)
+    tokenizer.save(tokenizer.tokenizer_path(run_dir), cfg.text, vocabulary)
+    (run_dir / "model" / "model_spec.json").write_text('{"task": "text", "classes": ["neg", "pos"]}')
+    model = build_text_model(cfg.model, cfg.text, len(vocabulary), 2)
+    (run_dir / "checkpoints").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.save(run_dir / "checkpoints" / "best.h5", save_format="h5")
 
 
 def _tiny_best_model(run_dir: Path) -> None:
@@ -189,7 +230,11 @@ def run_step(step: list[str], cwd: Path, env: dict, timeout: float = 600) -> sub
 
 
 def substitute(step: tuple[str, ...], site: dict) -> list[str]:
-    return [str(site["run"]) if EXAMPLE_RUN.match(word) else
+    if any(EXAMPLE_SWEEP.match(word) for word in step) and "sweep" not in site:
+        pytest.skip("names the sweep that the README's sweep line makes; run the whole file")
+    return [site["sweep"] if EXAMPLE_SWEEP.match(word) else
+            str(site["text_run"]) if EXAMPLE_RUN.match(word) and "sentiment" in word else
+            str(site["run"]) if EXAMPLE_RUN.match(word) else
             site["mirrored"] if EXAMPLE_MIRRORED_RUN.match(word) else word for word in step]
 
 
@@ -226,6 +271,16 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
     elif "--emit-sbatch" in words:
         assert done.returncode == 0, said
         assert (site["cwd"] / step[step.index("--emit-sbatch") + 1]).is_file(), said
+    elif "--sweep" in words and command == "train":  # one job array for every point
+        assert done.returncode == 0, said
+        job = re.search(r"^submitted job array (\d+) \(--array=0-(\d+)", done.stdout, re.M)
+        assert job, said
+        site["sweep"] = re.search(r"^sweep dir: +(\S+)", done.stdout, re.M).group(1)
+        subprocess.run(["scancel", job.group(1)], capture_output=True)
+        wait_final(f"{job.group(1)}_0", 120)
+    elif command == "runs" and "--sweep" in words:
+        assert done.returncode == 0, said
+        assert (Path(site["sweep"]) / "compare.csv").is_file(), said
     elif command == "runs":
         assert done.returncode == 0 and done.stdout.startswith("NAME "), said
         assert site["run"].name in done.stdout, said
@@ -242,6 +297,8 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
         assert wait_final(job, 600) == "COMPLETED", f"job {job} did not complete\n{said}"
         if command == "eval":
             assert (site["run"] / "report" / "eval-val.json").is_file(), said
+        elif command == "predict" and "--text" in words:  # a text run; --wait prints the job's CSV
+            assert "text,predicted_class,confidence" in done.stdout, said
         elif command == "predict":
             out = site["cwd"] / step[step.index("--out") + 1]
             assert out.read_text().startswith("path,predicted_class,confidence"), said

@@ -79,11 +79,12 @@ def _now() -> str:
 
 
 def report(run_dir: str | Path, checkpoint: str, dataset: Iterable, names: list[str],
-           max_batches: int | None = None, prefix: str = "") -> tuple[Path, dict[str, Any]]:
-    """Loads a checkpoint of the run and writes its prediction report under report/.
+           max_batches: int | None = None, prefix: str = "", model=None) -> tuple[Path, dict[str, Any]]:
+    """Loads a checkpoint of the run (unless `model` is that checkpoint, loaded already) and
+    writes its prediction report under report/.
 
-    The one evaluation of a checkpoint: the chief's end-of-training report (no prefix) and
-    `launch eval` (prefix eval-<split>-) both call it.
+    The one evaluation of an image checkpoint: the chief's end-of-training report (no prefix,
+    training/tasks/image.py) and `launch eval` (prefix eval-<split>-) both call it.
 
     Returns:
         (the checkpoint file, write_prediction_report's record).
@@ -91,7 +92,7 @@ def report(run_dir: str | Path, checkpoint: str, dataset: Iterable, names: list[
     from training.report.predictions import write_prediction_report
 
     path = checkpoint_path(Path(run_dir), checkpoint)
-    return path, write_prediction_report(run_dir, load_model(path), dataset, names, max_batches,
+    return path, write_prediction_report(run_dir, model or load_model(path), dataset, names, max_batches,
                                          prefix=prefix, checkpoint=checkpoint)
 
 
@@ -115,15 +116,20 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     """
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    checkpoint_path(run_dir, checkpoint)  # a missing checkpoint is named before the data is read
-    if dataset is None:
+    path = checkpoint_path(run_dir, checkpoint)  # a missing checkpoint is named before the data is read
+    if dataset is None and cfg.task == "image":
         from training.data.pipeline import build_dataset
 
         dataset = build_dataset(cfg.data, split, training=False,
                                 batch_size=batch_size or default_batch_size(cfg), input_context=None,
                                 seed=cfg.train.seed)
-    path, result = report(run_dir, checkpoint, dataset, class_names(run_dir, cfg), max_batches,
-                          prefix=f"eval-{split}-")
+    if cfg.task != "image":  # the run's own tokenizer and the texts' report (training/predict_text.py)
+        from training.predict_text import evaluate_text
+
+        result = evaluate_text(run_dir, checkpoint, split, batch_size or default_batch_size(cfg), max_batches)
+    else:
+        path, result = report(run_dir, checkpoint, dataset, class_names(run_dir, cfg), max_batches,
+                              prefix=f"eval-{split}-")
     if not result["examples"]:
         raise EvaluateError(f"the {split} split gave no images; check data.data_dir and data.val_split "
                             f"in {RunDir(run_dir).config}")

@@ -30,6 +30,9 @@ def _flat_hparams(cfg: Config) -> dict:
     """`section.key` -> value for TensorBoard's HParams tab; lists become their text."""
     flat = {}
     for section, values in cfg.to_dict().items():
+        if not isinstance(values, dict):  # the top-level task
+            flat[section] = values
+            continue
         for key, value in values.items():
             flat[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return flat
@@ -58,25 +61,16 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSi
                            write_graph=False, profile_batch=0)]
 
 
-def _model_spec(cfg: Config, plan: task.Plan) -> dict:
-    return {"architecture": cfg.model.name, "image_size": cfg.data.image_size,
-            "channel_order": cfg.model.channel_order, "mean": cfg.model.mean, "std": cfg.model.std,
-            "classes": list(plan.class_names), "num_classes": plan.num_classes,
-            "input": "float32 RGB 0..255, preprocessing inside the model"}
-
-
-def _write_rank_report(cfg: Config, run_dir: Path, backend: Backend, model: keras.Model) -> None:
+def _write_rank_report(the_task, run_dir: Path, backend: Backend, model: keras.Model) -> None:
     """Every process: which shards it read and a digest of its final weights, in logs/. Replicas
     that drifted apart, or two ranks that read the same files, show up here."""
-    from training.data.pipeline import shard_files
-
     # Trainable weights only: gradients are all-reduced, so these must agree bit for bit, while
     # batch-norm moving statistics follow each rank's own batches under Horovod.
     digest = hashlib.sha256()
     for variable in model.trainable_weights:  # under MultiWorker a collective read: all call it
         digest.update(variable.numpy().tobytes())
     report = {"rank": backend.rank, "world_size": backend.world_size, "node": backend.spec.node_name,
-              "train_shards": shard_files(cfg.data, "train", backend.input_context()),
+              "train_shards": the_task.shard_files(backend.input_context()),
               "trainable_weights_sha256": digest.hexdigest()}
     atomic_write_text(run_dir / rundir.LOGS / f"rank-{backend.rank}.json", json.dumps(report, indent=1))
 
@@ -101,19 +95,20 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     Returns:
         A dict with `state` ("completed" or "stopped"), the epoch reached and the step.
     """
-    from training.data.pipeline import dataset_info
+    from training.tasks import create_task
 
     started = time.time()
     seed = cfg.train.seed + backend.rank  # different shuffles and augmentations per worker
     keras.utils.set_random_seed(seed)
     task.set_precision(cfg.train.precision)
-    info = dataset_info(cfg.data)
+    the_task = create_task(cfg)
+    info = the_task.prepare(run_dir, backend)
     plan = task.make_plan(cfg, backend, info)
     _log(backend, plan.describe())
 
     checkpoints = CheckpointManager(run_dir, backend)
     state = checkpoints.load_state()
-    model = task.build_compiled_model(cfg, plan, backend, seed)
+    model = task.build_compiled_model(cfg, the_task, plan, backend, seed)
     initial_epoch = 0
     steps_into_epoch = 0  # steps of the cut epoch already done, when resuming mid-epoch
     if state is not None:
@@ -136,14 +131,14 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
         _log(backend, resumed)
     if backend.is_chief:
         atomic_write_text(rundir.RunDir(run_dir).model_spec,
-                          json.dumps(_model_spec(cfg, plan), indent=1))
+                          json.dumps(the_task.model_spec(plan), indent=1))
         write_history(run_dir, [r for r in (state or {}).get("history", []) if r["epoch"] <= initial_epoch])
         write_status(run_dir, state="running", epoch=initial_epoch, epochs=plan.epochs,
                      job_id=backend.spec.job_id, restarts=backend.spec.restart_count, message="")
 
     # A resumed stream is shuffled anew rather than replaying the batches the run began with.
     data_seed = seed + (int(model.optimizer.iterations.numpy()) if state is not None else 0)
-    train_ds, val_ds = task.datasets(cfg, plan, backend, data_seed)
+    train_ds, val_ds = task.datasets(cfg, the_task, plan, backend, data_seed)
     stopper = StopOnSignal(backend)
     recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
                            on_epoch_written=lambda: write_curves(run_dir))
@@ -181,8 +176,8 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
                 "signal": stopper.signal_name}
 
     checkpoints.save_final(model, rundir.RunDir(run_dir).final_model)
-    _write_rank_report(cfg, run_dir, backend, model)
+    _write_rank_report(the_task, run_dir, backend, model)
     epochs_done = len(recorder.history)
     _log(backend, f"finished {epochs_done} epochs in {time.time() - started:.1f} s")
     return {"state": "completed", "epoch": epochs_done, "plan": plan, "model": model,
-            "wall_time_s": time.time() - started, "history": recorder.history}
+            "wall_time_s": time.time() - started, "history": recorder.history, "task": the_task}

@@ -63,19 +63,17 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path 
 
 
 def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
-    """Chief only: prediction grids and confusion matrix from the best checkpoint (the evaluation
-    `launch eval` runs, training/evaluate.py), then summary."""
+    """Chief only: the task's prediction report from the best checkpoint (the evaluation `launch
+    eval` runs, training/evaluate.py), then the summary."""
     from training import evaluate
-    from training.data.pipeline import build_dataset
     from training.report.summary import write_summary
 
     checkpoint = "best" if rundir.RunDir(run_dir).best_checkpoint.is_file() else "final"
-    plan = result["plan"]
-    val = build_dataset(cfg.data, "val", False, plan.global_batch_size, None, cfg.train.seed)
-    evaluate.report(run_dir, checkpoint, val, list(plan.class_names))
+    model = evaluate.load_model(evaluate.checkpoint_path(run_dir, checkpoint))
+    fields = result["task"].final_report(run_dir, model, result["plan"], checkpoint)
     write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
                   gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
-                  job_id=backend.spec.job_id)
+                  job_id=backend.spec.job_id, **fields)
 
 
 def stage_inputs(cfg: Config) -> None:
@@ -86,10 +84,12 @@ def stage_inputs(cfg: Config) -> None:
 
         cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
                                       log=lambda line: print(f"[train] {line}", flush=True)))
-    if (cfg.model.weights or "").startswith("s3://"):
-        from training.data.stage import stage_file
+    from training.data.stage import stage_file
 
+    if (cfg.model.weights or "").startswith("s3://"):
         cfg.model.weights = str(stage_file(cfg.model.weights, cfg.storage))
+    if cfg.text.embeddings_file.startswith("s3://"):
+        cfg.text.embeddings_file = str(stage_file(cfg.text.embeddings_file, cfg.storage))
 
 
 def run(run_dir: Path) -> int:

@@ -24,7 +24,6 @@ APPLICATIONS: dict[str, Callable[..., keras.Model]] = {
     "mobilenetv2": keras.applications.MobileNetV2,
     "efficientnetb0": keras.applications.EfficientNetB0,
 }
-MODEL_NAMES = (*APPLICATIONS, "small_cnn")
 
 
 class ModelError(ValueError):
@@ -110,13 +109,13 @@ def small_cnn(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, x, name="small_cnn")
 
 
-def _base(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
-    if cfg.name == "small_cnn":
-        if cfg.weights:
-            raise ModelError("model.weights must be null for small_cnn: it has no pretrained weights")
-        return small_cnn(input_shape)
-    if cfg.name not in APPLICATIONS:
-        raise ModelError(f"model.name {cfg.name!r} is not one of {', '.join(MODEL_NAMES)}")
+def _small_cnn(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    if cfg.weights:
+        raise ModelError("model.weights must be null for small_cnn: it has no pretrained weights")
+    return small_cnn(input_shape)
+
+
+def _application(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
     weights = cfg.weights
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise ModelError(f"model.weights file {weights} does not exist; give an existing .h5 path, "
@@ -132,6 +131,17 @@ def _base(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
             f"could not fetch imagenet weights for {cfg.name} ({type(err).__name__}); on a node without "
             f"internet, download the '{cfg.name}' notop .h5 elsewhere and put it in {cache}/ "
             "or set model.weights to its path") from None
+
+
+# launcher/registry.py TASKS["image"].models -> base network builder.
+IMAGE_BUILDERS = {**{name: _application for name in APPLICATIONS}, "small_cnn": _small_cnn}
+MODEL_NAMES = tuple(IMAGE_BUILDERS)
+
+
+def _base(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    if cfg.name not in IMAGE_BUILDERS:
+        raise ModelError(f"model.name {cfg.name!r} is not one of {', '.join(MODEL_NAMES)}")
+    return IMAGE_BUILDERS[cfg.name](cfg, input_shape)
 
 
 def build_model(cfg: ModelConfig, aug: AugmentConfig, image_size: int, num_classes: int,

@@ -47,31 +47,34 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.boundaries = [int(b) for b in (boundaries or [])]
         self.step_factor = float(step_factor)
 
-    def _decayed(self, t: tf.Tensor) -> tf.Tensor:
+    def _constant(self, t: tf.Tensor) -> tf.Tensor:
+        return tf.constant(self.peak_lr, tf.float32)
+
+    def _cosine(self, t: tf.Tensor) -> tf.Tensor:
         peak, floor = self.peak_lr, self.min_lr
-        if self.name == "constant":
-            return tf.constant(peak, tf.float32)
-        if self.name == "cosine":
-            span = float(max(self.total_steps - self.warmup_steps, 1))
-            progress = tf.minimum(t / span, 1.0)
-            return floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        if self.name == "step":
-            passed = tf.add_n([tf.cast(t + self.warmup_steps >= b, tf.float32) for b in self.boundaries]
-                              or [tf.constant(0.0)])
-            return peak * tf.pow(self.step_factor, passed)
-        if self.name == "smooth_decay":
-            return tf.maximum(peak * tf.pow(self.decay_rate, t / self.decay_steps), floor)
-        if self.name == "cyclic_decay":
-            cycle = tf.floor(t / self.cycle_steps)
-            position = (t - cycle * self.cycle_steps) / self.cycle_steps  # 0..1 inside the cycle
-            top = tf.maximum(peak * tf.pow(self.decay_rate, cycle), floor)
-            return floor + (top - floor) * 0.5 * (1.0 + tf.cos(math.pi * position))
-        raise ValueError(f"unknown schedule {self.name!r}")
+        span = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = tf.minimum(t / span, 1.0)
+        return floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def _step(self, t: tf.Tensor) -> tf.Tensor:
+        passed = tf.add_n([tf.cast(t + self.warmup_steps >= b, tf.float32) for b in self.boundaries]
+                          or [tf.constant(0.0)])
+        return self.peak_lr * tf.pow(self.step_factor, passed)
+
+    def _smooth_decay(self, t: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(self.peak_lr * tf.pow(self.decay_rate, t / self.decay_steps), self.min_lr)
+
+    def _cyclic_decay(self, t: tf.Tensor) -> tf.Tensor:
+        floor = self.min_lr
+        cycle = tf.floor(t / self.cycle_steps)
+        position = (t - cycle * self.cycle_steps) / self.cycle_steps  # 0..1 inside the cycle
+        top = tf.maximum(self.peak_lr * tf.pow(self.decay_rate, cycle), floor)
+        return floor + (top - floor) * 0.5 * (1.0 + tf.cos(math.pi * position))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         t = tf.maximum(step - self.warmup_steps, 0.0)
-        lr = self._decayed(t)
+        lr = SCHEDULE_SHAPES[self.name](self, t)
         if self.warmup_steps > 0:
             warm = self.peak_lr * (step + 1.0) / self.warmup_steps
             lr = tf.where(step < self.warmup_steps, warm, lr)
@@ -83,6 +86,11 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_rate": self.decay_rate, "decay_steps": self.decay_steps,
                 "cycle_steps": self.cycle_steps, "boundaries": self.boundaries,
                 "step_factor": self.step_factor}
+
+
+# launcher/registry.py SCHEDULES -> the decay shape after the warmup.
+SCHEDULE_SHAPES = {"constant": WarmupDecay._constant, "cosine": WarmupDecay._cosine, "step": WarmupDecay._step,
+                   "smooth_decay": WarmupDecay._smooth_decay, "cyclic_decay": WarmupDecay._cyclic_decay}
 
 
 def build_schedule(sched: ScheduleConfig, peak_lr: float, steps_per_epoch: int,
@@ -99,15 +107,30 @@ def build_schedule(sched: ScheduleConfig, peak_lr: float, steps_per_epoch: int,
         boundaries=[steps(e) for e in sched.step_epochs], step_factor=sched.step_factor)
 
 
+def _sgd(opt: OptimizerConfig, learning_rate, decay, clip):
+    return keras.optimizers.SGD(learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
+                                weight_decay=decay, **clip)
+
+
+def _adam(opt: OptimizerConfig, learning_rate, decay, clip):
+    return keras.optimizers.Adam(learning_rate, weight_decay=decay, **clip)
+
+
+def _adamw(opt: OptimizerConfig, learning_rate, decay, clip):
+    # AdamW requires a float; 0.0 makes it Adam.
+    return keras.optimizers.AdamW(learning_rate, weight_decay=opt.weight_decay, **clip)
+
+
+# launcher/registry.py OPTIMIZERS -> builder.
+OPTIMIZER_BUILDERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
 def build_optimizer(opt: OptimizerConfig, learning_rate) -> keras.optimizers.Optimizer:
-    """The optimizer named in `opt`; `opt.weight_decay` is decoupled decay (see OptimizerConfig)."""
+    """The optimizer named in `opt`; `opt.weight_decay` is decoupled decay (see OptimizerConfig).
+
+    `opt.clipnorm` clips each gradient to that L2 norm (after the all-reduce), 0 = off.
+    """
     # None, not 0.0: tf-keras would otherwise still run a zero decay over every weight each step.
     decay = opt.weight_decay or None
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
-                                    weight_decay=decay)
-    if opt.name == "adam":
-        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
-    if opt.name == "adamw":  # AdamW requires a float; 0.0 makes it Adam
-        return keras.optimizers.AdamW(learning_rate, weight_decay=opt.weight_decay)
-    raise ValueError(f"unknown optimizer {opt.name!r}")
+    clip = {"clipnorm": opt.clipnorm} if opt.clipnorm > 0 else {}
+    return OPTIMIZER_BUILDERS[opt.name](opt, learning_rate, decay, clip)

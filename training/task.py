@@ -1,7 +1,8 @@
-"""The single-replica task: derived sizes, model, loss, metrics and datasets.
+"""What every task shares: derived sizes, loss, metrics, compiling under the strategy, and
+distributing a task's datasets.
 
-The loop (training/loop.py) owns steps, evaluation cadence, checkpoints and logs; this module
-only says what is trained on what.
+The loop (training/loop.py) owns steps, evaluation cadence, checkpoints and logs; the task
+(training/tasks/) says what is trained on what.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import math
 from launcher.config import Config
 from training.backends import Backend
 from training.keras_compat import keras, tf
-from training.models import build_model
 from training.optim import build_optimizer, build_schedule, scaled_lr
 
 
@@ -71,10 +71,10 @@ def loss_and_metrics(cfg: Config):
              keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")])
 
 
-def build_compiled_model(cfg: Config, plan: Plan, backend: Backend, seed: int) -> keras.Model:
-    """Model, schedule and optimizer created under the backend's strategy scope."""
+def build_compiled_model(cfg: Config, the_task, plan: Plan, backend: Backend, seed: int) -> keras.Model:
+    """The task's model, schedule and optimizer created under the backend's strategy scope."""
     with backend.strategy.scope():
-        model = build_model(cfg.model, cfg.augment, cfg.data.image_size, plan.num_classes, seed=seed)
+        model = the_task.build_model(plan, seed)
         schedule = build_schedule(cfg.schedule, plan.peak_lr, plan.steps_per_epoch, plan.epochs)
         optimizer = backend.wrap_optimizer(build_optimizer(cfg.optimizer, schedule))
         loss, metrics = loss_and_metrics(cfg)
@@ -82,14 +82,12 @@ def build_compiled_model(cfg: Config, plan: Plan, backend: Backend, seed: int) -
     return model
 
 
-def datasets(cfg: Config, plan: Plan, backend: Backend, seed: int):
+def datasets(cfg: Config, the_task, plan: Plan, backend: Backend, seed: int):
     """Distributed train (endless) and validation (repeated, read for validation_steps) datasets.
 
     Validation repeats so every worker runs the same number of steps, which collectives need
     when file shards hold different numbers of examples.
     """
-    from training.data.pipeline import build_dataset
-
     one_hot = cfg.optimizer.label_smoothing > 0
 
     def finish(ds):
@@ -99,10 +97,10 @@ def datasets(cfg: Config, plan: Plan, backend: Backend, seed: int):
         return ds
 
     def train_fn(context):
-        return finish(build_dataset(cfg.data, "train", True, plan.per_replica_batch_size, context, seed))
+        return finish(the_task.build_dataset("train", True, plan.per_replica_batch_size, context, seed))
 
     def val_fn(context):
-        ds = build_dataset(cfg.data, "val", False, plan.per_replica_batch_size, context, seed)
+        ds = the_task.build_dataset("val", False, plan.per_replica_batch_size, context, seed)
         return finish(ds.repeat())
 
     return backend.distribute(train_fn), backend.distribute(val_fn)

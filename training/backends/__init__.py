@@ -143,15 +143,17 @@ class MultiWorkerBackend(Backend):
         return True
 
 
+def _horovod(spec: ClusterSpec, runtime: RuntimeConfig) -> Backend:
+    from training.backends.horovod import HorovodBackend  # imports Horovod: only when chosen
+
+    return HorovodBackend(spec, runtime)
+
+
+# launcher/registry.py BACKENDS -> constructor.
+BACKEND_BUILDERS = {"mirrored": MirroredBackend, "multiworker": MultiWorkerBackend, "horovod": _horovod}
+
+
 def create_backend(runtime: RuntimeConfig, env=None) -> Backend:
     """Starts the backend named by `runtime.backend` for this process."""
     spec = cluster_from_env(os.environ if env is None else env)
-    if runtime.backend == "mirrored":
-        return MirroredBackend(spec, runtime)
-    if runtime.backend == "multiworker":
-        return MultiWorkerBackend(spec, runtime)
-    if runtime.backend == "horovod":
-        from training.backends.horovod import HorovodBackend
-
-        return HorovodBackend(spec, runtime)
-    raise BackendError(f"runtime.backend {runtime.backend!r} is not one of mirrored, multiworker, horovod")
+    return BACKEND_BUILDERS[runtime.backend](spec, runtime)

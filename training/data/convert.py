@@ -27,7 +27,6 @@ import concurrent.futures
 import contextlib
 import io
 import itertools
-import json
 import multiprocessing
 import os
 import random
@@ -36,11 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from launcher.fsutil import atomic_path
 from training.data import DataError, convert_parts
-
-LABELS_FILE = "labels.json"
-SKIPPED_FILE = "skipped.txt"
+from training.data.records import (LABELS_FILE, SKIPPED_FILE, check_output_folder, run_converter, write_labels,
+                                   write_shard, write_skipped)
 # Source folder names -> split (shard prefix) names; ImageNet shards call the val split so.
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -70,20 +67,6 @@ class ConvertSummary:
         parts = ", ".join(f"{s} {self.counts[s]} in {self.shards[s]} shards" for s in self.counts)
         return (f"converted {len(self.classes)} classes ({parts}) into {self.out_dir}; skipped "
                 f"{len(self.skipped)} files, listed in {self.out_dir / SKIPPED_FILE}")
-
-
-def _readable_by_others(path: Path) -> None:
-    # Temporary files are created private (0600); shards on shared storage must be readable by
-    # whoever the umask allows, like any other file the user writes.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-        _readable_by_others(tmp)
 
 
 def _visible(name: str) -> bool:
@@ -222,34 +205,12 @@ def _encode_shard(task):
 
 
 def _write_shard(out_dir: Path, split: str, index: int, num_shards: int, kept: list) -> tuple[str, dict]:
-    """Writes one shard under a temporary name and renames it into place.
-
-    Returns:
-        (file name, its manifest entry {"bytes": size on disk, "records": records written}).
-    """
-    from training.keras_compat import tf
-
-    def _bytes(value: bytes):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    def _int(value: int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    path = out_dir / f"{split}-{index:05d}-of-{num_shards:05d}"
-    with atomic_path(path) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for encoded, height, width, label, class_name, rel_name in kept:
-            feature = {
-                "image/encoded": _bytes(encoded),
-                "image/format": _bytes(b"JPEG"),
-                "image/class/label": _int(label),
-                "image/class/text": _bytes(class_name.encode("utf-8", "surrogateescape")),
-                "image/height": _int(height),
-                "image/width": _int(width),
-                "image/filename": _bytes(rel_name.encode("utf-8", "surrogateescape")),
-            }
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    _readable_by_others(path)
-    return path.name, {"bytes": path.stat().st_size, "records": len(kept)}
+    """One shard with the standard ImageNet feature keys; see records.write_shard."""
+    return write_shard(out_dir, split, index, num_shards, (
+        {"image/encoded": encoded, "image/format": b"JPEG", "image/class/label": label,
+         "image/class/text": class_name.encode("utf-8", "surrogateescape"), "image/height": height,
+         "image/width": width, "image/filename": rel_name.encode("utf-8", "surrogateescape")}
+        for encoded, height, width, label, class_name, rel_name in kept))
 
 
 def _bounded(pool, tasks: list, window: int):
@@ -294,10 +255,8 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
     """
     src, out = Path(src), Path(out)
     split_dirs = _split_folders(src)
-    if part is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        hint = "" if (out / LABELS_FILE).exists() else " (a conversion stopped part-way leaves no labels.json)"
-        raise DataError(f"output folder {out} already exists and is not empty{hint}; remove it or pass "
-                        "a new or empty folder")
+    if part is None:  # array tasks write into the folder the others are filling
+        check_output_folder(out)
     classes, train_files, skipped = _scan_split(split_dirs["train"], None)
     label_of = {name: i for i, name in enumerate(classes)}
     per_split = {"train": train_files}
@@ -343,16 +302,12 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
     if part is not None:
         convert_parts.write_part(out, *part, {
             "classes": classes, "counts": counts, "skipped": skipped, "stored": store.record(),
-            "shards": manifest, "expected": expected}, _write_text)
-        if convert_parts.finalize(out, _write_text, LABELS_FILE, SKIPPED_FILE):
+            "shards": manifest, "expected": expected})
+        if convert_parts.finalize(out):
             log(f"every task has written its shards: wrote {out / LABELS_FILE}")
         return ConvertSummary(out, classes, counts, num_shards, skipped)
-    # Newlines in a file name would split its line; they are the one character escaped.
-    _write_text(out / SKIPPED_FILE, "".join(
-        f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
-    labels = {"classes": classes, "counts": counts, "label_offset": 0, "skipped": len(skipped),
-              "stored": store.record(), "shards": dict(sorted(manifest.items()))}
-    _write_text(out / LABELS_FILE, json.dumps(labels, indent=1) + "\n")  # last: marks completion
+    write_skipped(out, skipped)
+    write_labels(out, classes, counts, len(skipped), manifest, stored=store.record())
     return ConvertSummary(out, classes, counts, num_shards, skipped)
 
 
@@ -381,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.finalize:
         try:
-            done = convert_parts.finalize(Path(args.finalize), _write_text, LABELS_FILE, SKIPPED_FILE)
+            done = convert_parts.finalize(Path(args.finalize))
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -403,14 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jpeg-quality must be between 1 and 100")
     store = StoreSettings(args.max_side, args.min_side, args.jpeg_quality)
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
-    try:
-        summary = convert(args.src, args.out, shards, args.workers,
-                          log=lambda text: print(text, file=sys.stderr, flush=True), store=store, part=part)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    return 0
+    return run_converter(lambda log: convert(args.src, args.out, shards, args.workers, log=log, store=store,
+                                             part=part))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from training.data import DataError
+from training.data.records import LABELS_FILE, write_labels, write_skipped, write_text
 
 PARTS_DIR = ".parts"
 
@@ -33,13 +34,13 @@ def part_path(out: Path, task: int, tasks: int) -> Path:
     return Path(out) / PARTS_DIR / f"task-{task:05d}-of-{tasks:05d}.json"
 
 
-def write_part(out: Path, task: int, tasks: int, record: dict, write_text) -> None:
+def write_part(out: Path, task: int, tasks: int, record: dict) -> None:
     """Records what task `task` wrote; `record` holds classes, counts, skipped, stored, the
     manifest of its shards (`shards`) and the names of every shard of the plan (`expected`)."""
     write_text(part_path(out, task, tasks), json.dumps(record, indent=1) + "\n")
 
 
-def finalize(out: Path, write_text, labels_file: str, skipped_file: str) -> bool:
+def finalize(out: Path) -> bool:
     """Writes skipped.txt and labels.json once every task's part record exists.
 
     Returns:
@@ -52,7 +53,7 @@ def finalize(out: Path, write_text, labels_file: str, skipped_file: str) -> bool
     parts_dir = out / PARTS_DIR
     names = sorted(parts_dir.glob("task-*-of-*.json")) if parts_dir.is_dir() else []
     if not names:
-        if (out / labels_file).is_file():
+        if (out / LABELS_FILE).is_file():
             return True
         raise DataError(f"{out} holds no {PARTS_DIR}/ records of an array conversion; run "
                         "launch convert SRC OUT --array-tasks K first")
@@ -60,7 +61,7 @@ def finalize(out: Path, write_text, labels_file: str, skipped_file: str) -> bool
     try:
         records = [json.loads(part_path(out, t, tasks).read_text()) for t in range(tasks)]
     except FileNotFoundError:
-        return (out / labels_file).is_file()  # a task still running, or a finalizer that finished
+        return (out / LABELS_FILE).is_file()  # a task still running, or a finalizer that finished
     first = records[0]
     counts = {split: sum(r["counts"].get(split, 0) for r in records) for split in first["counts"]}
     manifest = {name: entry for r in records for name, entry in r["shards"].items()}
@@ -70,10 +71,7 @@ def finalize(out: Path, write_text, labels_file: str, skipped_file: str) -> bool
         raise DataError(f"{out}: shard(s) {', '.join((missing + absent)[:3])} missing although every task "
                         "reported; convert again into a new folder")
     skipped = sorted({tuple(item) for r in records for item in r["skipped"]})
-    write_text(out / skipped_file, "".join(
-        f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in skipped))
-    labels = {"classes": first["classes"], "counts": counts, "label_offset": 0, "skipped": len(skipped),
-              "stored": first["stored"], "shards": dict(sorted(manifest.items()))}
-    write_text(out / labels_file, json.dumps(labels, indent=1) + "\n")  # last: marks completion
+    write_skipped(out, skipped)
+    write_labels(out, first["classes"], counts, len(skipped), manifest, stored=first["stored"])  # last
     shutil.rmtree(parts_dir, ignore_errors=True)
     return True

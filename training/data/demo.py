@@ -51,18 +51,27 @@ def _write_tree(src: Path) -> None:
 
 
 def prepare_demo(root: str | Path) -> Path:
-    """Builds `root/digits-v1/` once and returns it; later calls return at once.
+    """Builds `root/digits-v1/` once and returns it; later calls return at once."""
+    def build(folder: Path, out: Path) -> None:
+        _write_tree(folder / "src")
+        convert(folder / "src", out, DEMO_SHARDS, workers=1, log=lambda _: None)
+
+    return build_once(root, DEMO_NAME, build)
+
+
+def build_once(root: str | Path, name: str, build) -> Path:
+    """Builds the data set `root/name/` with `build(scratch folder, output folder)` once and returns it.
 
     Safe when several processes call it together: they queue on a lock file, and the set is
     built in a temporary folder that is renamed into place only when complete. The rename also
     covers file systems where the lock is not shared between nodes: the loser discards its copy.
     """
     root = Path(root).expanduser()
-    target = root / DEMO_NAME
+    target = root / name
     if (target / LABELS_FILE).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{DEMO_NAME}.lock", "a") as lock:
+    with open(root / f".{name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if (target / LABELS_FILE).is_file():
             return target
@@ -70,15 +79,14 @@ def prepare_demo(root: str | Path) -> Path:
             # A complete build always has labels.json, so this folder is not one of ours.
             raise DataError(f"{target} exists but holds no {LABELS_FILE}; remove it so the demo set "
                             "can be built there")
-        build = Path(tempfile.mkdtemp(dir=root, prefix=f".{DEMO_NAME}.build-"))
+        scratch = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.build-"))
         try:
-            _write_tree(build / "src")
-            convert(build / "src", build / "out", DEMO_SHARDS, workers=1, log=lambda _: None)
+            build(scratch, scratch / "out")
             try:
-                os.rename(build / "out", target)
+                os.rename(scratch / "out", target)
             except OSError:
                 if not (target / LABELS_FILE).is_file():
                     raise
         finally:
-            shutil.rmtree(build, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     return target

@@ -1,0 +1,112 @@
+"""The sentiment demo end to end: real human-written snippets to >= 70% validation accuracy,
+a summary with the seed's text fields, predict on obvious sentences, a resume that keeps the
+vocabulary, and the same run as a real two-node SLURM job."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slurm_jobs import epochs_done, history_epochs, job_field, wait, wait_final
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "configs" / "sentiment_demo.yaml")
+BAR = 0.70
+EPOCHS = 1  # the shipped demo runs 2; 1 already clears the bar (0.79 measured) and saves CI time
+SEED_FIELDS = {"task_type", "accuracy", "model_parameters", "tokenizer_path", "model_path", "plot_path",
+               "classes", "created"}
+PARAMETERS = {"model_name", "input_dim", "embedding_dim", "hidden_dim", "output_dim", "number_of_layers",
+              "bidirectional", "dropout", "pad_index"}
+
+pytestmark = pytest.mark.slow
+
+
+def launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, f"launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def check_summary(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert SEED_FIELDS <= set(summary) and summary["task_type"] == "text"
+    assert set(summary["model_parameters"]) == PARAMETERS
+    assert summary["model_parameters"]["input_dim"] == 12000 and summary["model_parameters"]["output_dim"] == 2
+    assert summary["classes"] == {"0": "neg", "1": "pos"}
+    assert summary["accuracy"] >= BAR, summary["accuracy"]
+    for key in ("tokenizer_path", "model_path", "plot_path"):
+        assert (run_dir / summary[key]).is_file(), key
+    return summary
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sentiment_demo_trains_predicts_and_resumes_with_the_same_vocabulary(tmp_path):
+    launch("--config", CONFIG, "--cluster", "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}")
+    (run_dir,) = tmp_path.iterdir()
+    check_summary(run_dir)
+    page = (run_dir / "report" / "texts.html").read_text()
+    assert "Most confident correct predictions" in page and "Most confident mistakes" in page
+
+    obvious = {"a tedious, overlong mess": "neg", "dull, boring and badly acted": "neg",
+               "a wonderful, moving film with brilliant performances": "pos", "funny, touching and beautifully made": "pos"}
+    args = [a for text in obvious for a in ("--text", text)]
+    done = subprocess.run([sys.executable, "-m", "training.predict_text", "--run-dir", str(run_dir), *args],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    labels = {row["text"]: row["predicted_class"] for row in csv.DictReader(io.StringIO(done.stdout))}
+    assert labels == obvious
+
+    done = subprocess.run([sys.executable, "-m", "training.evaluate", "eval", "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((run_dir / "report" / "eval-val.json").read_text())
+    assert record["accuracy"] >= BAR and record["examples"] == 1835
+
+    vocabulary = run_dir / "model" / "tokenizer.json"
+    before = sha256(vocabulary), vocabulary.stat().st_mtime_ns
+    launch("--resume", str(run_dir), "--cluster", "local", f"train.epochs={EPOCHS + 1}")
+    # Reloaded, not adapted and written again (adapting is deterministic: the hash alone would not tell).
+    assert (sha256(vocabulary), vocabulary.stat().st_mtime_ns) == before
+    assert history_epochs(run_dir) == list(range(1, EPOCHS + 2))  # each epoch once
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("backend", ["multiworker", pytest.param("horovod", marks=pytest.mark.horovod)])
+def test_sentiment_demo_as_a_two_node_slurm_job(slurm_cluster, tmp_path, backend):
+    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "--backend", backend,
+                  f"train.epochs={EPOCHS}", "slurm.cpus_per_task=2")
+    job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
+    (run_dir,) = tmp_path.iterdir()
+    assert wait_final(job_id, 9 * 60) == "COMPLETED", (run_dir / "logs" / f"slurm-{job_id}.err").read_text()[-3000:]
+    summary = check_summary(run_dir)
+    assert summary["backend"] == backend and summary["nodes"] == 2
+    shards = [json.loads((run_dir / "logs" / f"rank-{r}.json").read_text())["train_shards"] for r in (0, 1)]
+    assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])  # each worker its own shards
+
+
+@pytest.mark.slurm
+def test_a_requeued_text_job_keeps_its_vocabulary_and_runs_each_epoch_once(slurm_cluster, tmp_path):
+    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "train.epochs=2", "slurm.cpus_per_task=2")
+    job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
+    (run_dir,) = tmp_path.iterdir()
+    wait(lambda: epochs_done(run_dir) >= 1, job_id, 6 * 60, "epoch 1")
+    vocabulary = run_dir / "model" / "tokenizer.json"
+    before = sha256(vocabulary), vocabulary.stat().st_mtime_ns
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
+    assert wait_final(job_id, 8 * 60) == "COMPLETED"
+    # Loaded, not adapted and written again (adapting is deterministic, so the hash alone would not tell).
+    assert (sha256(vocabulary), vocabulary.stat().st_mtime_ns) == before
+    assert history_epochs(run_dir) == [1, 2]
+    check_summary(run_dir)
