@@ -74,3 +74,23 @@ def test_array_job_writes_the_same_shards_as_one_process(launch_cli, tmp_path, s
     assert (tmp_path / "arr" / "skipped.txt").read_text() == (tmp_path / "one" / "skipped.txt").read_text()
     assert "every task has written its shards" in "\n".join(
         p.read_text() for p in (tmp_path / "runs" / "logs").glob(f"convert-{array}_*.err"))
+
+
+def test_a_requeued_task_rewrites_only_its_shards_and_the_last_task_writes_labels(tmp_path):
+    from training.data.convert import convert, main
+
+    src, out = photo_tree(tmp_path), tmp_path / "arr"
+    shards = {"train": 3, "validation": 2, "test": 1}
+    quiet = {"workers": 1, "log": lambda _: None}
+    convert(src, out, shards, part=(0, 2), **quiet)
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*-of-*")}
+    assert sorted(first) == ["train-00000-of-00003", "train-00001-of-00003"]  # task 0's slice: 2 of the 5 shards
+    assert not (out / "labels.json").exists() and main(["--finalize", str(out)]) == 1  # task 1 missing
+    convert(src, out, shards, part=(0, 2), **quiet)  # task 0 requeued: the same shards, rewritten
+    assert sorted(p.name for p in out.glob("*-of-*")) == sorted(first)
+    assert not (out / "labels.json").exists()
+    convert(src, out, shards, part=(1, 2), **quiet)
+    convert(src, tmp_path / "one", shards, **quiet)
+    assert (out / "labels.json").read_text() == (tmp_path / "one" / "labels.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert main(["--finalize", str(out)]) == 0
