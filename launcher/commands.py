@@ -212,7 +212,7 @@ def cmd_gpucheck(argv: list[str]) -> int:
     command = [_python(cfg), "-m", "training.gpucheck"]
     command += ["--run-dir", str(run.path)] if run else []
     command += ["--expect-gpus", "0"] if gpus == 0 else []  # SLURM then sets no GPU variables
-    job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg))
+    job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg), every_node=True)
     request = Request(nodes=nodes, gpus_per_node=gpus, cpus_per_task=1,
                       time_min=args.time or GPUCHECK_TIME_MIN)
     outcome = start(cfg, job, request, dry_run=args.dry_run, wait=True)

@@ -263,12 +263,15 @@ class TaskJob:
         log_dir: folder on shared storage for SLURM's .out/.err files.
         array: sbatch --array task ids ("0-3") for a job array whose tasks each run the command
             (with $SLURM_ARRAY_TASK_ID set); empty for one job. Logs are then KIND-<array>_<task>.out.
+        every_node: each node's command runs to its end even when another node's fails (a check
+            that must hear from every node); otherwise the first failure ends them all.
     """
 
     kind: str
     command: tuple[str, ...]
     log_dir: Path
     array: str = ""
+    every_node: bool = False
 
 
 def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
@@ -287,6 +290,7 @@ def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
         directives=_directive_lines(values, slurm.extra),
         kind=job.kind,
         array=job.array,
+        every_node=job.every_node,
         setup=slurm.setup,
         srun_args=srun_args(slurm, "multiworker"),
         command=list(job.command),

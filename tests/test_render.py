@@ -79,7 +79,8 @@ def task_config(style: str) -> Config:
 @pytest.mark.parametrize("kind", TASKS)
 def test_golden_task_jobs(kind):
     args, request = TASKS[kind]
-    job = TaskJob(kind.split("-")[0], (PYTHON, *args), RUN_DIR / "logs", ARRAYS.get(kind, ""))
+    job = TaskJob(kind.split("-")[0], (PYTHON, *args), RUN_DIR / "logs", ARRAYS.get(kind, ""),
+                  every_node=kind == "gpucheck")  # as launcher/commands.py asks for it
     check_golden(f"task-{kind}.sbatch", jobs.render(task_config("gres"), job, request))
 
 
