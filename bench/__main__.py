@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import Figure, log, machine, read_figures
-from launcher.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("launcher_latency", "input_pipeline", "converter", "trainer_overhead", "gpu_resnet50")

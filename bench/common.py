@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from launcher.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text
 
 
 @dataclass

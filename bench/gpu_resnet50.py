@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.common import Figure, best_rate, log, report, standard_parser, work_dir
-from launcher.config import Config
+from core.config import Config
 
 A100_REFERENCE = 2375.0  # img/s, NVIDIA DeepLearningExamples TF ResNet-50 v1.5, 1x A100, AMP + XLA
 GOAL = 5000.0  # img/s on one H100

@@ -35,7 +35,7 @@ SIZE = 224  # model input side, pixels
 
 def project_dataset(shards: Path, batch: int, shuffle_buffer: int, seed: int = 0):
     """The project pipeline as a training run builds it."""
-    from launcher.config import DataConfig
+    from core.config import DataConfig
     from training.data.pipeline import build_dataset
 
     data = DataConfig(source="tfrecord", data_dir=str(shards), image_size=SIZE, batch_size=batch,

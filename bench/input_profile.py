@@ -72,7 +72,7 @@ def stage_costs(jpeg_dir: Path) -> dict[str, float]:
     Each step runs as a sequential tf.data map reduced inside TensorFlow, so no Python or
     function-call overhead is counted; differences between steps are the steps' own cost.
     """
-    from launcher.config import DataConfig
+    from core.config import DataConfig
     from training.data.pipeline import _crop_window, decode_jpeg_window
     from training.keras_compat import tf
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.common import Figure, log, ratio_figure, report
-from launcher.config import Config
+from core.config import Config
 
 
 def bench_config(size: int, batch: int, steps: int, epochs: int, validation_steps: int,

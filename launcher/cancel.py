@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
-from launcher import resume, runs, runstatus
-from launcher.errors import UserError
+from launcher import resume, runs
+from core import runstatus
+from core.errors import UserError
 from launcher.jobs import job_state
-from launcher.rundir import RunDir
+from core.rundir import RunDir
 
 END_WAIT_S = 120  # how long to wait for the jobs to leave the queue after scancel
 

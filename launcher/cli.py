@@ -19,9 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from launcher import fsutil, preflight, resume, rundir
-from launcher.config import Config, ConfigError, config_stem, dump, load_config
-from launcher.errors import EXIT_CODE, UsageError, UserError, one_line
+from core import fsutil, rundir
+from launcher import preflight, resume
+from core.config import Config, ConfigError, config_stem, dump, load_config
+from core.errors import EXIT_CODE, UsageError, UserError, one_line
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
 
@@ -157,7 +158,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
         cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
         resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
         return cfg, run_dir, run_dir.name
-    path = args.config or DEFAULT_CONFIG  # a file, or an s3:// URL (launcher/storage.py)
+    path = args.config or DEFAULT_CONFIG  # a file, or an s3:// URL (core/storage.py)
     cfg = load_config(path, args.overrides, flags)
     name = cfg.runtime.run_name or config_stem(path)
     if "/" in name or name in (".", ".."):

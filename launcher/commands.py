@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.cli import DEFAULT_CONFIG, REPO, SITE_FLAGS
-from launcher.config import Config, load_config
-from launcher.errors import UsageError, UserError
+from core.config import Config, load_config
+from core.errors import UsageError, UserError
 from launcher.jobs import Request, log_lines, start
 from launcher.render import TaskJob
-from launcher.rundir import RunDir
+from core.rundir import RunDir
 
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
 GPUCHECK_TIME_MIN = 10

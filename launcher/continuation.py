@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from launcher import rundir
-from launcher.config import ConfigError, from_dict
+from core import rundir
+from core.config import ConfigError, from_dict
 from launcher.render import describe_request, render_sbatch
 from launcher.submit import SubmitError, submit_slurm
 

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.config import Config
-from launcher.errors import UserError
+from core.config import Config
+from core.errors import UserError
 from launcher.render import TaskJob, describe_request, render_task_sbatch
 from launcher.runs import ACTIVE
 from launcher.submit import choose_cluster, submit_job

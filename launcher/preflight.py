@@ -22,8 +22,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher import registry
-from launcher.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
+from core import registry
+from core.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
 from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
@@ -70,7 +70,7 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
 def check_mirror(storage_cfg: StorageConfig) -> None:
     """The mirror's bucket exists and these credentials can list it (one request)."""
     if storage_cfg.mirror:
-        from launcher import storage
+        from core import storage
 
         storage.check_bucket(storage_cfg.mirror, storage_cfg.endpoint_url)
 
@@ -88,7 +88,7 @@ def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder
     if data.source not in layouts:
         return
     if data.data_dir.startswith("s3://"):
-        from launcher import storage
+        from core import storage
 
         url = data.data_dir.rstrip("/")
         objects = storage.listing(url, endpoint_url)

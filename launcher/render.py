@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jinja2
 
-from launcher import rundir
-from launcher.config import BACKENDS, ConfigError, SlurmConfig
+from core import rundir
+from core.config import BACKENDS, ConfigError, SlurmConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 TEMPLATE = "job.sbatch.j2"

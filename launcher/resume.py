@@ -41,8 +41,8 @@ from typing import Iterator
 
 import yaml
 
-from launcher import rundir
-from launcher.config import Config, ConfigError
+from core import rundir
+from core.config import Config, ConfigError
 from launcher.preflight import LABELS_FILE
 from launcher.runs import ACTIVE
 
@@ -391,7 +391,7 @@ def from_mirror(url: str, run_root: str | None) -> Path:
     """A run mirrored at `url` (storage.mirror), copied into the local run root to be resumed
     there: a run can continue on another cluster, or after its run directory was lost. The copy
     goes to a temporary name first, so an interrupted download leaves no half run directory."""
-    from launcher import storage
+    from core import storage
 
     url = url.rstrip("/")
     root = Path(run_root or "./runs").expanduser().resolve()

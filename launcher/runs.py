@@ -20,7 +20,7 @@ What the states say:
     NO JOB   config.yaml only: not submitted, or submitted and not yet recorded.
 
 A run that SLURM shows ended (or has forgotten) while its status.json still says running gets
-its status.json rewritten to killed/failed (launcher/runstatus.py), so that every tool reading
+its status.json rewritten to killed/failed (core/runstatus.py), so that every tool reading
 it, not only this listing, stops calling a dead run running. The batch script does the same
 when it outlives the step; this covers a batch shell killed along with it.
 """
@@ -40,8 +40,8 @@ from typing import Callable
 
 import yaml
 
-from launcher import rundir, runstatus
-from launcher.errors import UserError
+from core import rundir, runstatus
+from core.errors import UserError
 
 # squeue states of a job that is still (or again) in the queue.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -248,7 +248,7 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
 def mirrored_runs(mirror: str) -> list[Run]:
     """The runs of a storage.mirror, from its results index (what the chief last recorded;
     SLURM is not asked: the jobs may belong to another cluster)."""
-    from launcher import storage
+    from core import storage
 
     runs = []
     for entry in storage.read_index(mirror):

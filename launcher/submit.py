@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from launcher import rundir
-from launcher.errors import UserError
+from core import rundir
+from core.errors import UserError
 from launcher.submitit_adapter import SbatchRefused, submit_script
 
 SINFO_HINT = 'sinfo -o "%N %G %f" lists what the nodes offer'

@@ -42,9 +42,10 @@ from typing import Any, Callable
 
 import yaml
 
-from launcher import config as configs
-from launcher import fsutil, preflight, resume, rundir, sweep_arrays
-from launcher.config import Config, ConfigError, config_stem, load_config
+from core import config as configs
+from core import fsutil, rundir
+from launcher import preflight, resume, sweep_arrays
+from core.config import Config, ConfigError, config_stem, load_config
 from launcher.render import JobArray, describe_request, render_sbatch
 from launcher.submit import choose_cluster, run_local, submit_slurm
 from launcher.sweep_arrays import SweepArray
@@ -272,7 +273,7 @@ def script_array(script: str) -> str:
 
 def _where(path: Path | str) -> str:
     """The config's absolute path, or its s3:// URL as given."""
-    from launcher.storage import is_remote  # noqa: PLC0415
+    from core.storage import is_remote  # noqa: PLC0415
 
     return str(path) if is_remote(path) else str(Path(path).resolve())
 

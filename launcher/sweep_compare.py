@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import fsutil, rundir
+from core import fsutil, rundir
 from launcher.runs import list_runs
 from launcher.sweep import show
 from launcher.sweep_resume import points_of, read_sweep

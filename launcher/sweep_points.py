@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import config as configs
-from launcher.config import SWEEP_SECTION, Config, ConfigError, load_yaml
+from core import config as configs
+from core.config import SWEEP_SECTION, Config, ConfigError, load_yaml
 
 FIXED_SECTIONS = ("slurm", "runtime")  # one job array: one request, one layout
 

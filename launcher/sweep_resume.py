@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from launcher import resume, rundir, runstatus
-from launcher.config import ConfigError, load_config
+from launcher import resume
+from core import rundir, runstatus
+from core.config import ConfigError, load_config
 from launcher.submit import choose_cluster
 from launcher import sweep_arrays
 from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, _preflight, array_limit, arrays_of,
@@ -109,8 +110,8 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
 def _write_resumed(sweep_dir: Path, planned: list[Planned], arrays: list) -> None:
     """The resumed points' config.yaml and the array script; runs.txt and sweep.yaml stay as
     they are (every point keeps its line)."""
-    from launcher import fsutil  # noqa: PLC0415
-    from launcher.config import dump  # noqa: PLC0415
+    from core import fsutil  # noqa: PLC0415
+    from core.config import dump  # noqa: PLC0415
 
     for item in planned:
         fsutil.atomic_write_text(item.run_dir / rundir.CONFIG, dump(item.cfg))

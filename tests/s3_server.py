@@ -65,7 +65,7 @@ def s3(s3_endpoint, monkeypatch):
     """This test's environment points at the server, with a fresh bucket; yields the bucket URL."""
     for key, value in client_env(s3_endpoint).items():
         monkeypatch.setenv(key, value)
-    from launcher import storage
+    from core import storage
 
     storage._filesystem.cache_clear()
     bucket = "t-" + uuid.uuid4().hex[:12]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import rundir
+from core import rundir
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.config import dump, load_config
+from core.config import dump, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

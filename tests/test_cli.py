@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import cli, rundir
-from launcher.config import dump, load_config
+from launcher import cli
+from core import rundir
+from core.config import dump, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from launcher import rundir
-from launcher.config import Config, dump
-from launcher.errors import EXIT_CODE
+from core import rundir
+from core.config import Config, dump
+from core.errors import EXIT_CODE
 
 REPO = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("train", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")

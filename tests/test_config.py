@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.config import ConfigError, dump, from_dict, load_config
+from core.config import ConfigError, dump, from_dict, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -166,7 +166,7 @@ def test_xla_with_horovod_is_refused_in_one_line():
         load_config(None, ["runtime.backend=horovod", "train.jit_compile=true"])
 
 
-# Ranges are declared on the fields (launcher.config.Range); every layer is checked against them.
+# Ranges are declared on the fields (core.config.Range); every layer is checked against them.
 @pytest.mark.parametrize("override, says", [
     ("optimizer.lr=0", "optimizer.lr in override 'optimizer.lr=0': 0.0 must be above 0"),
     ("optimizer.lr=-1", "-1.0 must be above 0"),

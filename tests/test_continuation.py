@@ -1,7 +1,7 @@
 """The continuation job of a run SLURM will not requeue (launcher/continuation.py), as rendered."""
 from __future__ import annotations
 
-from launcher.config import Config, dump
+from core.config import Config, dump
 from launcher.continuation import continuation_script
 from launcher.render import render_sbatch
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launcher.config import DataConfig
+from core.config import DataConfig
 from training.data import DataError
 from training.data.convert import convert, main
 

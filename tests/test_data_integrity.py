@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launcher.config import Config, DataConfig, ModelConfig, TrainConfig, dump
+from core.config import Config, DataConfig, ModelConfig, TrainConfig, dump
 from training.data import DataError, as_data_error, shards
 from training.data.convert import convert
 from training.data.pipeline import build_dataset, dataset_info

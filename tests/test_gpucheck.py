@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import Config, dump
+from core.config import Config, dump
 from training import gpucheck
 
 REPO = Path(__file__).resolve().parent.parent

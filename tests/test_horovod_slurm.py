@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from launcher import rundir
+from core import rundir
 from slurm_jobs import (epochs_done, final_weights_load, history_epochs, job_field, launch, status,
                              wait, wait_final)
 

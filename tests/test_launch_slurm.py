@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import BACKENDS, GPU_STYLES, load_config
+from core.config import BACKENDS, GPU_STYLES, load_config
 from launcher.render import tasks_per_node
 from slurm_jobs import wait_final
 

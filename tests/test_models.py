@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from launcher.config import AugmentConfig, ModelConfig
+from core.config import AugmentConfig, ModelConfig
 from training.keras_compat import keras
 from training.models import MODEL_NAMES, ModelError, Preprocess, build_model
 

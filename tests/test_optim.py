@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from launcher.config import ConfigError, OptimizerConfig, load_config
+from core.config import ConfigError, OptimizerConfig, load_config
 from training.keras_compat import keras, tf
 from training.optim import build_optimizer
 

@@ -88,7 +88,7 @@ def test_checkpoint_write_killed_leaves_the_previous_one_loadable(tmp_path):
     writer.write_text(
         "import sys\n"
         "from pathlib import Path\n"
-        "from launcher.config import RuntimeConfig\n"
+        "from core.config import RuntimeConfig\n"
         "from training.backends import MirroredBackend\n"
         "from training.checkpoints import CheckpointManager\n"
         "from training.cluster import ClusterSpec\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from launcher import preflight
-from launcher.config import SlurmConfig
+from core.config import SlurmConfig
 
 pytestmark = pytest.mark.slurm
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import Config, dump
+from core.config import Config, dump
 from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 
@@ -117,7 +117,7 @@ def test_the_readme_has_commands_to_run():
 def _seed_buckets(endpoint: str, run_dir: Path) -> str:
     """The buckets the README's object-store lines name: a config, the demo shards, and a mirror
     holding a copy of `run_dir` with its results-index entry. Returns the mirrored run's URL."""
-    from launcher import storage
+    from core import storage
     from training.data.demo import cache_root, prepare_demo
     from training.mirror import Mirror
 
@@ -190,7 +190,7 @@ def _movie_review_tree(root: Path) -> None:
 
 def _tiny_text_model(run_dir: Path) -> None:
     """A text run's tokenizer, model spec and best.h5 (untrained), so predict has a model."""
-    from launcher.config import from_dict
+    from core.config import from_dict
     from training import tokenizer
     from training.text_models import build_text_model
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from launcher import registry
-from launcher.config import ConfigError, load_config
+from core import registry
+from core.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize("override, names", [

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from launcher import jobs
-from launcher.config import BACKENDS, GPU_STYLES, Config, ConfigError, SlurmConfig
+from core.config import BACKENDS, GPU_STYLES, Config, ConfigError, SlurmConfig
 from launcher.render import TaskJob, directives, gpu_request, render_sbatch, world_size
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

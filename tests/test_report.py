@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launcher import rundir
-from launcher.config import Config, dump
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.config import Config, dump
+from core.fsutil import atomic_write_text
 from training import evaluate
 from training.report import write_curves, write_prediction_report, write_summary
 from training.report.summary import FIELDS

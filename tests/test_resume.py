@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import resume, rundir
+from launcher import resume
+from core import rundir
 from slurm_jobs import REPO, history_epochs, launch, wait, wait_final
 
 TINY = ("train.epochs=1", "slurm.cpus_per_task=1")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import rundir, runs
+from core import rundir
+from launcher import runs
 
 HISTORY = "epoch,loss,accuracy,top5,val_loss,val_accuracy,val_top5,lr,images_per_sec,epoch_time_s\n"
 

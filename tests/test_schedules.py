@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from launcher.config import OptimizerConfig, ScheduleConfig
+from core.config import OptimizerConfig, ScheduleConfig
 from training.optim import build_schedule, scaled_lr
 
 STEPS_PER_EPOCH = 10

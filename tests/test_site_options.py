@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from launcher.config import ConfigError, SlurmConfig
+from core.config import ConfigError, SlurmConfig
 from launcher.render import render_sbatch
 from test_render import PYTHON, RUN_DIR, check_golden, sbatch_lines
 

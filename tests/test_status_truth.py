@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import rundir, runstatus
-from launcher.config import SlurmConfig
+from core import rundir, runstatus
+from core.config import SlurmConfig
 from launcher.render import render_sbatch
 from slurm_jobs import REPO, job_field, launch, listed_state, status, wait, wait_final
 
@@ -57,7 +57,7 @@ def test_the_trainers_own_word_is_kept(tmp_path, state, exit_code):
 def test_settle_command_is_quick_and_tf_free(tmp_path):
     write(tmp_path, state="running")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "launcher.runstatus", "settle",
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "core.runstatus", "settle",
                            "--run-dir", str(tmp_path), "--exit-code", "143", "--job-id", "9"],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -68,7 +68,7 @@ def trigger(backend, checkpoints, run_dir: Path, **kwargs):
 
 
 def test_every_minutes_writes_a_resumable_checkpoint_on_the_chiefs_clock(tmp_path):
-    from launcher.config import RuntimeConfig
+    from core.config import RuntimeConfig
     from training.backends import MirroredBackend
     from training.checkpoints import CheckpointManager
     from training.cluster import ClusterSpec

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import storage
-from launcher.config import StorageConfig
+from core import storage
+from core.config import StorageConfig
 from s3_server import KEY_ID, client_env, s3, s3_endpoint, start_server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def test_missing_bucket_is_named(s3, launch_cli, run_root):
 
 def test_s3_shards_pass_and_a_truncated_one_is_refused_at_launch(s3, launch_cli, run_root):
     from launcher import preflight
-    from launcher.config import DataConfig
+    from core.config import DataConfig
 
     put_shards(f"{s3}/good")
     preflight.check_data(DataConfig(source="tfrecord", data_dir=f"{s3}/good"))  # no error

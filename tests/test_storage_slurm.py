@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import storage
+from core import storage
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
 from slurm_jobs import REPO, history_epochs, launch, status, wait, wait_final
 

@@ -10,7 +10,7 @@ import pytest
 import submitit
 
 from launcher import submit, submitit_adapter
-from launcher.config import SlurmConfig
+from core.config import SlurmConfig
 from launcher.render import render_sbatch
 from launcher.submitit_adapter import PRIVATE_API, SbatchRefused, SubmititChanged, submit_script
 

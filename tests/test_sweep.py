@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from launcher.config import ConfigError
+from core.config import ConfigError
 from launcher.render import JobArray, render_sbatch
 from launcher.sweep import Point, make_points, parse_axes
 from test_render import PYTHON, RUN_DIR, check_golden, golden_slurm, sbatch_lines
@@ -81,7 +81,7 @@ def test_point_labels_name_values():
 
 
 def test_a_points_config_yaml_is_the_config_dump():
-    from launcher.config import Config, dump
+    from core.config import Config, dump
     from launcher.sweep import dump_config
 
     cfg, cache = Config(), {}

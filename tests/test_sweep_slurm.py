@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.runstatus import read_status
+from core.runstatus import read_status
 from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, wait, wait_final
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.config import ConfigError, ModelConfig, TextConfig, load_config
+from core.config import ConfigError, ModelConfig, TextConfig, load_config
 from training.data import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_launch_refuses_a_missing_column_or_a_wrong_dimension_before_anything_is
 
 
 def test_a_class_smaller_than_one_batch_is_an_error_naming_it(tmp_path):
-    from launcher.config import DataConfig
+    from core.config import DataConfig
     from training.data.text_pipeline import text_info
 
     rows = [f"{i} good\tpos" for i in range(40)] + [f"{i} bad\tneg" for i in range(40)] + ["odd one\tweird"] * 3
@@ -137,7 +137,7 @@ def test_a_class_smaller_than_one_batch_is_an_error_naming_it(tmp_path):
 
 @pytest.mark.parametrize("source", ["csv", "tfrecord"])
 def test_each_worker_reads_its_own_part_of_the_texts(tmp_path, source):
-    from launcher.config import DataConfig
+    from core.config import DataConfig
     from training.data.convert_text import convert_text
     from training.data.text_pipeline import text_dataset, text_info
     from training.keras_compat import tf

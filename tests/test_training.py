@@ -53,7 +53,7 @@ def evaluate(model_path: Path, data_cfg) -> float:
 def run_config(run_dir: Path):
     import yaml
 
-    from launcher.config import from_dict
+    from core.config import from_dict
 
     return from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
@@ -140,7 +140,7 @@ def _relabel_as_imagenet(src: Path, dst: Path) -> None:
 
 
 def test_imagenet_style_one_based_labels_train_with_label_offset(tmp_path):
-    from launcher.config import DataConfig
+    from core.config import DataConfig
     from training.data.pipeline import resolve_data_dir
 
     shards = tmp_path / "imagenet-style"

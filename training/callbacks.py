@@ -12,10 +12,10 @@ import math
 import time
 from pathlib import Path
 
-from launcher import rundir
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.fsutil import atomic_write_text
 # TF-free, so the batch script can also write a killed run's end state; here only the chief calls it.
-from launcher.runstatus import write_status  # also imported from here by training.loop and main
+from core.runstatus import write_status  # also imported from here by training.loop and main
 from training import signals
 from training.backends import Backend
 from training.checkpoints import CheckpointManager

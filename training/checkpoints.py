@@ -19,8 +19,8 @@ from pathlib import Path
 
 import h5py
 
-from launcher import rundir
-from launcher.fsutil import atomic_path, atomic_write_text
+from core import rundir
+from core.fsutil import atomic_path, atomic_write_text
 from training.backends import Backend
 from training.keras_compat import keras
 

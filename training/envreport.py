@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 
-from launcher import fsutil, rundir
+from core import fsutil, rundir
 
 # Variables that say where a task landed; absent ones are recorded as null.
 ENV_KEYS = (

@@ -20,10 +20,10 @@ from typing import Any, Iterable
 
 import yaml
 
-from launcher import config as config_lib
-from launcher.errors import UserError
-from launcher.fsutil import atomic_write_text
-from launcher.rundir import RunDir
+from core import config as config_lib
+from core.errors import UserError
+from core.fsutil import atomic_write_text
+from core.rundir import RunDir
 from training.data import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

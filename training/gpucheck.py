@@ -287,9 +287,9 @@ def check_here(args: argparse.Namespace) -> int:
     info = collect(expect=args.expect_gpus, configured=cfg.slurm.gpus_per_node if cfg else None)
     print(format_line(info), flush=True)
     if args.run_dir is not None:
-        from launcher.fsutil import atomic_write_text
+        from core.fsutil import atomic_write_text
 
-        from launcher.rundir import RunDir
+        from core.rundir import RunDir
 
         path = RunDir(args.run_dir).logs / f"gpucheck-{info['host']}-{info['rank']}.json"
         atomic_write_text(path, json.dumps(info, indent=1) + "\n")

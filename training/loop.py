@@ -9,9 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from launcher import rundir
-from launcher.config import Config, dump
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.config import Config, dump
+from core.fsutil import atomic_write_text
 from training import task
 from training.backends import Backend
 from training.callbacks import (RunRecorder, RunTensorBoard, StepCheckpoint, StepLogger, StopOnSignal,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from launcher import rundir
-from launcher.config import Config, ConfigError, from_dict
+from core import rundir
+from core.config import Config, ConfigError, from_dict
 from launcher.resume import writer_lock
-from launcher.runstatus import read_status, write_status
+from core.runstatus import read_status, write_status
 from training import signals
 from training.cluster import cluster_from_env
 from training.envreport import write_env_report

@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from launcher import rundir, storage
-from launcher.fsutil import atomic_write_text
+from core import rundir, storage
+from core.fsutil import atomic_write_text
 
 POLL_S = 5.0
 RETRIES = 4  # per file and sync; waits 1, 2, 4, 8 s between tries

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from launcher.config import AugmentConfig, ModelConfig
+from core.config import AugmentConfig, ModelConfig
 from training.keras_compat import keras, tf
 
 APPLICATIONS: dict[str, Callable[..., keras.Model]] = {
@@ -133,7 +133,7 @@ def _application(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras.M
             "or set model.weights to its path") from None
 
 
-# launcher/registry.py TASKS["image"].models -> base network builder.
+# core/registry.py TASKS["image"].models -> base network builder.
 IMAGE_BUILDERS = {**{name: _application for name in APPLICATIONS}, "small_cnn": _small_cnn}
 MODEL_NAMES = tuple(IMAGE_BUILDERS)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from launcher.config import OptimizerConfig, ScheduleConfig
+from core.config import OptimizerConfig, ScheduleConfig
 from training.keras_compat import keras, tf
 
 
@@ -88,7 +88,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "step_factor": self.step_factor}
 
 
-# launcher/registry.py SCHEDULES -> the decay shape after the warmup.
+# core/registry.py SCHEDULES -> the decay shape after the warmup.
 SCHEDULE_SHAPES = {"constant": WarmupDecay._constant, "cosine": WarmupDecay._cosine, "step": WarmupDecay._step,
                    "smooth_decay": WarmupDecay._smooth_decay, "cyclic_decay": WarmupDecay._cyclic_decay}
 
@@ -121,7 +121,7 @@ def _adamw(opt: OptimizerConfig, learning_rate, decay, clip):
     return keras.optimizers.AdamW(learning_rate, weight_decay=opt.weight_decay, **clip)
 
 
-# launcher/registry.py OPTIMIZERS -> builder.
+# core/registry.py OPTIMIZERS -> builder.
 OPTIMIZER_BUILDERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 

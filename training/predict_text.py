@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import rundir
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.fsutil import atomic_write_text
 from training.data import DataError
 from training.data.text_sources import decode
 

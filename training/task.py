@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from launcher.config import Config
+from core.config import Config
 from training.backends import Backend
 from training.keras_compat import keras, tf
 from training.optim import build_optimizer, build_schedule, scaled_lr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from launcher.config import ModelConfig, TextConfig
+from core.config import ModelConfig, TextConfig
 from training.keras_compat import keras
 
 PAD_INDEX = 0  # TextVectorization pads with 0 and puts the out-of-vocabulary token at 1
@@ -34,7 +34,7 @@ def _bag_of_embeddings(x, text: TextConfig, dropout: float):
     return keras.layers.Dense(text.hidden_dim, activation="relu")(x)
 
 
-# launcher/registry.py TASKS["text"].models -> body after the embedding.
+# core/registry.py TASKS["text"].models -> body after the embedding.
 TEXT_BUILDERS = {"lstm": _stack(keras.layers.LSTM), "gru": _stack(keras.layers.GRU),
                  "bag_of_embeddings": _bag_of_embeddings}
 

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from launcher import rundir
-from launcher.config import TextConfig
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.config import TextConfig
+from core.fsutil import atomic_write_text
 from training.data import DataError
 from training.keras_compat import keras
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from launcher.config import RuntimeConfig
+from core.config import RuntimeConfig
 from training.cluster import ClusterSpec, cluster_from_env
 
 
@@ -149,7 +149,7 @@ def _horovod(spec: ClusterSpec, runtime: RuntimeConfig) -> Backend:
     return HorovodBackend(spec, runtime)
 
 
-# launcher/registry.py BACKENDS -> constructor.
+# core/registry.py BACKENDS -> constructor.
 BACKEND_BUILDERS = {"mirrored": MirroredBackend, "multiworker": MultiWorkerBackend, "horovod": _horovod}
 
 

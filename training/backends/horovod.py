@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from launcher.config import RuntimeConfig
+from core.config import RuntimeConfig
 from training.backends import Backend, BackendError
 from training.cluster import ClusterSpec
 

@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from launcher.config import DataConfig
+from core.config import DataConfig
 from training.data import DataError, shards
 from training.data.convert import LABELS_FILE
 from training.keras_compat import tf

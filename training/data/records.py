@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from launcher.fsutil import atomic_path
+from core.fsutil import atomic_path
 from training.data import DataError
 
 LABELS_FILE = "labels.json"

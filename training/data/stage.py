@@ -16,9 +16,9 @@ import os
 import time
 from pathlib import Path
 
-from launcher import storage
-from launcher.config import StorageConfig
-from launcher.fsutil import atomic_write_text
+from core import storage
+from core.config import StorageConfig
+from core.fsutil import atomic_write_text
 
 RECORD = ".staged.json"
 WORKERS = 8  # parallel downloads; object stores serve many streams far better than one

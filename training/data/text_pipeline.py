@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 
-from launcher.config import DataConfig
+from core.config import DataConfig
 from training.data import DataError, shards
 from training.data.pipeline import DatasetInfo, _tfrecord_files
 from training.data.records import LABELS_FILE

@@ -11,8 +11,8 @@ import csv
 import math
 from pathlib import Path
 
-from launcher import rundir
-from launcher.fsutil import atomic_path
+from core import rundir
+from core.fsutil import atomic_path
 
 LR_CSV = rundir.LR_LOG
 FIGSIZE = (8.0, 5.0)  # inches

@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from launcher import rundir
-from launcher.fsutil import atomic_path, atomic_write_text
+from core import rundir
+from core.fsutil import atomic_path, atomic_write_text
 from training.report.curves import new_figure, save_figure
 
 GRID_SIDE = 5  # prediction grids are GRID_SIDE x GRID_SIDE

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from launcher import config as config_lib
-from launcher import rundir
-from launcher.fsutil import atomic_write_text
+from core import config as config_lib
+from core import rundir
+from core.fsutil import atomic_write_text
 from training.report.curves import PLOTS, read_history
 
 SUMMARY = rundir.SUMMARY

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from launcher import rundir
-from launcher.fsutil import atomic_write_text
+from core import rundir
+from core.fsutil import atomic_write_text
 from training.report.predictions import _write_confusion_png, probabilities
 
 SHOWN = 10  # texts per list

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from launcher.config import Config
+from core.config import Config
 
 
 class Task:
@@ -45,7 +45,7 @@ class Task:
         raise NotImplementedError
 
 
-# launcher/registry.py TASKS -> "module:class"; imported on use, so an image run never loads text code.
+# core/registry.py TASKS -> "module:class"; imported on use, so an image run never loads text code.
 TASK_BUILDERS = {"image": "training.tasks.image:ImageTask", "text": "training.tasks.text:TextTask"}
 
 

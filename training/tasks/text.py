@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher import rundir
+from core import rundir
 from training.tasks import Task
 
 

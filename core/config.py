@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import yaml
 
-from launcher import registry
-from launcher.errors import UserError
+from core import registry
+from core.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -109,7 +109,7 @@ class AugmentConfig:
 class ModelConfig:
     """Architecture, pretrained weights, head and input preprocessing."""
 
-    name: str = "vgg19"  # launcher/registry.py names per task; text defaults to lstm
+    name: str = "vgg19"  # core/registry.py names per task; text defaults to lstm
     weights: str | None = None  # "imagenet", a path to an .h5 file, or null for random init
     head_units: Annotated[list[int], COUNT] = field(default_factory=lambda: [1024])  # dense layers before the classifier
     dropout: Annotated[float, PROBABILITY] = 0.5  # dropout before each head layer
@@ -226,7 +226,7 @@ class SlurmConfig:
 
 @dataclass
 class StorageConfig:
-    """Object storage (launcher/storage.py). Credentials are never config: they come from the AWS
+    """Object storage (core/storage.py). Credentials are never config: they come from the AWS
     environment or profile chain only."""
 
     mirror: str = ""  # s3://bucket/prefix: the run directory is uploaded there after each checkpoint
@@ -236,7 +236,7 @@ class StorageConfig:
 
 @dataclass
 class Config:
-    task: str = "image"  # launcher/registry.py TASKS: image | text
+    task: str = "image"  # core/registry.py TASKS: image | text
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -404,7 +404,7 @@ def config_stem(path: str | Path) -> str:
 
 def load_yaml(path: str | Path) -> Any:
     if str(path).startswith("s3://"):
-        from launcher import storage  # the object-store stack only when a URL is given
+        from core import storage  # the object-store stack only when a URL is given
 
         text = storage.read_text(str(path))
     else:
@@ -488,7 +488,7 @@ def check(cfg: Config) -> None:
     entry = registry.TASKS[cfg.task]
     if cfg.model.name not in entry.models:
         raise ConfigError(f"model.name {cfg.model.name!r} is not a {cfg.task} model; valid names: "
-                          f"{', '.join(entry.models)} (launcher/registry.py)")
+                          f"{', '.join(entry.models)} (core/registry.py)")
     if cfg.data.source not in entry.sources:
         raise ConfigError(f"data.source {cfg.data.source!r} is not a {cfg.task} source; valid sources: "
                           f"{', '.join(entry.sources)}")

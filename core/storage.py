@@ -16,7 +16,7 @@ import functools
 import os
 from typing import Any
 
-from launcher.config import ConfigError
+from core.config import ConfigError
 
 SCHEME = "s3://"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from launcher.errors import RunDirError
+from core.errors import RunDirError
 
 CONFIG = "config.yaml"  # resolved config, written by launch
 SBATCH = "job.sbatch"  # the exact script submitted

@@ -1,0 +1,146 @@
+"""status.json of a run: its one writer, and the end state for a trainer that could not write one.
+
+TF-free and quick to import, so the batch script can call it after the job step while SLURM's
+KillWait runs out, and `launch runs` can use it on the login node:
+
+    python -m core.runstatus settle --run-dir RUN_DIR --exit-code 137 [--job-id 42]
+
+The chief writes running / requeued / stopped / completed / failed itself. A chief killed by a
+signal (the OOM killer, `scancel --signal=KILL`, a lost node) writes nothing, so its last word
+stays "running"; `settle` replaces it with `killed` (exit status 128 + signal) or `failed`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from core import rundir
+from core.fsutil import atomic_write_text
+
+# Words a trainer writes while it is (or is about to be) alive; anything else is an end state.
+LIVE_STATES = frozenset({"starting", "running"})
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """status.json as a dict; {} when it is missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads((Path(run_dir) / rundir.STATUS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_status(run_dir: str | Path, **fields) -> None:
+    """Merges `fields` into status.json, stamped with the time; atomic, so a reader never sees half."""
+    path = Path(run_dir) / rundir.STATUS
+    status = json.loads(path.read_text()) if path.is_file() else {}
+    status.update(fields, updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    atomic_write_text(path, json.dumps(status, indent=1))
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    return f"Continue the run with: launch --resume {shlex.quote(str(run_dir))}"
+
+
+def describe_exit(exit_code: int) -> tuple[str, str]:
+    """(state, words) for a job step's exit status; srun reports a task killed by signal N as 128 + N."""
+    if exit_code > 128:
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            name = f"signal {exit_code - 128}"
+        return "killed", f"killed by {name} (exit {exit_code})"
+    return "failed", f"ended with exit {exit_code}"
+
+
+def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None) -> str | None:
+    """After a failed job step: writes the end state the trainer could not, if its status is still live.
+
+    Returns the message written, or None when the trainer had written its own end state (which
+    always knows more than an exit status) or the step succeeded.
+    """
+    status = read_status(run_dir)
+    if exit_code == 0 or (status and status.get("state") not in LIVE_STATES):
+        return None
+    state, how = describe_exit(exit_code)
+    job = f"job {job_id}" if job_id else "the job"
+    if state == "killed":
+        # A kill lands between checkpoints: the last committed one is whole (fsutil's atomic writes).
+        message = (f"{job} {how} before the trainer could write its end state (out of memory, "
+                   f"scancel or a lost node; logs/slurm-{job_id or '<id>'}.err says which); the last "
+                   f"checkpoint is intact. {resume_hint(run_dir)}")
+    else:
+        message = (f"{job} {how} before the trainer wrote its end state; the cause is in "
+                   f"logs/slurm-{job_id or '<id>'}.err")
+    # No extra keys: the chief's next "running" (on resume) must leave nothing stale behind.
+    write_status(run_dir, state=state, message=message)
+    return message
+
+
+# SLURM end states that mean the processes were stopped from outside, not that the trainer failed.
+KILLED_BY_SLURM = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "OUT_OF_MEMORY", "NODE_FAIL", "DEADLINE"})
+
+
+def settle_from_slurm(run_dir: str | Path, job_id: str, slurm_state: str | None) -> dict | None:
+    """For `launch runs`: the job has ended (or SLURM forgot it) while status.json still says live.
+
+    Writes killed/failed when status.json still names this job and still says running, read again
+    just before the write so a chief that started meanwhile (a resume) is not overwritten.
+
+    Args:
+        run_dir: the run directory.
+        job_id: the job SLURM reports as ended, or no longer knows.
+        slurm_state: SLURM's end state (squeue or sacct), or None when SLURM forgot the job.
+
+    Returns:
+        The status written, or None when nothing was (another end state, another job, no access).
+    """
+    status = read_status(run_dir)
+    if status.get("state") not in LIVE_STATES or str(status.get("job_id")) != job_id:
+        return None
+    if slurm_state is None:
+        state = "failed"
+        how = f"SLURM no longer knows job {job_id} (logs/slurm-{job_id}.err may say how it ended)"
+    else:
+        state = "killed" if slurm_state in KILLED_BY_SLURM else "failed"
+        how = f"job {job_id} ended as {slurm_state} in SLURM"
+    message = (f"{how}; the trainer never wrote its end state, so launch runs did. If it was killed, "
+               f"the last checkpoint is intact. {resume_hint(run_dir)}")
+    try:
+        write_status(run_dir, state=state, message=message)
+    except (OSError, ValueError):  # someone else's run root, or a file that changed under us
+        return None
+    return read_status(run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.runstatus",
+                                     description="Record a run's end state after its job step.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("settle", help="after a failed step: replace a status.json still saying running")
+    cmd.add_argument("--run-dir", required=True, type=Path)
+    cmd.add_argument("--exit-code", required=True, type=int, help="the job step's exit status")
+    cmd.add_argument("--job-id", default=None, help="SLURM job id, named in the message")
+    args = parser.parse_args(argv)
+    message = settle(args.run_dir, args.exit_code, args.job_id or None)
+    if message is None:
+        status = read_status(args.run_dir)
+        # The trainer's own word: a stop with a checkpoint can resume; a failure needs its cause
+        # fixed first. (A requeued job exits 0 and comes back by itself: no hint, no second writer.)
+        if status.get("state") == "stopped":
+            print(f"launch: status.json: stopped: {status.get('message', '')}. "
+                  f"{resume_hint(args.run_dir)}", file=sys.stderr)
+        elif status.get("state") == "failed":
+            print(f"launch: status.json: failed: {status.get('message', '')}", file=sys.stderr)
+        return 0
+    print(f"launch: status.json set to {read_status(args.run_dir).get('state')}: {message}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
