@@ -19,6 +19,10 @@ class UsageError(UserError):
     """A command line argparse or a subcommand could not accept."""
 
 
+class ConfigError(UserError, ValueError):
+    """A user-facing configuration problem; its message is one line: what, where, what to do."""
+
+
 class RunDirError(UserError, ValueError):
     """A folder given as a run is not one, or lacks the file a command needs."""
 

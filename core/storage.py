@@ -16,7 +16,7 @@ import functools
 import os
 from typing import Any
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 SCHEME = "s3://"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
