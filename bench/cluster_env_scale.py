@@ -25,6 +25,7 @@ GOAL_S = 1.0
 ONE_PROCESS = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
+from core import slurm
 from training import cluster
 from training.backends.horovod_env import horovod_env_from_slurm
 nodes, gpus = 1024, 8
@@ -38,7 +39,7 @@ start = time.perf_counter()
 spec = cluster.cluster_from_env(env(1))
 config = cluster.tf_config(spec, 29500)
 multiworker = time.perf_counter() - start
-cluster._expand.cache_clear()
+slurm.hostnames.cache_clear()
 start = time.perf_counter()
 e = env(gpus)
 spec = cluster.cluster_from_env(e)
@@ -46,7 +47,7 @@ hvd = horovod_env_from_slurm(e, cluster.scontrol_hostnames(e["SLURM_JOB_NODELIST
 horovod = time.perf_counter() - start
 assert len(json.loads(config)["cluster"]["worker"]) == nodes and hvd["HOROVOD_RANK"] == str(nodes * gpus - 1)
 print(json.dumps({{"multiworker": multiworker, "horovod": horovod,
-                  "expansions": cluster._expand.cache_info().misses}}))
+                  "expansions": slurm.hostnames.cache_info().misses}}))
 """
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 from launcher import resume, runs
-from core import runstatus
+from core import runstatus, slurm
+from core.slurm import job_state
 from core.errors import UserError
-from launcher.jobs import job_state
 from core.rundir import RunDir
 
 END_WAIT_S = 120  # how long to wait for the jobs to leave the queue after scancel
@@ -28,7 +28,7 @@ def cancel_run(run: RunDir, end_wait_s: float = END_WAIT_S) -> int:
         return 0
     ids = sorted(jobs, key=lambda j: tuple(int(n) for n in j.split("_")))
     try:
-        done = subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60)
+        done = slurm.cancel(ids, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise UserError(f"could not run scancel for job(s) {', '.join(ids)}: {err}; run it on the "
                         "SLURM login node") from None
@@ -41,7 +41,7 @@ def cancel_run(run: RunDir, end_wait_s: float = END_WAIT_S) -> int:
     while len(ended) < len(ids) and time.monotonic() < deadline:
         for job in ids:
             state = job_state(job)
-            if job not in ended and state not in resume.ACTIVE:
+            if job not in ended and state not in slurm.ACTIVE:
                 ended[job] = state
         if len(ended) < len(ids):
             time.sleep(1)

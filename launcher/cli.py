@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import fsutil, rundir
+from core import fsutil, rundir, slurm
 from launcher import preflight, resume
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UsageError, UserError, one_line
@@ -181,7 +181,7 @@ def _launch(args: argparse.Namespace) -> int:
             print(f"launch: note: without --dry-run this would run locally ({why})", file=sys.stderr)
         return 0
     submitting = not args.emit_sbatch and cluster == "slurm"
-    if submitting and shutil.which("sbatch") is None:
+    if submitting and not slurm.available():
         raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                           "login node, or pass --cluster local")
     if reused is not None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from core.config import Config
+from core.slurm import ACTIVE, job_state
 from core.errors import UserError
 from launcher.render import TaskJob, describe_request, render_task_sbatch
-from launcher.runs import ACTIVE
 from launcher.submit import choose_cluster, submit_job
 
 POLL_S = 2.0
@@ -84,7 +83,7 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
         return Outcome(0)
     if cluster == "local":
         return Outcome(run_here(job, why))
-    if shutil.which("sbatch") is None:
+    if not slurm.available():
         raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                         "login node, or pass --cluster local")
     try:
@@ -116,23 +115,6 @@ def run_here(job: TaskJob, why: str) -> int:
     except FileNotFoundError as err:
         raise UserError(f"cannot start {job.command[0]}: {err.strerror}; set runtime.python to an "
                         "interpreter that exists here") from None
-
-
-def job_state(job_id: str) -> str | None:
-    """SLURM's word for a job (squeue, then sacct); None when neither knows it. For a job array:
-    an active state while any task is queued or running, then the first task's that did not
-    complete, else COMPLETED."""
-    for argv in (["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"],
-                 ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id]):
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        words = done.stdout.split()
-        if done.returncode == 0 and words:
-            return next((w for w in words if w in ACTIVE), None) or next(
-                (w for w in words if w != "COMPLETED"), words[0])
-    return None
 
 
 def wait_for(job_id: str, timeout_s: float | None = None) -> str:

@@ -23,18 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import registry
+from core import slurm as slurm_cli
 from core.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
 from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
 LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
 MIN_FREE_BYTES = 64 << 20  # below this a run cannot even write its first checkpoint
-SCONTROL_TIMEOUT_S = 10
 # squeue reasons that do not clear by waiting: the job sits in the queue until someone acts.
-NEVER_RUNS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "ReqNodeNotAvail",
-              "BadConstraints", "InvalidAccount", "InvalidQOS", "PartitionDown", "PartitionInactive",
-              "AccountNotAllowed", "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit",
-              "QOSMaxGRESPerJob", "QOSMaxCpuPerJobLimit", "QOSMaxNodePerJobLimit")
 
 
 def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
@@ -290,21 +286,13 @@ def parse_cluster(partitions_text: str, nodes_text: str) -> dict[str, Partition]
     return parts
 
 
-def _scontrol(what: str) -> str:
-    done = subprocess.run(["scontrol", "show", what, "-o"], capture_output=True, text=True,
-                          timeout=SCONTROL_TIMEOUT_S)
-    if done.returncode != 0:
-        raise OSError((done.stderr.strip() or f"scontrol exited {done.returncode}").splitlines()[0])
-    return done.stdout
-
-
 def check_cluster(slurm: SlurmConfig, backend: str) -> list[str]:
     """Checks the request against the partition it goes to; returns warnings when SLURM cannot
     be asked (the request then goes unchecked, and sbatch has the last word)."""
-    if shutil.which("scontrol") is None:
+    if not slurm_cli.can_query():
         return []  # no SLURM client here: launch itself says what is missing
     try:
-        parts = parse_cluster(_scontrol("partition"), _scontrol("node"))
+        parts = parse_cluster(slurm_cli.show("partition"), slurm_cli.show("node"))
     except (OSError, subprocess.SubprocessError, ValueError) as err:
         return [f"could not ask SLURM about its partitions ({err}); the request was not checked"]
     names = [n for n in slurm.partition.split(",") if n] or [p.name for p in parts.values() if p.default]
@@ -354,7 +342,7 @@ def fit_problem(slurm: SlurmConfig, backend: str, part: Partition) -> str | None
     if cpus > most:
         fit = most // tasks
         fix = (f"use slurm.cpus_per_task={fit}" if fit else
-               f"use fewer GPUs per node (horovod runs one task per GPU)")
+               "use fewer GPUs per node (horovod runs one task per GPU)")
         return (f"slurm.cpus_per_task={slurm.cpus_per_task} × {tasks} task{'s' if tasks > 1 else ''} per "
                 f"node needs {cpus} CPUs but the largest node of {where} has {most}: {fix}")
     candidates = [n for n in candidates if min(n.cpus, part.max_cpus_per_node or n.cpus) >= cpus]
@@ -377,13 +365,8 @@ def fit_problem(slurm: SlurmConfig, backend: str, part: Partition) -> str | None
 
 def job_warning(job_id: str) -> str | None:
     """One look at a job just submitted: a warning when SLURM says it cannot start as asked."""
-    try:
-        done = subprocess.run(["squeue", "-j", job_id, "-h", "-o", "%r"], capture_output=True,
-                              text=True, timeout=SCONTROL_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    reason = done.stdout.strip()
-    if not reason.startswith(NEVER_RUNS):
+    reason = slurm_cli.pending_reason(job_id)
+    if not reason or not reason.startswith(slurm_cli.NEVER_RUNS):
         return None
     return (f"job {job_id} is queued but SLURM says it cannot start (Reason={reason}), which waiting "
             f"does not clear; see scontrol show job {job_id}, then scancel {job_id} and launch a "

@@ -41,12 +41,11 @@ from typing import Iterator
 
 import yaml
 
-from core import rundir
+from core import rundir, slurm
+from core.slurm import ACTIVE
 from core.config import Config, ConfigError
 from launcher.preflight import LABELS_FILE
-from launcher.runs import ACTIVE
 
-SQUEUE_TIMEOUT_S = 30
 HELD_S = 600  # a resume's job waits this long for launch to write its config.yaml (released at once)
 ACQUIRE_TIMEOUT_S = 30  # contenders breaking a stale lock take turns within this
 STALE_BREAKER_S = 30
@@ -73,10 +72,7 @@ def _get(cfg: Config, dotted: str):
 
 def _squeue(args: list[str]) -> subprocess.CompletedProcess | None:
     try:
-        return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True,
-                              timeout=SQUEUE_TIMEOUT_S)
-    except FileNotFoundError:
-        return None  # no SLURM here (local mode): no job can be queued
+        return slurm.squeue(args)  # None: no SLURM here (local mode), so no job can be queued
     except (OSError, subprocess.TimeoutExpired) as err:
         raise RunBusy(f"cannot ask squeue whether the run's jobs are still queued ({err}); "
                       "retry when the SLURM controller answers") from None
@@ -375,8 +371,7 @@ def held(script: str) -> str:
 
 def release(job_id: str) -> None:
     """Lets a job submitted by `held` start now."""
-    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
-                          text=True, timeout=SQUEUE_TIMEOUT_S)
+    done = slurm.start_now(job_id)
     if done.returncode:
         raise RunBusy(f"job {job_id} was submitted to start in {HELD_S} s and could not be moved to now "
                       f"({done.stderr.strip()}); it starts by itself then, or run: scontrol update "
@@ -384,7 +379,7 @@ def release(job_id: str) -> None:
 
 
 def cancel(job_id: str) -> None:
-    subprocess.run(["scancel", job_id], capture_output=True, timeout=SQUEUE_TIMEOUT_S)
+    slurm.cancel([job_id])
 
 
 def from_mirror(url: str, run_root: str | None) -> Path:

@@ -32,7 +32,6 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,12 +40,9 @@ from typing import Callable
 import yaml
 
 from core import rundir, runstatus
+from core.slurm import ACTIVE, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
 from core.errors import UserError
 
-# squeue states of a job that is still (or again) in the queue.
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-          "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
-QUERY_TIMEOUT_S = 30
 JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
@@ -67,46 +63,6 @@ class Run:
     updated: str | None  # when status.json was last written (ISO 8601)
     status_state: str | None  # status.json's own word
     message: str
-
-
-def _run_query(argv: list[str]) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: state} for the jobs squeue knows; None when squeue cannot be asked at all."""
-    if not job_ids:
-        return {}
-    done = _run_query(["squeue", "-h", "--states=all", "-o", "%i|%T", f"--jobs={','.join(job_ids)}"])
-    if done is None:
-        return None
-    if done.returncode != 0:
-        # Asked only about jobs it has forgotten, squeue exits 1 with this message.
-        return {} if "Invalid job id" in done.stderr else None
-    states = {}
-    for line in done.stdout.splitlines():
-        job, _, state = line.strip().partition("|")
-        if job and state:
-            states[job] = state
-    return states
-
-
-def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
-    """{job id: state} from accounting; None when accounting is off or sacct is missing."""
-    if not job_ids:
-        return {}
-    done = _run_query(["sacct", "-n", "-X", "-P", "-o", "JobID,State", f"--jobs={','.join(job_ids)}"])
-    if done is None or done.returncode != 0:
-        return None
-    states = {}
-    for line in done.stdout.splitlines():
-        job, _, state = line.strip().partition("|")
-        if job and state:
-            states[job] = state.split()[0]  # "CANCELLED by 1000" -> CANCELLED
-    return states
 
 
 def _job_number(job_id: str) -> tuple[int, int]:
@@ -134,7 +90,7 @@ def job_id_of(run: Path, status: dict) -> str | None:
 def decide_state(status_state: str | None, job_id: str | None, queue: str | None, acct: str | None,
                  squeue_ok: bool) -> tuple[str, str]:
     """(shown state, where it came from); the rules are in this module's docstring."""
-    scheduler, source = (queue, "squeue") if queue else (acct, "sacct") if acct else (None, "")
+    scheduler, source = (queue, FROM_QUEUE) if queue else (acct, FROM_ACCOUNTING) if acct else (None, "")
     if scheduler:
         if status_state == "requeued" and scheduler in ACTIVE and scheduler != "RUNNING":
             return f"REQUEUED ({scheduler})", source

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from core import rundir
+from core import rundir, slurm
 from core.errors import UserError
 from launcher.submitit_adapter import SbatchRefused, submit_script
 
@@ -30,7 +30,7 @@ def choose_cluster(setting: str) -> tuple[str, str]:
     """Returns ("slurm" | "local", why) for runtime.cluster auto | slurm | local."""
     if setting == "local":
         return "local", "runtime.cluster is local"
-    if setting == "slurm" or shutil.which("sbatch"):
+    if setting == "slurm" or slurm.available():
         return "slurm", f"runtime.cluster is {setting}"
     return "local", "no sbatch on PATH and runtime.cluster is auto"
 

@@ -42,8 +42,7 @@ from typing import Any, Callable
 
 import yaml
 
-from core import config as configs
-from core import fsutil, rundir
+from core import fsutil, rundir, slurm
 from launcher import preflight, resume, sweep_arrays
 from core.config import Config, ConfigError, config_stem, load_config
 from launcher.render import JobArray, describe_request, render_sbatch
@@ -250,7 +249,7 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
             print(f"launch: note: without --dry-run the points would run here one after another ({why})",
                   file=sys.stderr)
         return 0
-    if not args.emit_sbatch and cluster == "slurm" and shutil.which("sbatch") is None:
+    if not args.emit_sbatch and cluster == "slurm" and not slurm.available():
         raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                           "login node, or pass --cluster local")
     sweep_dir = rundir.new_run_dir(base.runtime.run_root, name)

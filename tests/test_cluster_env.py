@@ -1,6 +1,7 @@
 """SLURM / local-launcher environment -> process layout and TF_CONFIG (pure functions)."""
 import json
 
+from core import slurm
 from training.cluster import cluster_from_env, tf_config
 
 
@@ -78,7 +79,7 @@ def big_job_env(rank: int, per_node: int) -> dict[str, str]:
 def test_a_1024_node_multiworker_job_has_one_worker_per_node_and_expands_the_nodelist_once():
     from training import cluster
 
-    cluster._expand.cache_clear()
+    slurm.hostnames.cache_clear()
     for rank in (0, 517, NODES - 1):
         spec = cluster_from_env(big_job_env(rank, 1))
         workers = json.loads(tf_config(spec, BASE_PORT))["cluster"]["worker"]
@@ -86,14 +87,14 @@ def test_a_1024_node_multiworker_job_has_one_worker_per_node_and_expands_the_nod
     assert len(workers) == NODES
     assert (workers[0], workers[-1]) == ("gpu0001:29500", f"gpu1024:{BASE_PORT + NODES - 1}")
     assert json.loads(tf_config(spec, BASE_PORT))["task"] == {"type": "worker", "index": NODES - 1}
-    assert cluster._expand.cache_info().misses == 1  # one `scontrol show hostnames` for every rank
+    assert slurm.hostnames.cache_info().misses == 1  # one `scontrol show hostnames` for every rank
 
 
 def test_a_1024_node_horovod_job_numbers_8192_ranks_node_by_node():
     from training import cluster
     from training.backends.horovod_env import horovod_env_from_slurm
 
-    cluster._expand.cache_clear()
+    slurm.hostnames.cache_clear()
     seen = {}
     for rank in (0, 7, 8, 4100, NODES * GPUS - 1):
         env = big_job_env(rank, GPUS)
@@ -106,4 +107,4 @@ def test_a_1024_node_horovod_job_numbers_8192_ranks_node_by_node():
     last = seen[NODES * GPUS - 1]
     assert (last["HOROVOD_SIZE"], last["HOROVOD_LOCAL_SIZE"], last["HOROVOD_CROSS_SIZE"]) == ("8192", "8", "1024")
     assert (last["HOROVOD_CROSS_RANK"], seen[8]["HOROVOD_CROSS_RANK"], seen[8]["HOROVOD_LOCAL_RANK"]) == ("1023", "1", "0")
-    assert cluster._expand.cache_info().misses == 1
+    assert slurm.hostnames.cache_info().misses == 1

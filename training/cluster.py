@@ -6,11 +6,11 @@ allocation come from `scontrol show hostnames`, never from parsing the nodelist 
 """
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping
+
+from core import slurm
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,8 @@ class ClusterSpec:
 
 
 def scontrol_hostnames(nodelist: str) -> list[str]:
-    """Expands a SLURM nodelist (e.g. `node[1-2]`) with `scontrol show hostnames`, once per
-    nodelist in a process: the backend, the Horovod variables and the writer lock all ask."""
-    return list(_expand(nodelist))
-
-
-@functools.lru_cache(maxsize=8)
-def _expand(nodelist: str) -> tuple[str, ...]:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
-                         capture_output=True, text=True).stdout
-    return tuple(out.split())
+    """Expands a SLURM nodelist (e.g. `node[1-2]`), once per nodelist in a process."""
+    return list(slurm.hostnames(nodelist))
 
 
 def cluster_from_env(env: Mapping[str, str],

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from core import rundir
+from core import rundir, slurm
 from core.config import Config, ConfigError, from_dict
 from launcher.resume import writer_lock
 from core.runstatus import read_status, write_status
@@ -43,7 +42,7 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path 
     continuations = int(read_status(run_dir).get("continuations", 0)) if run_dir else 0
     if restarts + continuations >= max_requeues:
         return f"stopped: requeue limit {max_requeues} reached; continue with launch --resume RUN_DIR"
-    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    done = slurm.requeue(job_id)
     if not done.returncode:
         return f"requeued (restart {restarts + continuations + 1} of at most {max_requeues})"
     refused = done.stderr.strip()
