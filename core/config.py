@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from core import registry, storage
+from core import registry, rundir, storage
 from core.errors import ConfigError
 # The schema's names are part of this module's API: callers import Config and its sections from here.
 from core.schema import (BACKENDS, CLUSTERS, GPU_STYLES, PRECISIONS, SWEEP_SECTION, AugmentConfig,  # noqa: F401
@@ -281,6 +281,18 @@ def check(cfg: Config) -> None:
                           "data.source=tfrecord")
     if len(cfg.model.mean) != 3 or len(cfg.model.std) != 3:
         raise ConfigError("model.mean and model.std need three values, one per channel")
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """A run's resolved config.yaml, as launch wrote it: the one reader of that file.
+
+    Raises:
+        ConfigError: the folder is not a run directory, or its config.yaml is damaged.
+    """
+    path = Path(run_dir) / rundir.CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); create runs with launch")
+    return from_dict(load_yaml(path) or {}, str(path))
 
 
 def from_dict(data: dict[str, Any], source: str = "resolved config") -> Config:

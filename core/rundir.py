@@ -34,7 +34,9 @@ LATEST_GLOB = "latest-*.h5"
 SUMMARY = "summary.json"  # under REPORT: the run's final figures
 PREDICTIONS = "predictions.json"  # under REPORT: accuracy, top-5, loss and files of the end report
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
-WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/resume.py)
+WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (core/locks.py)
+SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: the points, their values and run directories
+RUNS_FILE = "runs.txt"  # in a sweep's folder: run directory of array task i on line i + 1
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.
@@ -80,6 +82,17 @@ def read_json(path: Path) -> dict:
     except ValueError as err:
         raise RunDirError(f"{path} is not valid JSON ({err}); restore or delete it") from None
     return data if isinstance(data, dict) else {}
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """A sweep's folder (its points are run directories one level down)."""
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def epochs_done(run_dir: Path) -> tuple[int, dict | None]:
+    """(epochs the latest checkpoint has finished, its state record or None)."""
+    state = read_json(Path(run_dir) / CHECKPOINTS / LATEST)
+    return int(state.get("epoch", 0)), (state or None)
 
 
 def record_job(run_dir: Path, job_id: str) -> None:

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from launcher import resume, runs
-from core import runstatus, slurm
+from launcher import runs
+from core import locks, runstatus, slurm
 from core.slurm import job_state
 from core.errors import UserError
 from core.rundir import RunDir
@@ -21,7 +21,7 @@ END_WAIT_S = 120  # how long to wait for the jobs to leave the queue after scanc
 
 def cancel_run(run: RunDir, end_wait_s: float = END_WAIT_S) -> int:
     """Cancels every active job of `run` and waits for them to end; returns the exit code."""
-    jobs = resume.active_jobs(run.path)
+    jobs = locks.active_jobs(run.path)
     if not jobs:
         state = runstatus.read_status(run.path).get("state", "no status yet")
         print(f"no job of {run.path} is queued or running (status.json: {state}); nothing to cancel")

@@ -19,37 +19,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import fsutil, rundir, slurm
-from launcher import preflight, resume
+from core import fsutil, locks, rundir, slurm
+from launcher import commands, options, preflight, resume, sweep, sweep_resume
+from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UsageError, UserError, one_line
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
-
-# argparse dest -> config key. Each flag also has an alias spelled like its key, so that config
-# errors ("flag --gpus-per-node") name a flag that exists. First the site options every job
-# command takes (launcher/commands.py: eval, predict, gpucheck, convert) ...
-SITE_FLAGS = {
-    "gpu_type": "slurm.gpu_type",
-    "gpu_style": "slurm.gpu_style",
-    "time": "slurm.time_min",
-    "partition": "slurm.partition",
-    "account": "slurm.account",
-    "qos": "slurm.qos",
-    "job_name": "slurm.job_name",
-    "cluster": "runtime.cluster",
-}
-# ... and a training run's, which also sets its shape, backend and run root.
-FLAGS = {
-    "nodes": "slurm.nodes",
-    "gpus": "slurm.gpus_per_node",
-    "backend": "runtime.backend",
-    "run_root": "runtime.run_root",
-    **SITE_FLAGS,
-}
 
 
 _one_line = one_line
@@ -119,17 +96,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolved(cfg: Config, run_dir: Path) -> Config:
-    """The config as the job will see it: names, absolute paths and interpreter filled in."""
-    cfg = copy.deepcopy(cfg)
-    resume.absolute_paths(cfg, Path.cwd())  # relative to where launch ran, as the user meant
-    cfg.runtime.run_root = str(run_dir.parent)
-    cfg.runtime.run_name = run_dir.name
-    cfg.runtime.python = cfg.runtime.python or sys.executable
-    cfg.slurm.job_name = cfg.slurm.job_name or run_dir.name
-    return cfg
-
-
 def _render(cfg: Config, run_dir: Path) -> str:
     return render_sbatch(cfg.slurm, cfg.runtime.backend, run_dir, cfg.runtime.python,
                          cfg.runtime.worker_timeout_s)
@@ -170,7 +136,7 @@ def _launch(args: argparse.Namespace) -> int:
     cfg, reused, name = _load(args)
     cluster, why = choose_cluster(cfg.runtime.cluster)
     run_dir = reused or rundir.planned_run_dir(cfg.runtime.run_root, name)
-    script = _render(_resolved(cfg, run_dir), run_dir)  # validation by rendering, before any write
+    script = _render(options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd()), run_dir)  # validation by rendering, before any write
     if not args.no_preflight:
         to_slurm = cluster == "slurm" or bool(args.emit_sbatch)
         for note in preflight.run(cfg, to_slurm=to_slurm, dry_run=args.dry_run):
@@ -185,14 +151,14 @@ def _launch(args: argparse.Namespace) -> int:
         raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                           "login node, or pass --cluster local")
     if reused is not None:
-        with resume.launch_lock(reused):  # two resumes at once: the second sees the first's job
-            resume.check_idle(reused)
+        with locks.launch_lock(reused):  # two resumes at once: the second sees the first's job
+            locks.check_idle(reused)
             return _resume(args, cfg, reused, cluster, why)
     root = Path(cfg.runtime.run_root).expanduser().resolve()
     before = set(os.listdir(root)) if root.is_dir() else set()
     try:
         run_dir = rundir.new_run_dir(cfg.runtime.run_root, name)
-        cfg = _resolved(cfg, run_dir)
+        cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
         script = _render(cfg, run_dir)
         _write_run_files(run_dir, cfg, script)
     except OSError as err:  # e.g. the disk filled up: say where, and leave no empty run dir behind
@@ -242,7 +208,7 @@ def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, 
     only then released, so a refused or failed resume leaves config.yaml as it was and the job
     never reads an old one.
     """
-    cfg = _resolved(cfg, run_dir)
+    cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
     script = _render(cfg, run_dir)
     earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH) if p.is_file()}
     if args.emit_sbatch or cluster == "local":
@@ -288,17 +254,16 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
 def train(argv: list[str]) -> int:
     """`launch [train] ...`: a new run, or `--resume RUN`; raises UserError for the user's mistakes."""
     args = _parser().parse_intermixed_args(argv)
-    from launcher import sweep  # a sweep: one job array (launcher/sweep.py)
-
-    if sweep.wanted(args, DEFAULT_CONFIG):
-        return sweep.launch(args, {key: getattr(args, dest) for dest, key in FLAGS.items()}, DEFAULT_CONFIG)
+    if sweep.wanted(args, DEFAULT_CONFIG):  # a sweep: job arrays (launcher/sweep.py)
+        flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
+        if args.resume:
+            return sweep_resume.resume_sweep(args, flags)
+        return sweep.launch(args, flags, DEFAULT_CONFIG)
     return _launch(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `launch` console script; returns the exit code."""
-    from launcher import commands  # the subcommands; train is the default
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return commands.dispatch(argv, train)

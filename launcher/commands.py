@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from launcher.cli import DEFAULT_CONFIG, REPO, SITE_FLAGS
+from launcher import runs, sweep_compare
+from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
 from core.config import Config, load_config
 from core.errors import UsageError, UserError
 from launcher.jobs import Request, log_lines, start
@@ -281,9 +282,10 @@ def cmd_convert(argv: list[str]) -> int:
 
 
 def cmd_runs(argv: list[str]) -> int:
-    from launcher import runs  # only `launch runs` pays for its imports
-
-    return runs.main(argv)
+    args = runs.parser().parse_args(argv)
+    if args.sweep:
+        return sweep_compare.main(args.sweep, args.metric)
+    return runs.show(args)
 
 
 def cmd_cancel(argv: list[str]) -> int:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
 from core import rundir
-from core.config import ConfigError, from_dict
+from core.config import ConfigError, load_run_config
 from launcher.render import describe_request, render_sbatch
 from launcher.submit import SubmitError, submit_slurm
 
 
 def continuation_script(run_dir: Path, after_job: str) -> tuple[str, str]:
     """(script, request in sbatch's words) for the job that continues `run_dir` after `after_job`."""
-    cfg = from_dict(yaml.safe_load((Path(run_dir) / rundir.CONFIG).read_text()), str(run_dir / rundir.CONFIG))
+    cfg = load_run_config(run_dir)
     script = render_sbatch(cfg.slurm, cfg.runtime.backend, Path(run_dir), cfg.runtime.python,
                            cfg.runtime.worker_timeout_s)
     first, _, rest = script.partition("\n")

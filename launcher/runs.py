@@ -250,8 +250,9 @@ def format_table(runs: list[Run]) -> str:
                      for row in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`launch runs [--run-root DIR] [--json]`; returns the exit code."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `launch runs` (launcher/commands.py runs it; --sweep goes to
+    launcher/sweep_compare.py)."""
     parser = argparse.ArgumentParser(prog="launch runs", description="List runs with their job state.",
                                      epilog="example:\n  launch runs --run-root /shared/runs --json",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                         "writes compare.csv and compare.png there (launcher/sweep_compare.py)")
     parser.add_argument("--metric", choices=("val_accuracy", "val_loss"), default="val_accuracy",
                         help="with --sweep: the metric that orders the points")
-    args = parser.parse_args(argv)
-    if args.sweep:
-        from launcher import sweep_compare  # noqa: PLC0415
+    return parser
 
-        return sweep_compare.main(args.sweep, args.metric)
+
+def show(args: argparse.Namespace) -> int:
+    """`launch runs` without --sweep: the table (or --json) of every run under --run-root."""
     if str(args.run_root).startswith("s3://"):
         runs, squeue_ok, root = mirrored_runs(args.run_root), True, args.run_root  # StorageError: a UserError
     else:
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             raise UserError(f"run root {root} is not a folder; pass --run-root or set LAUNCH_RUN_ROOT")
         runs, squeue_ok = list_runs(root)
-        for sweep in sorted(p for p in root.iterdir() if (p / "sweep.yaml").is_file()):
+        for sweep in sorted(p for p in root.iterdir() if rundir.is_sweep_dir(p)):
             if not args.json:  # a sweep's points live one folder down, in their own listing
                 print(f"sweep {_printable(sweep.name)}: launch runs --sweep {_printable(str(sweep))}",
                       file=sys.stderr)
@@ -291,6 +292,3 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

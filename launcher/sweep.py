@@ -43,15 +43,14 @@ from typing import Any, Callable
 import yaml
 
 from core import fsutil, rundir, slurm
-from launcher import preflight, resume, sweep_arrays
+from launcher import options, preflight, resume, sweep_arrays
 from core.config import Config, ConfigError, config_stem, load_config
 from launcher.render import JobArray, describe_request, render_sbatch
 from launcher.submit import choose_cluster, run_local, submit_slurm
 from launcher.sweep_arrays import SweepArray
 from launcher.sweep_points import Point, PointConfigs, make_points, parse_axes, read_block, show  # noqa: F401
 
-SWEEP_FILE = "sweep.yaml"  # the points, their values and run directories
-RUNS_FILE = "runs.txt"  # run directory of array task i on line i + 1
+SWEEP_FILE, RUNS_FILE, is_sweep_dir = rundir.SWEEP_FILE, rundir.RUNS_FILE, rundir.is_sweep_dir
 
 
 @dataclass
@@ -61,10 +60,6 @@ class Planned:
     point: Point
     run_dir: Path
     cfg: Config
-
-
-def is_sweep_dir(path: str | Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
 
 
 def _max_parallel(args: argparse.Namespace, block: dict) -> int:
@@ -90,16 +85,6 @@ def wanted(args: argparse.Namespace, default_config: Path) -> bool:
     return bool(read_block(args.config or default_config))  # a file or an s3:// URL
 
 
-def resolved(cfg: Config, run_dir: Path, cwd: Path) -> Config:
-    """The config as the job sees it, as launcher/cli.py's _resolved makes it, on a config whose
-    sections are already this point's own copies (no deepcopy per point)."""
-    resume.absolute_paths(cfg, cwd)
-    cfg.runtime.run_root = str(run_dir.parent)
-    cfg.runtime.run_name = run_dir.name
-    cfg.runtime.python = cfg.runtime.python or sys.executable
-    return cfg
-
-
 def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path, job_name: str) -> list[Planned]:
     """Resolves every point for `sweep_dir`. Every point carries the array's job name, so a point
     resumed on its own (launch --resume RUN_DIR) still shows as part of the sweep in squeue."""
@@ -111,7 +96,7 @@ def plan(points: list[Point], configs_of: list[Config], sweep_dir: Path, job_nam
         for section in ("data", "model", "runtime", "slurm"):
             setattr(cfg, section, copy.copy(getattr(cfg, section)))
         cfg.slurm.job_name = job_name
-        planned.append(Planned(point, run_dir, resolved(cfg, run_dir, cwd)))
+        planned.append(Planned(point, run_dir, options.for_job(cfg, run_dir, cwd)))
     return planned
 
 
@@ -206,11 +191,7 @@ def _write(sweep_dir: Path, planned: list[Planned], arrays: list[SweepArray], so
 
 
 def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path) -> int:
-    """A new sweep (`launch --sweep ...`) or the resume of one (`launch --resume SWEEP_DIR`)."""
-    if args.resume:
-        from launcher.sweep_resume import resume_sweep  # noqa: PLC0415
-
-        return resume_sweep(args, flags)
+    """A new sweep (`launch --sweep ...`); launcher/sweep_resume.py resumes one."""
     path = args.config or default_config  # a file or an s3:// URL
     block = read_block(path)
     points = make_points(block, parse_axes(args.sweep or []), str(path))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core import fsutil, rundir
 from launcher.runs import list_runs
-from launcher.sweep import show
+from launcher.sweep_points import show
 from launcher.sweep_resume import points_of, read_sweep
 
 COMPARE_CSV = "compare.csv"
@@ -146,7 +146,7 @@ def write_plot(sweep_dir: Path, rows: list[Row]) -> Path:
 def main(sweep_dir: str, metric: str) -> int:
     """`launch runs --sweep DIR [--metric val_accuracy|val_loss]`; returns the exit code."""
     path = Path(sweep_dir).expanduser()
-    if not (path / "sweep.yaml").is_file():
+    if not rundir.is_sweep_dir(path):
         print(f"launch runs: {path} is not a sweep directory (no sweep.yaml); pass the folder that "
               "launch --sweep printed", file=sys.stderr)
         return 2

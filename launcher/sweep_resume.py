@@ -12,13 +12,14 @@ a refused resume leaves every point as it was (the single resume's order, launch
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from launcher import resume
-from core import rundir, runstatus
+from launcher import options, resume
+from core import locks, rundir, runstatus
 from core.config import ConfigError, load_config
 from launcher.submit import choose_cluster
 from launcher import sweep_arrays
@@ -49,8 +50,6 @@ def unfinished(points: list[tuple[Point, Path]]) -> list[tuple[Point, Path]]:
 
 
 def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
-    from launcher.cli import _resolved  # noqa: PLC0415 (cli imports launcher.sweep)
-
     if args.config or args.sweep:
         raise ConfigError("--resume of a sweep continues its points with their own config.yaml; drop "
                           "--config/--sweep and change values with flags or section.key=value")
@@ -71,7 +70,7 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
                 raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG})")
             cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
             resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
-            cfg = _resolved(cfg, run_dir)
+            cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
             planned.append(Planned(point, run_dir, cfg))
         except ConfigError as err:
             raise ConfigError(f"sweep point {point.index} ({point.label()}): {err}") from None
@@ -96,10 +95,10 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         print_scripts(arrays)
         print(point_table(planned))
         return 0
-    with resume.launch_lock(sweep_dir):
-        resume.check_idle(sweep_dir)
+    with locks.launch_lock(sweep_dir):
+        locks.check_idle(sweep_dir)
         for item in planned:
-            resume.check_idle(item.run_dir)
+            locks.check_idle(item.run_dir)
         if cluster == "local" or args.emit_sbatch:
             _write_resumed(sweep_dir, planned, arrays)
             return start(args, planned, sweep_dir, arrays, cluster, why, fresh=True)

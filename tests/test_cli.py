@@ -110,8 +110,8 @@ def test_runs_subcommand_is_dispatched(monkeypatch):
     from launcher import runs
 
     seen = []
-    monkeypatch.setattr(runs, "main", lambda argv: seen.append(argv) or 7)
-    assert cli.main(["runs", "--all"]) == 7 and seen == [["--all"]]
+    monkeypatch.setattr(runs, "show", lambda args: seen.append(args.json) or 7)
+    assert cli.main(["runs", "--json"]) == 7 and seen == [True]
 
 
 @pytest.fixture

@@ -77,8 +77,6 @@ def big_job_env(rank: int, per_node: int) -> dict[str, str]:
 
 
 def test_a_1024_node_multiworker_job_has_one_worker_per_node_and_expands_the_nodelist_once():
-    from training import cluster
-
     slurm.hostnames.cache_clear()
     for rank in (0, 517, NODES - 1):
         spec = cluster_from_env(big_job_env(rank, 1))

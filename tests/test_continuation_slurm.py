@@ -2,7 +2,6 @@
 the chief continues the run through a new job in the same run directory."""
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Config, dump
 from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 

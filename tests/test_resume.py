@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import resume
-from core import rundir
+from core import locks, rundir
 from slurm_jobs import REPO, history_epochs, launch, wait, wait_final
 
 TINY = ("train.epochs=1", "slurm.cpus_per_task=1")
@@ -98,10 +97,10 @@ def test_overrides_the_checkpoint_cannot_take(capsys, checkpointed_run, tmp_path
 
 
 def _hold(path: str, token: str, results) -> None:
-    lock = resume.RunLock(Path(path))
+    lock = locks.RunLock(Path(path))
     try:
         lock.acquire()
-    except resume.RunBusy as err:
+    except locks.RunBusy as err:
         results.put(("refused", str(err)))
         return
     results.put(("held", token))
@@ -132,10 +131,10 @@ def test_lock_of_a_dead_local_run_is_taken_over(tmp_path):
     dead.wait()
     path = tmp_path / rundir.WRITER_LOCK
     path.write_text(json.dumps({"token": "t", "host": os.uname().nodename, "pid": dead.pid, "job_id": None}))
-    with resume.RunLock(path):
+    with locks.RunLock(path):
         assert json.loads(path.read_text())["pid"] == os.getpid()
-        with pytest.raises(resume.RunBusy, match=r"held by a local run .* still running"):
-            resume.RunLock(path).acquire()
+        with pytest.raises(locks.RunBusy, match=r"held by a local run .* still running"):
+            locks.RunLock(path).acquire()
     assert not path.exists()
 
 

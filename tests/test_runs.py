@@ -141,7 +141,7 @@ def test_table_is_aligned_and_one_line_per_run(tmp_path):
 
 def test_json_output_parses(tmp_path, capsys, monkeypatch):
     make_run(tmp_path, "one", status("completed", None, epoch=10, best=0.93))
-    assert runs.main(["--run-root", str(tmp_path), "--json"]) == 0
+    assert runs.show(runs.parser().parse_args(["--run-root", str(tmp_path), "--json"])) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert record["name"] == "one" and record["state"] == "COMPLETED" and record["best_val_accuracy"] == 0.93
     assert set(record) == {"name", "run_dir", "job_id", "state", "state_source", "epoch", "epochs",

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
 from core import config as config_lib
 from core.errors import UserError
@@ -38,7 +37,7 @@ def load_config(run_dir: Path) -> config_lib.Config:
     run = RunDir(run_dir)
     if not run.exists():
         raise EvaluateError(f"{run_dir} is not a run directory (no {run.config.name}); pass --run-dir of a run")
-    return config_lib.from_dict(yaml.safe_load(run.config.read_text()) or {}, str(run.config))
+    return config_lib.load_run_config(run_dir)
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:

@@ -11,11 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 
 from core import rundir, slurm
-from core.config import Config, ConfigError, from_dict
-from launcher.resume import writer_lock
+from core.config import Config, ConfigError, load_run_config
+from core.locks import writer_lock
 from core.runstatus import read_status, write_status
 from training import signals
 from training.cluster import cluster_from_env
@@ -23,13 +22,6 @@ from training.envreport import write_env_report
 
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a resumable checkpoint, to be resumed
-
-
-def load_run_config(run_dir: Path) -> Config:
-    path = run_dir / rundir.CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {rundir.CONFIG}); create runs with launch")
-    return from_dict(yaml.safe_load(path.read_text()), str(path))
 
 
 def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path | None = None) -> str:

@@ -34,9 +34,7 @@ SKIP_NAMES = (rundir.WRITER_LOCK, rundir.LAUNCH_LOCK, STATE)
 def mirror_name(run_dir: Path) -> str:
     """The run's path under the mirror: its folder name, under its sweep's name for a sweep's
     point (points are named by their values, NNN-lr0.01, and repeat across sweeps)."""
-    from launcher.sweep import is_sweep_dir
-
-    return f"{run_dir.parent.name}/{run_dir.name}" if is_sweep_dir(run_dir.parent) else run_dir.name
+    return f"{run_dir.parent.name}/{run_dir.name}" if rundir.is_sweep_dir(run_dir.parent) else run_dir.name
 
 
 def run_url(mirror: str, run_dir: Path) -> str:

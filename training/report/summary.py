@@ -12,7 +12,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from core import config as config_lib
 from core import rundir
@@ -67,10 +66,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _read_config(run_dir: Path) -> config_lib.Config | None:
     """The run's config, or None: a summary written at the end of training must not fail."""
-    path = run_dir / rundir.CONFIG
     try:
-        return config_lib.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
-    except (OSError, yaml.YAMLError, ValueError):
+        return config_lib.load_run_config(run_dir)
+    except (OSError, ValueError):
         return None
 
 
