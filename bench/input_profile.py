@@ -73,7 +73,7 @@ def stage_costs(jpeg_dir: Path) -> dict[str, float]:
     function-call overhead is counted; differences between steps are the steps' own cost.
     """
     from core.config import DataConfig
-    from training.data.pipeline import _crop_window, decode_jpeg_window
+    from training.data.pipeline import crop_window, decode_jpeg_window
     from training.keras_compat import tf
 
     files = sorted(str(f) for f in Path(jpeg_dir).rglob("*.jpg"))[:STAGE_IMAGES]
@@ -82,7 +82,7 @@ def stage_costs(jpeg_dir: Path) -> dict[str, float]:
 
     def crop_decode(index, contents, dct_scaling=False):
         seed = tf.stack([tf.constant(0, tf.int64), index])
-        window = _crop_window(tf.io.extract_jpeg_shape(contents), data, True, seed)
+        window = crop_window(tf.io.extract_jpeg_shape(contents), data, True, seed)
         return decode_jpeg_window(contents, window, 224, dct_scaling)
 
     def resized(image):

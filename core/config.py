@@ -17,10 +17,28 @@ import yaml
 
 from core import registry, rundir, storage
 from core.errors import ConfigError
+
 # The schema's names are part of this module's API: callers import Config and its sections from here.
-from core.schema import (BACKENDS, CLUSTERS, GPU_STYLES, PRECISIONS, SWEEP_SECTION, AugmentConfig,  # noqa: F401
-                         Choice, Config, DataConfig, ModelConfig, OptimizerConfig, Range, RuntimeConfig,
-                         ScheduleConfig, SlurmConfig, StorageConfig, TextConfig, TrainConfig)
+from core.schema import (  # noqa: F401
+    BACKENDS,
+    CLUSTERS,
+    GPU_STYLES,
+    PRECISIONS,
+    SWEEP_SECTION,
+    AugmentConfig,
+    Choice,
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    Range,
+    RuntimeConfig,
+    ScheduleConfig,
+    SlurmConfig,
+    StorageConfig,
+    TextConfig,
+    TrainConfig,
+)
 
 
 def _type_name(tp: Any) -> str:

@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-from launcher import runs
 from core import locks, runstatus, slurm
-from core.slurm import job_state
 from core.errors import UserError
 from core.rundir import RunDir
+from core.slurm import job_state
+from launcher import runs
 
 END_WAIT_S = 120  # how long to wait for the jobs to leave the queue after scancel
 

@@ -20,14 +20,12 @@ import sys
 from pathlib import Path
 
 from core import fsutil, locks, rundir, slurm
-from launcher import commands, options, preflight, resume, sweep, sweep_resume
-from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UsageError, UserError, one_line
+from launcher import commands, options, preflight, resume, sweep, sweep_resume
+from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
-
-
 
 _one_line = one_line
 

@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from launcher import runs, sweep_compare
-from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
 from core.config import Config, load_config
 from core.errors import UsageError, UserError
-from launcher.jobs import Request, log_lines, start
-from launcher.render import TaskJob
+from core.gpucheck import allocation_verdict, parse_verdict
 from core.rundir import RunDir
+from launcher import runs, sweep_compare
+from launcher.cancel import cancel_run
+from launcher.jobs import Request, log_lines, start
+from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
+from launcher.render import TaskJob
+from launcher.submit import choose_cluster
 
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
 GPUCHECK_TIME_MIN = 10
@@ -219,8 +222,6 @@ def cmd_gpucheck(argv: list[str]) -> int:
     outcome = start(cfg, job, request, dry_run=args.dry_run, wait=True)
     if outcome.job_id is None:  # a dry run, or the check ran here and printed its own line
         return outcome.code
-    from training.gpucheck import allocation_verdict, parse_verdict  # TF-free helpers
-
     lines = sorted(line for line in log_lines(outcome.log) if parse_verdict(line))
     for line in lines:
         print(line)
@@ -264,8 +265,6 @@ def cmd_convert(argv: list[str]) -> int:
     command = [_python(cfg), "-u", "-m", "training.data.convert", str(src), str(out)]
     array = ""
     if args.array_tasks is not None:
-        from launcher.submit import choose_cluster  # noqa: PLC0415
-
         if choose_cluster(cfg.runtime.cluster)[0] == "slurm":
             array = f"0-{args.array_tasks - 1}"
             command += ["--array-tasks", str(args.array_tasks)]  # each task: $SLURM_ARRAY_TASK_ID
@@ -294,7 +293,6 @@ def cmd_cancel(argv: list[str]) -> int:
                "  launch cancel runs/demo-20261122-101500")
     p.add_argument("run", metavar="RUN", help="the run directory")
     args = p.parse_args(argv)
-    from launcher.cancel import cancel_run
 
     return cancel_run(_run(args.run))
 

@@ -7,12 +7,14 @@ has ended (`--dependency=afterany:JOB`), so the next job takes the writer lock o
 one has let go. Continuations count against slurm.max_requeues together with requeues; the count
 is kept in status.json (`continuations`), since a new job starts SLURM's restart count at 0.
 
-TF-free: the trainer imports it only after training has stopped.
+TF-free: the trainer runs it as `python -m launcher.continuation --run-dir RUN --after JOB` once
+training has stopped; it prints the new job's id.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
-
 
 from core import rundir
 from core.config import ConfigError, load_run_config
@@ -43,3 +45,20 @@ def submit_continuation(run_dir: Path, after_job: str) -> str:
     job_id = submit_slurm(script, Path(run_dir), asked, fresh=False)
     rundir.record_job(Path(run_dir), job_id)
     return job_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launcher.continuation", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run to continue")
+    parser.add_argument("--after", required=True, metavar="JOB", help="the job the continuation waits for")
+    args = parser.parse_args(argv)
+    try:
+        print(submit_continuation(args.run_dir, args.after), flush=True)
+    except SubmitError as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

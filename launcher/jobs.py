@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from core.config import Config
-from core.slurm import ACTIVE, job_state
 from core.errors import UserError
+from core.slurm import ACTIVE, job_state
 from launcher.render import TaskJob, describe_request, render_task_sbatch
 from launcher.submit import choose_cluster, submit_job
 

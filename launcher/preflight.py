@@ -22,13 +22,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import registry
+from core import registry, storage
 from core import slurm as slurm_cli
 from core.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
+from core.layout import LABELS_FILE, shard_prefix
 from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
-LABELS_FILE = "labels.json"  # the converter's (training/data/convert.py), not imported: it is slower
 MIN_FREE_BYTES = 64 << 20  # below this a run cannot even write its first checkpoint
 # squeue reasons that do not clear by waiting: the job sits in the queue until someone acts.
 
@@ -66,15 +66,7 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
 def check_mirror(storage_cfg: StorageConfig) -> None:
     """The mirror's bucket exists and these credentials can list it (one request)."""
     if storage_cfg.mirror:
-        from core import storage
-
         storage.check_bucket(storage_cfg.mirror, storage_cfg.endpoint_url)
-
-
-def _prefix(data: DataConfig, split: str) -> str:
-    """The shard name prefix of a split, as training/data/pipeline.py (which imports TensorFlow)
-    names it for data.source tfrecord: `{prefix}-*`."""
-    return data.train_split if split == "train" else data.val_split
 
 
 def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder"), endpoint_url: str = "") -> None:
@@ -84,8 +76,6 @@ def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder
     if data.source not in layouts:
         return
     if data.data_dir.startswith("s3://"):
-        from core import storage
-
         url = data.data_dir.rstrip("/")
         objects = storage.listing(url, endpoint_url)
         if not objects:
@@ -117,10 +107,10 @@ def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder
 def _check_shards(data: DataConfig, root: str, files: dict[str, int], labels: dict | None) -> None:
     """Checks the shards of a folder or prefix `root`, given its files' sizes and its labels.json."""
     sizes = {name: size for name, size in files.items()
-             if any(name.startswith(_prefix(data, s) + "-") for s in ("train", "val"))}
+             if any(name.startswith(shard_prefix(data, s) + "-") for s in ("train", "val"))}
     manifest = labels.get("shards") if labels else None
     for split, key in (("train", "data.train_split"), ("val", "data.val_split")):
-        prefix = _prefix(data, split)
+        prefix = shard_prefix(data, split)
         found = sorted(name for name in sizes if name.startswith(prefix + "-"))
         if not found:
             raise ConfigError(f"no TFRecord shards named {prefix}-* in {root}; check data.data_dir and {key}")

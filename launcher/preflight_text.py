@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+from core import storage
 from core.config import Config, ConfigError
 
 HEAD_BYTES = 1 << 16  # enough for a header row or a first JSON line
@@ -49,8 +50,6 @@ def check_text(cfg: Config) -> None:
             raise ConfigError(f"{train} is not a folder; data.source folder needs {train}/<class>/*.txt "
                               "(set data.data_dir / data.train_split)")
     if text.embeddings_file.startswith("s3://"):
-        from core import storage
-
         path = text.embeddings_file  # its first line, by one ranged read
         head = storage.read_head(path, HEAD_BYTES, cfg.storage.endpoint_url).decode("utf-8-sig", "replace")
     elif text.embeddings_file:

@@ -31,11 +31,10 @@ import shutil
 import sys
 from pathlib import Path
 
-
-from core import rundir, slurm
+from core import rundir, slurm, storage
 from core.config import Config, ConfigError
+from core.layout import LABELS_FILE
 from core.locks import RunBusy
-from launcher.preflight import LABELS_FILE
 
 HELD_S = 600  # a resume's job waits this long for launch to write its config.yaml (released at once)
 ACQUIRE_TIMEOUT_S = 30  # contenders breaking a stale lock take turns within this
@@ -166,8 +165,6 @@ def from_mirror(url: str, run_root: str | None) -> Path:
     """A run mirrored at `url` (storage.mirror), copied into the local run root to be resumed
     there: a run can continue on another cluster, or after its run directory was lost. The copy
     goes to a temporary name first, so an interrupted download leaves no half run directory."""
-    from core import storage
-
     url = url.rstrip("/")
     root = Path(run_root or "./runs").expanduser().resolve()
     target = root / url.rsplit("/", 1)[-1]

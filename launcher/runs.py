@@ -39,9 +39,9 @@ from typing import Callable
 
 import yaml
 
-from core import rundir, runstatus
-from core.slurm import ACTIVE, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
+from core import rundir, runstatus, storage
 from core.errors import UserError
+from core.slurm import ACTIVE, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
 
 JOB_FILE = rundir.JOB_FILE
 
@@ -204,8 +204,6 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
 def mirrored_runs(mirror: str) -> list[Run]:
     """The runs of a storage.mirror, from its results index (what the chief last recorded;
     SLURM is not asked: the jobs may belong to another cluster)."""
-    from core import storage
-
     runs = []
     for entry in storage.read_index(mirror):
         state = str(entry.get("state") or "unknown").upper()

@@ -43,12 +43,20 @@ from typing import Any, Callable
 import yaml
 
 from core import fsutil, rundir, slurm
-from launcher import options, preflight, resume, sweep_arrays
 from core.config import Config, ConfigError, config_stem, load_config
-from launcher.render import JobArray, describe_request, render_sbatch
+from core.storage import is_remote
+from launcher import options, preflight, resume, sweep_arrays
+from launcher.render import JobArray, describe_request, render_sbatch, world_size
 from launcher.submit import choose_cluster, run_local, submit_slurm
 from launcher.sweep_arrays import SweepArray
-from launcher.sweep_points import Point, PointConfigs, make_points, parse_axes, read_block, show  # noqa: F401
+from launcher.sweep_points import (  # noqa: F401
+    Point,
+    PointConfigs,
+    make_points,
+    parse_axes,
+    read_block,
+    show,
+)
 
 SWEEP_FILE, RUNS_FILE, is_sweep_dir = rundir.SWEEP_FILE, rundir.RUNS_FILE, rundir.is_sweep_dir
 
@@ -253,8 +261,6 @@ def script_array(script: str) -> str:
 
 def _where(path: Path | str) -> str:
     """The config's absolute path, or its s3:// URL as given."""
-    from core.storage import is_remote  # noqa: PLC0415
-
     return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
@@ -327,7 +333,6 @@ def run_here(planned: list[Planned], why: str) -> int:
         cfg = item.cfg
         print(f"launch: sweep point {item.point.index} ({item.point.label()}) running locally ({why}); "
               f"run dir {item.run_dir}", flush=True)
-        from launcher.render import world_size  # noqa: PLC0415
 
         code = run_local(item.run_dir, cfg.runtime.python, world_size(cfg.slurm, cfg.runtime.backend),
                          cfg.runtime.worker_timeout_s)

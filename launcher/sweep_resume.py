@@ -18,11 +18,10 @@ from typing import Any
 
 import yaml
 
-from launcher import options, resume
-from core import locks, rundir, runstatus
-from core.config import ConfigError, load_config
+from core import fsutil, locks, rundir, runstatus
+from core.config import ConfigError, dump, load_config
+from launcher import options, resume, sweep_arrays
 from launcher.submit import choose_cluster
-from launcher import sweep_arrays
 from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, _preflight, array_limit, arrays_of,
                             point_table, print_scripts, script_array, start, write_scripts)
 
@@ -109,9 +108,6 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
 def _write_resumed(sweep_dir: Path, planned: list[Planned], arrays: list) -> None:
     """The resumed points' config.yaml and the array script; runs.txt and sweep.yaml stay as
     they are (every point keeps its line)."""
-    from core import fsutil  # noqa: PLC0415
-    from core.config import dump  # noqa: PLC0415
-
     for item in planned:
         fsutil.atomic_write_text(item.run_dir / rundir.CONFIG, dump(item.cfg))
     write_scripts(sweep_dir, arrays)

@@ -210,14 +210,14 @@ def _photo_jpeg(width: int, height: int, seed: int) -> bytes:
 
 @pytest.mark.parametrize("training", [False, True])
 def test_reduced_dct_scale_decode_stays_close_to_a_full_decode(training):
-    from training.data.pipeline import DCT_RATIOS, _crop_window, dct_window, decode_crop_resize
+    from training.data.pipeline import DCT_RATIOS, crop_window, dct_window, decode_crop_resize
 
     data = DataConfig(image_size=112, min_crop_area=0.3, val_crop_fraction=0.875)
     used = set()
     for seed in range(3):
         encoded = tf.constant(_photo_jpeg(1600, 1200, seed))
         crop_seed = tf.constant([7, seed], tf.int64)  # fixes the training crop
-        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, crop_seed)
+        window = crop_window(tf.io.extract_jpeg_shape(encoded), data, training, crop_seed)
         exact = decode_crop_resize(encoded, data, training, crop_seed, dct_scaling=False).numpy()
         whole = tf.io.decode_jpeg(encoded, channels=3)
         assert np.abs(exact - tf.image.resize(tf.slice(whole, [*window[:2], 0], [*window[2:], 3]), [112, 112])
@@ -242,7 +242,7 @@ def test_reduced_dct_scale_decode_stays_close_to_a_full_decode(training):
 
 def test_uint8_batches_normalise_in_the_model_as_the_float_pipeline_did(shards):
     """The model's normalised input from the uint8 pipeline vs the float32 pipeline it replaced."""
-    from training.data.pipeline import _crop_window
+    from training.data.pipeline import crop_window
     from training.models import Preprocess
 
     data = DataConfig(source="tfrecord", data_dir=str(shards), image_size=16, val_crop_fraction=0.8)
@@ -252,7 +252,7 @@ def test_uint8_batches_normalise_in_the_model_as_the_float_pipeline_did(shards):
     before = []  # the previous pipeline: crop-window decode, float32 bilinear resize, no rounding
     for record in records:
         encoded = tf.train.Example.FromString(record.numpy()).features.feature["image/encoded"].bytes_list.value[0]
-        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, False, None)
+        window = crop_window(tf.io.extract_jpeg_shape(encoded), data, False, None)
         before.append(tf.image.resize(tf.io.decode_and_crop_jpeg(encoded, window, channels=3), [16, 16]))
     std = [58.395, 57.12, 57.375]
     normalise = Preprocess("rgb", [123.675, 116.28, 103.53], std)

@@ -178,6 +178,6 @@ def test_real_job_running_then_cancelled(tmp_path, slurm_cluster):
     # squeue remembers an ended job for MinJobAge (5 min here); after that it is gone.
     assert run.state in ("CANCELLED", f"FAILED (status not updated; job {job} is gone)"), run
     assert run.status_state == "killed" or run.state != "CANCELLED", run  # status.json rewritten
-    out = subprocess.run([sys.executable, "-m", "launcher.runs", "--run-root", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(tmp_path)],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0 and job in out.stdout and run.state in out.stdout

@@ -18,43 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-
 from core import config as config_lib
 from core.errors import UserError
 from core.fsutil import atomic_write_text
 from core.rundir import RunDir
-from training.data import DataError
+from training.data import DataError, as_data_error
+from training.inference import EvaluateError, checkpoint_path, load_config, load_model  # noqa: F401 (also this module's API)
+from training.predict_text import evaluate_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NAMED_CHECKPOINTS = RunDir.NAMED_CHECKPOINTS
-
-
-class EvaluateError(UserError, ValueError):
-    """A user-facing problem; the message is one line: what, where, what to do."""
-
-
-def load_config(run_dir: Path) -> config_lib.Config:
-    run = RunDir(run_dir)
-    if not run.exists():
-        raise EvaluateError(f"{run_dir} is not a run directory (no {run.config.name}); pass --run-dir of a run")
-    return config_lib.load_run_config(run_dir)
-
-
-def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    """The HDF5 file of a named checkpoint (RunDir.checkpoint), or the path given."""
-    return RunDir(run_dir).checkpoint(checkpoint)
-
-
-def load_model(path: Path):
-    """A tf-keras model from an HDF5 file, uncompiled (metrics are computed here, not by Keras)."""
-    from training.keras_compat import keras
-
-    try:
-        from training import models
-        custom = getattr(models, "custom_objects", dict)()
-    except ImportError:  # a model of only built-in layers still loads
-        custom = {}
-    return keras.models.load_model(path, custom_objects=custom, compile=False)
 
 
 def class_names(run_dir: Path, cfg: config_lib.Config) -> list[str]:
@@ -62,7 +35,7 @@ def class_names(run_dir: Path, cfg: config_lib.Config) -> list[str]:
     classes = RunDir(run_dir).read_model_spec().get("classes")
     if classes:
         return [str(c) for c in classes]
-    from training.data.pipeline import dataset_info
+    from training.data.pipeline import dataset_info  # defers TensorFlow
 
     return list(dataset_info(cfg.data).class_names)
 
@@ -88,7 +61,7 @@ def report(run_dir: str | Path, checkpoint: str, dataset: Iterable, names: list[
     Returns:
         (the checkpoint file, write_prediction_report's record).
     """
-    from training.report.predictions import write_prediction_report
+    from training.report.predictions import write_prediction_report  # defers NumPy
 
     path = checkpoint_path(Path(run_dir), checkpoint)
     return path, write_prediction_report(run_dir, model or load_model(path), dataset, names, max_batches,
@@ -117,13 +90,12 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", split: str = "val", 
     cfg = load_config(run_dir)
     path = checkpoint_path(run_dir, checkpoint)  # a missing checkpoint is named before the data is read
     if dataset is None and cfg.task == "image":
-        from training.data.pipeline import build_dataset
+        from training.data.pipeline import build_dataset  # defers TensorFlow
 
         dataset = build_dataset(cfg.data, split, training=False,
                                 batch_size=batch_size or default_batch_size(cfg), input_context=None,
                                 seed=cfg.train.seed)
     if cfg.task != "image":  # the run's own tokenizer and the texts' report (training/predict_text.py)
-        from training.predict_text import evaluate_text
 
         result = evaluate_text(run_dir, checkpoint, split, batch_size or default_batch_size(cfg), max_batches)
     else:
@@ -155,8 +127,8 @@ def find_images(images_dir: Path) -> list[Path]:
 
 def _image_dataset(paths: list[Path], data_cfg: config_lib.DataConfig, batch_size: int):
     """Batches of (index, image) with the evaluation crop and resize of the training pipeline."""
-    from training.data import pipeline
-    from training.keras_compat import tf
+    from training.data import pipeline  # defers TensorFlow
+    from training.keras_compat import tf  # defers TensorFlow
 
     def load(index, path):
         # The pipeline's own eval transform, so predictions see what validation saw.
@@ -179,7 +151,7 @@ def predict(run_dir: str | Path, images_dir: str | Path, out: str | Path, checkp
     """
     import numpy as np
 
-    from training.report.predictions import probabilities
+    from training.report.predictions import probabilities  # defers NumPy
 
     run_dir, images_dir = Path(run_dir), Path(images_dir)
     cfg = load_config(run_dir)
@@ -248,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate: {err}", file=sys.stderr)
         return 2
     except Exception as caught:
-        from training.data import as_data_error
-
         err = as_data_error(caught)  # a damaged shard found while evaluating names itself
         if not isinstance(err, DataError):
             raise

@@ -27,8 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-PREFIX = "gpucheck"  # every report line starts with this, so it can be found in a job log
-VERDICTS = ("OK", "NO GPU", "MISMATCH")
+from core.config import load_run_config
+from core.fsutil import atomic_write_text
+from core.gpucheck import PREFIX, VERDICTS, allocation_verdict, parse_verdict  # noqa: F401 (this module's API)
+from core.rundir import RunDir
+
 NO_DEVICE = ("", "-1", "NoDevFiles")  # CUDA_VISIBLE_DEVICES values that mean "no GPU"
 
 
@@ -178,7 +181,7 @@ def _tf_nccl(cuda_build: bool, wheels: Mapping[str, str]) -> str:
 def collect(environ: Mapping[str, str] | None = None, expect: int | None = None,
             configured: int | None = None) -> dict[str, Any]:
     """Everything the line reports, as a dict (this is what --run-dir writes as JSON)."""
-    from training.keras_compat import keras, tf
+    from training.keras_compat import keras, tf  # defers TensorFlow
 
     environ = os.environ if environ is None else environ
     build = dict(tf.sysconfig.get_build_info())
@@ -226,7 +229,7 @@ def check_start(allow_cpu: bool, environ: Mapping[str, str] | None = None) -> No
     want, _ = expected_gpus(environ)
     if not want:
         return
-    from training.keras_compat import tf
+    from training.keras_compat import tf  # defers TensorFlow
 
     if len(tf.config.list_physical_devices("GPU")) >= want:
         return  # the usual case: no nvidia-smi, Horovod import or version probing at every start
@@ -266,20 +269,8 @@ def format_line(info: dict[str, Any]) -> str:
     ])
 
 
-def parse_verdict(line: str) -> str | None:
-    """The verdict word of a report line, or None if the line is not one."""
-    if not line.startswith(PREFIX + " ") or " | verdict " not in line:
-        return None
-    rest = line.rsplit(" | verdict ", 1)[1]
-    return next((word for word in VERDICTS if rest.startswith(word + ":")), None)
-
-
 def _run_config(run_dir: Path | None):
-    if run_dir is None:
-        return None
-    from training.evaluate import load_config
-
-    return load_config(run_dir)
+    return None if run_dir is None else load_run_config(run_dir)
 
 
 def check_here(args: argparse.Namespace) -> int:
@@ -287,26 +278,9 @@ def check_here(args: argparse.Namespace) -> int:
     info = collect(expect=args.expect_gpus, configured=cfg.slurm.gpus_per_node if cfg else None)
     print(format_line(info), flush=True)
     if args.run_dir is not None:
-        from core.fsutil import atomic_write_text
-
-        from core.rundir import RunDir
-
         path = RunDir(args.run_dir).logs / f"gpucheck-{info['host']}-{info['rank']}.json"
         atomic_write_text(path, json.dumps(info, indent=1) + "\n")
     return 1 if failed(info["verdict"], info["expected"]) else 0
-
-
-def allocation_verdict(lines: list[str], nodes: int) -> tuple[str, bool]:
-    """One verdict for the whole allocation from the nodes' lines; (text, ok)."""
-    words = [parse_verdict(line) for line in lines]
-    bad = {w: words.count(w) for w in VERDICTS[1:] if w in words}
-    detail = f" ({', '.join(f'{n} {w}' for w, n in bad.items())})" if len(bad) > 1 else ""
-    if len(lines) < nodes:
-        return f"MISSING: {len(lines)} of {nodes} node(s) reported{detail}; see the job log", False
-    if not bad:
-        return f"OK on all {len(lines)} node(s)", True
-    worst = "NO GPU" if "NO GPU" in bad else "MISMATCH"
-    return f"{worst} on {sum(bad.values())} of {len(lines)} node(s){detail}", False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

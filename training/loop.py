@@ -19,6 +19,7 @@ from training.callbacks import (RunRecorder, RunTensorBoard, StepCheckpoint, Ste
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras, tf
 from training.report.curves import write_curves
+from training.tasks import create_task
 
 
 def _log(backend: Backend, message: str) -> None:
@@ -95,8 +96,6 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     Returns:
         A dict with `state` ("completed" or "stopped"), the epoch reached and the step.
     """
-    from training.tasks import create_task
-
     started = time.time()
     seed = cfg.train.seed + backend.rank  # different shuffles and augmentations per worker
     keras.utils.set_random_seed(seed)

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
-
 
 from core import rundir, slurm
 from core.config import Config, ConfigError, load_run_config
 from core.locks import writer_lock
 from core.runstatus import read_status, write_status
-from training import signals
+from training import evaluate, signals
+from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
+from training.data import DataError, as_data_error
+from training.data.stage import stage, stage_file
 from training.envreport import write_env_report
-
+from training.gpucheck import NoGPUError, check_start
+from training.mirror import mirrored
+from training.report.summary import write_summary
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a resumable checkpoint, to be resumed
 
@@ -40,14 +45,15 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path 
     refused = done.stderr.strip()
     if run_dir is None:
         return f"stopped: scontrol requeue failed ({refused}); use launch --resume RUN_DIR"
-    from launcher.continuation import submit_continuation
-    from launcher.submit import SubmitError
-
-    try:
-        follower = submit_continuation(run_dir, job_id)
-    except SubmitError as err:
+    # The submission layer is the login side's: the trainer asks it through its command line (as
+    # it asks SLURM through scontrol), with no import of launch's modules into the job.
+    done = subprocess.run([sys.executable, "-m", "launcher.continuation", "--run-dir", str(run_dir),
+                           "--after", job_id], capture_output=True, text=True)
+    if done.returncode:
+        err = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         return f"stopped: scontrol requeue failed ({refused}) and so did a continuation job ({err}); " \
                "use launch --resume RUN_DIR"
+    follower = done.stdout.strip()
     write_status(run_dir, continuations=continuations + 1)
     return (f"requeued as continuation job {follower}, which starts once job {job_id} ends (SLURM refused "
             f"scontrol requeue: {refused}; restart {restarts + continuations + 1} of at most {max_requeues})")
@@ -56,9 +62,6 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path 
 def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
     """Chief only: the task's prediction report from the best checkpoint (the evaluation `launch
     eval` runs, training/evaluate.py), then the summary."""
-    from training import evaluate
-    from training.report.summary import write_summary
-
     checkpoint = "best" if rundir.RunDir(run_dir).best_checkpoint.is_file() else "final"
     model = evaluate.load_model(evaluate.checkpoint_path(run_dir, checkpoint))
     fields = result["task"].final_report(run_dir, model, result["plan"], checkpoint)
@@ -71,11 +74,8 @@ def stage_inputs(cfg: Config) -> None:
     """s3:// inputs copied to node-local scratch once per node (training/data/stage.py); the
     config then names the local copies. config.yaml keeps the URLs."""
     if cfg.data.data_dir.startswith("s3://"):
-        from training.data.stage import stage
-
         cfg.data.data_dir = str(stage(cfg.data.data_dir, cfg.storage,
                                       log=lambda line: print(f"[train] {line}", flush=True)))
-    from training.data.stage import stage_file
 
     if (cfg.model.weights or "").startswith("s3://"):
         cfg.model.weights = str(stage_file(cfg.model.weights, cfg.storage))
@@ -87,12 +87,9 @@ def run(run_dir: Path) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
     write_env_report(run_dir)
-    from training.gpucheck import check_start
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
     stage_inputs(cfg)
-    from training.backends import create_backend
-    from training.mirror import mirrored
 
     backend = create_backend(cfg.runtime)
     with mirrored(cfg.storage, run_dir, backend.is_chief, log=lambda line: print(f"[train] {line}", flush=True)):
@@ -100,8 +97,8 @@ def run(run_dir: Path) -> int:
 
 
 def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
-    from training.callbacks import write_status
-    from training.loop import train
+    from training.callbacks import write_status  # defers TensorFlow
+    from training.loop import train  # defers TensorFlow
 
     try:
         result = train(cfg, run_dir, backend)
@@ -125,8 +122,6 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
             write_status(run_dir, state="completed", epoch=result["epoch"], message="")
         return 0
     except Exception as caught:
-        from training.data import as_data_error
-
         err = as_data_error(caught)  # a pipeline check inside TensorFlow names the shard and key
         if backend.is_chief:
             write_status(run_dir, state="failed", message=f"{type(err).__name__}: {err}"[:500])
@@ -136,10 +131,7 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from training.backends import BackendError
-    from training.data import DataError
-    from training.gpucheck import NoGPUError
-    from training.models import ModelError
+    from training.models import ModelError  # defers TensorFlow
 
     return (ConfigError, BackendError, DataError, ModelError, NoGPUError)
 

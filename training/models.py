@@ -182,6 +182,6 @@ def build_model(cfg: ModelConfig, aug: AugmentConfig, image_size: int, num_class
 
 def custom_objects() -> dict:
     """Project layers and schedules needed to load a saved HDF5 model."""
-    from training.optim import WarmupDecay
+    from training.optim import WarmupDecay  # defers TensorFlow
 
     return {"Preprocess": Preprocess, "RandomSaturation": RandomSaturation, "WarmupDecay": WarmupDecay}

@@ -21,6 +21,7 @@ from core import rundir
 from core.fsutil import atomic_write_text
 from training.data import DataError
 from training.data.text_sources import decode
+from training.inference import EvaluateError, checkpoint_path, load_config, load_model
 
 
 def _spec(run_dir: Path) -> dict:
@@ -37,8 +38,7 @@ def _spec(run_dir: Path) -> dict:
 
 def load_text_model(run_dir: str | Path, checkpoint: str = "best"):
     """(model, tokenizer layer, class names) of a text run."""
-    from training import tokenizer
-    from training.evaluate import checkpoint_path, load_model
+    from training import tokenizer  # defers TensorFlow
 
     run_dir = Path(run_dir)
     spec = _spec(run_dir)
@@ -51,8 +51,8 @@ def predict_texts(run_dir: str | Path, texts: list[str], checkpoint: str = "best
     """One {"text", "label", "probability", "probabilities": {class: p}} per text, in order."""
     import numpy as np
 
-    from training.keras_compat import tf
-    from training.report.predictions import probabilities
+    from training.keras_compat import tf  # defers TensorFlow
+    from training.report.predictions import probabilities  # defers NumPy
 
     model, layer, names = load_text_model(run_dir, checkpoint)
     rows = []
@@ -69,9 +69,8 @@ def predict_texts(run_dir: str | Path, texts: list[str], checkpoint: str = "best
 def evaluate_text(run_dir: str | Path, checkpoint: str = "best", split: str = "val", batch_size: int = 256,
                   max_batches: int | None = None) -> dict:
     """Accuracy of a checkpoint on the run's split; writes report/eval-<split>-* like the image eval."""
-    from training.data.text_pipeline import text_dataset
-    from training.evaluate import load_config
-    from training.report.text_predictions import write_text_report
+    from training.data.text_pipeline import text_dataset  # defers TensorFlow
+    from training.report.text_predictions import write_text_report  # defers NumPy
 
     run_dir = Path(run_dir)
     model, layer, names = load_text_model(run_dir, checkpoint)
@@ -119,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-column", default="text", help="the CSV column holding the texts")
     parser.add_argument("--out", type=Path, help="CSV to write (default: stdout)")
     args = parser.parse_args(argv)
-    from training.evaluate import EvaluateError
 
     try:
         texts = list(args.text) + (read_texts(args.file, args.text_column) if args.file else [])

@@ -10,74 +10,14 @@ from __future__ import annotations
 import os
 
 from core.config import RuntimeConfig
-from training.cluster import ClusterSpec, cluster_from_env
-
-
-class BackendError(RuntimeError):
-    """A backend that cannot start here; one line saying what to do."""
-
-
-class Backend:
-    """Common shape. Subclasses set `strategy`, `num_replicas` and override hooks."""
-
-    name = "base"
-
-    def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
-        self.spec = spec
-        self.runtime = runtime
-        self.strategy = None
-        self.num_replicas = 1
-
-    @property
-    def rank(self) -> int:
-        return self.spec.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.spec.world_size
-
-    @property
-    def is_chief(self) -> bool:
-        """Only the chief writes checkpoints, logs, plots and reports."""
-        return self.spec.is_chief
-
-    def per_replica_batch(self, global_batch_size: int) -> int:
-        if global_batch_size % self.num_replicas:
-            raise BackendError(
-                f"data.batch_size {global_batch_size} does not divide evenly over {self.num_replicas} "
-                f"replicas; pick a multiple of {self.num_replicas}")
-        return global_batch_size // self.num_replicas
-
-    def input_context(self):
-        """This process's input pipeline: one per process, files split between them."""
-        from training.keras_compat import tf
-
-        return tf.distribute.InputContext(num_input_pipelines=self.world_size,
-                                          input_pipeline_id=self.rank,
-                                          num_replicas_in_sync=self.num_replicas)
-
-    def distribute(self, dataset_fn):
-        """Turns `dataset_fn(input_context) -> per-replica-batched dataset` into what fit takes."""
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-    def wrap_optimizer(self, optimizer):
-        return optimizer
-
-    def callbacks(self) -> list:
-        return []
-
-    def any_worker(self, flag: bool) -> bool:
-        """True on every worker when `flag` is true on at least one (a collective: all must call)."""
-        return flag
-
-    def all_save(self) -> bool:
-        """Whether every worker must take part in saving (reads of synced variables are collective)."""
-        return False
+from training.backends.base import Backend, BackendError
+from training.backends.horovod import HorovodBackend
+from training.cluster import ClusterSpec, cluster_from_env, tf_config
 
 
 def _use_logical_cpus(count: int) -> None:
     """Splits the CPU into `count` logical devices when there is no GPU (tests, demo)."""
-    from training.keras_compat import tf
+    from training.keras_compat import tf  # defers TensorFlow
 
     if count > 1 and not tf.config.list_physical_devices("GPU"):
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -94,7 +34,7 @@ class MirroredBackend(Backend):
         if spec.world_size != 1:
             raise BackendError(f"backend mirrored runs one process but the job started {spec.world_size}; "
                                "use --backend multiworker for several nodes")
-        from training.keras_compat import tf
+        from training.keras_compat import tf  # defers TensorFlow
 
         _use_logical_cpus(runtime.cpu_devices)
         gpus = tf.config.list_logical_devices("GPU")
@@ -115,10 +55,9 @@ class MultiWorkerBackend(Backend):
 
     def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
         super().__init__(spec, runtime)
-        from training.cluster import tf_config
 
         os.environ["TF_CONFIG"] = tf_config(spec, runtime.port)
-        from training.keras_compat import tf
+        from training.keras_compat import tf  # defers TensorFlow
 
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
@@ -127,7 +66,7 @@ class MultiWorkerBackend(Backend):
         self._agree = None
 
     def any_worker(self, flag: bool) -> bool:
-        from training.keras_compat import tf
+        from training.keras_compat import tf  # defers TensorFlow
 
         if self._agree is None:
             # Compiled once: an eager cross-worker reduce is slow and warns on every call.
@@ -144,8 +83,6 @@ class MultiWorkerBackend(Backend):
 
 
 def _horovod(spec: ClusterSpec, runtime: RuntimeConfig) -> Backend:
-    from training.backends.horovod import HorovodBackend  # imports Horovod: only when chosen
-
     return HorovodBackend(spec, runtime)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from core.config import RuntimeConfig
-from training.backends import Backend, BackendError
+from training.backends.base import Backend, BackendError
 from training.cluster import ClusterSpec
 
 BUILD_HINT = "build it for this TensorFlow with training/horovod_build/build.sh"
@@ -15,7 +15,7 @@ class HorovodBackend(Backend):
 
     def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
         super().__init__(spec, runtime)
-        from training.keras_compat import tf
+        from training.keras_compat import tf  # defers TensorFlow
 
         try:
             import horovod.tensorflow.keras as hvd
@@ -50,7 +50,7 @@ class HorovodBackend(Backend):
                 self.hvd.callbacks.MetricAverageCallback()]
 
     def any_worker(self, flag: bool) -> bool:
-        from training.keras_compat import tf
+        from training.keras_compat import tf  # defers TensorFlow
 
         total = self.hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self.hvd.Sum)
         return float(total) > 0

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from training.cluster import scontrol_hostnames
+
 # Gloo's default is 30 s from a process's hvd.init(); tasks that import TensorFlow on a loaded
 # node start further apart than that.
 DEFAULT_GLOO_TIMEOUT_S = 120
@@ -152,8 +154,6 @@ def horovod_env_from_slurm(env: Mapping[str, str], hostnames: Sequence[str],
 # ---- thin launcher: `serve` in the batch script, `exec` in front of every srun task ----------
 
 def _allocation_hostnames(env: Mapping[str, str]) -> list[str]:
-    from training.cluster import scontrol_hostnames
-
     if not env.get("SLURM_JOB_NODELIST"):
         raise HorovodEnvError("SLURM_JOB_NODELIST is not set; run this inside a SLURM job")
     return scontrol_hostnames(env["SLURM_JOB_NODELIST"])

@@ -20,20 +20,26 @@ import re
 from dataclasses import dataclass
 
 from core.config import DataConfig
+from core.layout import DEMO_PREFIXES, SPLITS, shard_prefix  # noqa: F401 (also this module's API)
 from training.data import DataError, shards
 from training.data.convert import LABELS_FILE
+from training.data.decode import (  # noqa: F401 (also this module's API)
+    DCT_RATIOS,
+    crop_window,
+    dct_window,
+    decode_crop_resize,
+    decode_jpeg_window,
+)
+from training.data.demo import cache_root, prepare_demo
 from training.keras_compat import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-SPLITS = ("train", "val")
 FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
-DEMO_PREFIXES = {"train": "train", "val": "validation"}  # what the converter names them
 # The standard ImageNet-1k conversion writes no labels.json; its layout identifies it.
 IMAGENET_COUNTS = {("train", 1024): 1_281_167, ("validation", 128): 50_000}
 # JPEG decodes at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT) when the crop window stays at
 # least the target size on its shorter side after the scaling: cheaper, and a better downscale
 # than bilinear resizing from full resolution (an area average, not 2x2 samples).
-DCT_RATIOS = (1, 2, 4, 8)
 TFRECORD_READ_BUFFER = 8 << 20  # bytes per open shard; large reads suit parallel file systems
 SYNSETS_FILE = "synsets.txt"  # beside ImageNet shards: one synset per line in label order, maybe its text
 NAMING_RECORDS = 10_000  # validation records read at most to name classes from their features
@@ -53,18 +59,8 @@ class DatasetInfo:
 def resolve_data_dir(data: DataConfig) -> str:
     """The folder the pipeline reads; for demo, builds the shards on first use."""
     if data.source == "demo":
-        from training.data.demo import cache_root, prepare_demo
-
         return str(prepare_demo(cache_root(data.data_dir)))
     return data.data_dir
-
-
-def _prefix(data: DataConfig, split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data.source == "demo":  # a fixed data set: the split names in the config do not apply
-        return DEMO_PREFIXES[split]
-    return data.train_split if split == "train" else data.val_split
 
 
 def _tfrecord_files(data_dir: str, prefix: str) -> list[str]:
@@ -101,7 +97,7 @@ def _folder_classes(data: DataConfig) -> list[str]:
 def _folder_examples(data: DataConfig, split: str) -> tuple[list[str], list[int]]:
     """All image files of a split in a fixed order, and their labels."""
     classes = _folder_classes(data)
-    split_dir = _folder_split_dir(data.data_dir, _prefix(data, split))
+    split_dir = _folder_split_dir(data.data_dir, shard_prefix(data, split))
     files, labels = [], []
     for name in sorted(tf.io.gfile.listdir(split_dir)):
         name = name.rstrip("/")
@@ -131,10 +127,10 @@ def _sharded(data: DataConfig, split: str, input_context) -> tuple[list[str], li
     if data.source == "folder":
         files, labels = _folder_examples(data, split)
     else:
-        files, labels = _tfrecord_files(resolve_data_dir(data), _prefix(data, split)), None
+        files, labels = _tfrecord_files(resolve_data_dir(data), shard_prefix(data, split)), None
     count, index = _pipelines(input_context)
     if len(files) < count:
-        raise DataError(f"{len(files)} {_prefix(data, split)} files cannot be split between {count} input "
+        raise DataError(f"{len(files)} {shard_prefix(data, split)} files cannot be split between {count} input "
                         "pipelines (one worker each); write more shards or run fewer workers")
     # Same rule as Dataset.shard(count, index): file k goes to pipeline k % count.
     return files[index::count], None if labels is None else labels[index::count]
@@ -187,7 +183,7 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
                            len(_folder_examples(data, "val")[0]), data.data_dir)
 
     data_dir = resolve_data_dir(data)
-    prefixes = _prefix(data, "train"), _prefix(data, "val")
+    prefixes = shard_prefix(data, "train"), shard_prefix(data, "val")
     labels = shards.read_labels(data_dir)
     num_classes = _num_classes(data, labels, data_dir)
     if labels is None:
@@ -261,77 +257,6 @@ def _synthetic_val_examples(data: DataConfig) -> int:
     return max(1, data.synthetic_examples // 10)
 
 
-def _crop_window(shape, data: DataConfig, training: bool, seed):
-    """[offset_y, offset_x, height, width] of the crop, for an image of `shape` [h, w, c]."""
-    if training:
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=seed,
-            min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(data.min_crop_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
-        return tf.concat([begin[:2], size[:2]], axis=0)
-    # A centred square: the shorter side times val_crop_fraction, so eval keeps the aspect ratio.
-    side = tf.cast(data.val_crop_fraction * tf.cast(tf.minimum(shape[0], shape[1]), tf.float32), tf.int32)
-    side = tf.maximum(side, 1)
-    return tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
-
-
-def _dct_ratio_index(window, size: int):
-    """Index into DCT_RATIOS of the largest ratio leaving the window's shorter side >= size."""
-    side = tf.minimum(window[2], window[3])
-    return tf.reduce_sum(tf.cast(side >= size * tf.constant(DCT_RATIOS[1:]), tf.int32))
-
-
-def dct_window(window, size: int):
-    """(index into DCT_RATIOS, the window in that ratio's decoded pixels).
-
-    The window's edges are rounded to the ratio's grid: a scaled pixel is one ratio x ratio
-    block, so the scaled window shows the original window moved by less than ratio / 2 pixels,
-    not a window shifted by up to a whole block.
-    """
-    index = _dct_ratio_index(window, size)
-    ratio = tf.gather(tf.constant(DCT_RATIOS), index)
-    begin = (window[:2] + ratio // 2) // ratio
-    end = (window[:2] + window[2:] + ratio // 2) // ratio
-    return index, tf.concat([begin, tf.maximum(end - begin, 1)], 0)
-
-
-def decode_jpeg_window(encoded, window, size: int, dct_scaling: bool = True):
-    """The crop window of a JPEG, decoded; at reduced DCT scale when it is >= 2x `size`.
-
-    Only the window is decoded (`decode_and_crop_jpeg`): rows below it are never read and
-    blocks beside it are never transformed. A scaled decode takes the window in scaled pixels
-    (`dct_window`) and returns 1/ratio of the pixels of the same part of the image.
-    """
-    if not dct_scaling:
-        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
-    index, scaled = dct_window(window, size)
-    return tf.switch_case(index, [
-        lambda r=r: tf.io.decode_and_crop_jpeg(encoded, scaled, channels=3, ratio=r) for r in DCT_RATIOS])
-
-
-def decode_crop_resize(encoded, data: DataConfig, training: bool, seed, dct_scaling: bool = True):
-    """One image: decoded, cropped (random-resized when training, centred otherwise), resized.
-
-    Returns uint8 [S, S, 3]: the bilinear resize rounded to the nearest level (at most half a
-    level from the float resize; the model casts and normalises).
-    """
-    size = data.image_size
-
-    def jpeg():
-        window = _crop_window(tf.io.extract_jpeg_shape(encoded), data, training, seed)
-        return decode_jpeg_window(encoded, window, size, dct_scaling)
-
-    def other():
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        window = _crop_window(tf.shape(image), data, training, seed)
-        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
-
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-    resized = tf.image.resize(image, [size, size], method="bilinear")
-    # A bilinear resize of uint8 pixels stays within 0..255: no clipping pass needed.
-    return tf.ensure_shape(tf.cast(tf.round(resized), tf.uint8), [size, size, 3])
-
-
 def _synthetic(data: DataConfig, split: str, training: bool, batch_size: int, pipelines: int,
                seed: int) -> tf.data.Dataset:
     size, classes = data.image_size, data.synthetic_classes
@@ -366,7 +291,7 @@ def build_dataset(data: DataConfig, split: str, training: bool, batch_size: int,
     """
     count, _ = _pipelines(input_context)
     if data.source == "synthetic":
-        _prefix(data, split)  # rejects a bad split name
+        shard_prefix(data, split)  # rejects a bad split name
         ds = _synthetic(data, split, training, batch_size, count, seed)
     else:
         ds = _from_files(data, split, training, batch_size, input_context, seed)

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
+from core import layout
 from core.fsutil import atomic_path
 from training.data import DataError
 
-LABELS_FILE = "labels.json"
+LABELS_FILE = layout.LABELS_FILE
 SKIPPED_FILE = "skipped.txt"
 
 
@@ -54,7 +55,7 @@ def write_shard(out_dir: Path, split: str, index: int, num_shards: int,
     Returns:
         (file name, its manifest entry {"bytes": size on disk, "records": records written}).
     """
-    from training.keras_compat import tf
+    from training.keras_compat import tf  # defers TensorFlow
 
     def feature(value):
         if isinstance(value, bytes):

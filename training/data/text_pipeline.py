@@ -14,8 +14,11 @@ import functools
 
 from core.config import DataConfig
 from training.data import DataError, shards
+from training.data.demo import cache_root
 from training.data.pipeline import DatasetInfo, _tfrecord_files
 from training.data.records import LABELS_FILE
+from training.data.sentiment_demo import prepare_sentiment_demo
+from training.data.text_sources import read_text_source
 from training.keras_compat import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -24,9 +27,6 @@ TFRECORD_READ_BUFFER = 1 << 20
 
 def resolve_data_dir(data: DataConfig) -> str:
     if data.source == "demo":
-        from training.data.demo import cache_root
-        from training.data.sentiment_demo import prepare_sentiment_demo
-
         return str(prepare_sentiment_demo(cache_root(data.data_dir)))
     return data.data_dir
 
@@ -39,8 +39,6 @@ def _split_name(data: DataConfig, split: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _direct(data_dir: str, source: str, text_column: str, label_column: str, classes: tuple, val_fraction: float):
-    from training.data.text_sources import read_text_source
-
     return read_text_source(data_dir, source, text_column, label_column, list(classes) or None, val_fraction)
 
 

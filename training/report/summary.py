@@ -12,7 +12,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-
 from core import config as config_lib
 from core import rundir
 from core.fsutil import atomic_write_text

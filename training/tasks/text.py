@@ -17,9 +17,9 @@ class TextTask(Task):
         self.embedding_hits = None  # vocabulary words found in text.embeddings_file
 
     def prepare(self, run_dir: Path, backend):
-        from training import tokenizer
-        from training.data.text_pipeline import text_dataset, text_info
-        from training.embeddings import check_dim
+        from training import tokenizer  # defers TensorFlow
+        from training.data.text_pipeline import text_dataset, text_info  # defers TensorFlow
+        from training.embeddings import check_dim  # defers NumPy
 
         if self.cfg.text.embeddings_file:
             check_dim(self.cfg.text.embeddings_file, self.cfg.text.embedding_dim)  # before minutes of adapting
@@ -39,8 +39,8 @@ class TextTask(Task):
         return len(self.tokenizer["vocabulary"])
 
     def build_model(self, plan, seed: int):
-        from training.embeddings import embedding_matrix
-        from training.text_models import build_text_model
+        from training.embeddings import embedding_matrix  # defers NumPy
+        from training.text_models import build_text_model  # defers TensorFlow
 
         matrix = None
         if self.cfg.text.embeddings_file:
@@ -51,18 +51,18 @@ class TextTask(Task):
         return build_text_model(self.cfg.model, self.cfg.text, self.vocab_size, plan.num_classes, matrix)
 
     def build_dataset(self, split: str, training: bool, batch_size: int, input_context=None, seed: int = 0):
-        from training.data.text_pipeline import text_dataset, token_batches
+        from training.data.text_pipeline import text_dataset, token_batches  # defers TensorFlow
 
         return token_batches(text_dataset(self.cfg.data, split, training, input_context, seed), self.vectorize,
                              batch_size, training)
 
     def shard_files(self, input_context=None) -> list[str]:
-        from training.data.text_pipeline import train_files
+        from training.data.text_pipeline import train_files  # defers TensorFlow
 
         return train_files(self.cfg.data, input_context)
 
     def model_spec(self, plan) -> dict:
-        from training.text_models import model_parameters
+        from training.text_models import model_parameters  # defers TensorFlow
 
         return {"task": "text", "architecture": self.cfg.model.name, "classes": list(plan.class_names),
                 "num_classes": plan.num_classes, "tokenizer": f"{rundir.MODEL}/{rundir.TOKENIZER}",
@@ -73,9 +73,9 @@ class TextTask(Task):
                 "input": "int32 token ids from the tokenizer; raw texts go through tokenizer.json first"}
 
     def final_report(self, run_dir: Path, model, plan, checkpoint: str) -> dict:
-        from training.data.text_pipeline import text_dataset
-        from training.report.text_predictions import write_text_report
-        from training.text_models import model_parameters
+        from training.data.text_pipeline import text_dataset  # defers TensorFlow
+        from training.report.text_predictions import write_text_report  # defers NumPy
+        from training.text_models import model_parameters  # defers TensorFlow
 
         val = text_dataset(self.cfg.data, "val", False).batch(plan.global_batch_size)
         result = write_text_report(run_dir, model, self.vectorize, val, list(plan.class_names), checkpoint=checkpoint)
