@@ -93,7 +93,7 @@ def check_idle(run_dir: Path) -> None:
     jobs = active_jobs(run_dir)
     if jobs:
         listed = ", ".join(f"{job} ({state})" for job, state in sorted(jobs.items()))
-        first = min(jobs, key=lambda j: tuple(int(n) for n in j.split("_")))
+        first = min(jobs, key=slurm.job_order)
         raise RunBusy(f"{run_dir} still has job {listed} in the queue; a second job would write the "
                       f"same checkpoints. Wait for it to end (squeue -j {first}) or scancel {first}, "
                       "then resume")

@@ -12,8 +12,11 @@ import os
 import re
 from pathlib import Path
 
+from core import slurm
 from core.errors import RunDirError
 
+DEFAULT_RUN_ROOT = "./runs"  # runtime.run_root when neither the config nor $LAUNCH_RUN_ROOT names one
+RUN_ROOT_ENV = "LAUNCH_RUN_ROOT"
 CONFIG = "config.yaml"  # resolved config, written by launch
 SBATCH = "job.sbatch"  # the exact script submitted
 STATUS = "status.json"  # state written by the chief: running / completed / failed / requeued
@@ -69,8 +72,13 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def run_root_from_env() -> str | None:
+    """$LAUNCH_RUN_ROOT, the site's or user's default run root, or None when unset."""
+    return os.environ.get(RUN_ROOT_ENV) or None
+
+
 def default_run_root() -> str:
-    return os.environ.get("LAUNCH_RUN_ROOT", "./runs")
+    return run_root_from_env() or DEFAULT_RUN_ROOT
 
 
 def read_json(path: Path) -> dict:
@@ -119,7 +127,7 @@ def job_ids(run_dir: Path) -> list[str]:
         if folder.is_dir():
             ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
-    return sorted(ids, key=lambda i: tuple(int(n) for n in i.split("_")))
+    return sorted(ids, key=slurm.job_order)
 
 
 class RunDir:

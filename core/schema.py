@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from core import registry
+from core import registry, rundir
 
 BACKENDS = registry.BACKENDS
 GPU_STYLES = ("gres", "gpus-per-node", "constraint")
@@ -177,7 +177,7 @@ class RuntimeConfig:
 
     backend: Annotated[str, Choice(registry.BACKENDS)] = "mirrored"
     cluster: Annotated[str, Choice(CLUSTERS)] = "auto"  # auto: slurm when sbatch is on PATH
-    run_root: str = "./runs"  # shared folder that holds one sub-folder per run
+    run_root: str = rundir.DEFAULT_RUN_ROOT  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
     python: str = ""  # interpreter on the compute nodes; "" = the one running launch
     port: Annotated[int, Range(ge=1, le=65535)] = 29500  # first worker port; rank r listens on port + r

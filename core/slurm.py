@@ -26,6 +26,12 @@ NEVER_RUNS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "Re
               "QOSMaxGRESPerJob", "QOSMaxCpuPerJobLimit", "QOSMaxNodePerJobLimit")
 
 
+def job_order(job_id: str) -> tuple[int, int]:
+    """Sort key of job ids, oldest first: `123` < `123_4` < `124` (an array task after its job)."""
+    head, _, task = job_id.partition("_")
+    return int(head), int(task or -1)
+
+
 def available() -> bool:
     """Whether this machine can submit jobs (a SLURM client is on PATH)."""
     return shutil.which("sbatch") is not None

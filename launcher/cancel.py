@@ -26,7 +26,7 @@ def cancel_run(run: RunDir, end_wait_s: float = END_WAIT_S) -> int:
         state = runstatus.read_status(run.path).get("state", "no status yet")
         print(f"no job of {run.path} is queued or running (status.json: {state}); nothing to cancel")
         return 0
-    ids = sorted(jobs, key=lambda j: tuple(int(n) for n in j.split("_")))
+    ids = sorted(jobs, key=slurm.job_order)
     try:
         done = slurm.cancel(ids, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:

@@ -66,17 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, metavar="N", help="slurm.nodes")
     p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
                    help="GPUs per node (slurm.gpus_per_node)")
-    p.add_argument("--gpu-type", metavar="T", help="e.g. a100 (slurm.gpu_type)")
-    p.add_argument("--gpu-style", metavar="S", help="gres | gpus-per-node | constraint")
     p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
-    p.add_argument("--time", "--time-min", dest="time", type=int, metavar="MIN",
-                   help="wall-clock limit in minutes (slurm.time_min)")
-    p.add_argument("--partition", metavar="P")
-    p.add_argument("--account", metavar="A")
-    p.add_argument("--qos", metavar="Q")
-    p.add_argument("--job-name", metavar="NAME", help="default: the run name")
-    p.add_argument("--cluster", metavar="C", help="auto | slurm | local (runtime.cluster)")
-    p.add_argument("--run-root", metavar="DIR", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+    options.add_site_flags(p)
+    p.add_argument("--run-root", metavar="DIR", default=rundir.run_root_from_env(),
                    help="folder that holds the run directories (runtime.run_root)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true",

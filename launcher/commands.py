@@ -6,16 +6,16 @@ options and submit function as a training run. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
+from core import rundir
 from core.config import Config, load_config
 from core.errors import UsageError, UserError
 from core.gpucheck import allocation_verdict, parse_verdict
 from core.rundir import RunDir
-from launcher import runs, sweep_compare
+from launcher import options, runs, sweep_compare
 from launcher.cancel import cancel_run
 from launcher.jobs import Request, log_lines, start
 from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
@@ -43,14 +43,8 @@ def _site_options(p: argparse.ArgumentParser, *, run_config: bool) -> None:
     if not run_config:
         p.add_argument("--config", help=f"YAML config whose slurm section applies (default: "
                                         f"{DEFAULT_CONFIG.relative_to(REPO)})")
-    p.add_argument("--time", "--time-min", dest="time", type=int, metavar="MIN", help="wall-clock limit")
-    p.add_argument("--gpu-type", metavar="T")
-    p.add_argument("--gpu-style", metavar="S", help="gres | gpus-per-node | constraint")
-    p.add_argument("--partition", metavar="P")
-    p.add_argument("--account", metavar="A")
-    p.add_argument("--qos", metavar="Q")
-    p.add_argument("--job-name", metavar="NAME")
-    p.add_argument("--cluster", metavar="C", help="auto | slurm | local: local runs it here and waits")
+    options.add_site_flags(p, job_name_help="default: the command's name",
+                           cluster_help="auto | slurm | local: local runs it here and waits")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit")
 
 
@@ -201,7 +195,7 @@ def cmd_gpucheck(argv: list[str]) -> int:
     p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, default=None,
                    help="GPUs per node (default: the config's slurm.gpus_per_node)")
     p.add_argument("--run-dir", default=None, help="take the request from this run; logs go there")
-    p.add_argument("--run-root", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+    p.add_argument("--run-root", default=rundir.run_root_from_env(),
                    help="without --run-dir, logs go to RUN_ROOT/logs")
     _site_options(p, run_config=False)
     args = p.parse_intermixed_args(argv)
@@ -250,7 +244,7 @@ def cmd_convert(argv: list[str]) -> int:
                         "last task to finish writes labels.json")
     p.add_argument("--cpus", type=int, default=None, help="CPUs of the job (default: slurm.cpus_per_task)")
     p.add_argument("--wait", action="store_true", help="wait for the job to end and print its output")
-    p.add_argument("--run-root", default=os.environ.get("LAUNCH_RUN_ROOT") or None,
+    p.add_argument("--run-root", default=rundir.run_root_from_env(),
                    help="the job's log goes to RUN_ROOT/logs")
     _site_options(p, run_config=False)
     args = p.parse_intermixed_args(argv)

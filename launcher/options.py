@@ -2,6 +2,9 @@
 set config keys (declared once here), and the config as a job sees it."""
 from __future__ import annotations
 
+import argparse
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -44,3 +47,37 @@ def for_job(cfg: Config, run_dir: Path, cwd: Path) -> Config:
     cfg.runtime.python = cfg.runtime.python or sys.executable
     cfg.slurm.job_name = cfg.slurm.job_name or run_dir.name
     return cfg
+
+
+_SLURM_TIME = re.compile(r"(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?")
+
+
+def slurm_minutes(text: str) -> int:
+    """A time limit as sbatch reads it, in whole minutes (rounded up): MM, MM:SS, HH:MM:SS,
+    D-HH, D-HH:MM or D-HH:MM:SS."""
+    found = _SLURM_TIME.fullmatch(text.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time limit; write minutes (90), HH:MM:SS "
+                                         "(1:30:00) or D-HH[:MM] (1-12) as sbatch does")
+    d, a, b, c = (int(v) if v else None for v in found.group("d", "a", "b", "c"))
+    if d is not None:  # D-HH[:MM[:SS]]
+        seconds = ((d * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = (a * 60 + b) * 60 + c
+    else:  # MM or MM:SS
+        seconds = a * 60 + (b or 0)
+    return math.ceil(seconds / 60)
+
+
+def add_site_flags(p: argparse.ArgumentParser, job_name_help: str = "default: the run name",
+                   cluster_help: str = "auto | slurm | local (runtime.cluster)") -> None:
+    """The flags of SITE_FLAGS, as every command that submits a job takes them."""
+    p.add_argument("--time", "--time-min", dest="time", type=slurm_minutes, metavar="TIME",
+                   help="wall-clock limit: minutes, HH:MM:SS or D-HH[:MM] (slurm.time_min)")
+    p.add_argument("--gpu-type", metavar="T", help="e.g. a100 (slurm.gpu_type)")
+    p.add_argument("--gpu-style", metavar="S", help="gres | gpus-per-node | constraint")
+    p.add_argument("--partition", metavar="P")
+    p.add_argument("--account", metavar="A")
+    p.add_argument("--qos", metavar="Q")
+    p.add_argument("--job-name", metavar="NAME", help=job_name_help)
+    p.add_argument("--cluster", metavar="C", help=cluster_help)

@@ -166,7 +166,7 @@ def from_mirror(url: str, run_root: str | None) -> Path:
     there: a run can continue on another cluster, or after its run directory was lost. The copy
     goes to a temporary name first, so an interrupted download leaves no half run directory."""
     url = url.rstrip("/")
-    root = Path(run_root or "./runs").expanduser().resolve()
+    root = Path(run_root or rundir.DEFAULT_RUN_ROOT).expanduser().resolve()
     target = root / url.rsplit("/", 1)[-1]
     if target.exists():
         raise ConfigError(f"{target} already exists: resume it with launch --resume {target}, or "

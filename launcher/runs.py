@@ -41,7 +41,7 @@ import yaml
 
 from core import rundir, runstatus, storage
 from core.errors import UserError
-from core.slurm import ACTIVE, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
+from core.slurm import ACTIVE, job_order, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
 
 JOB_FILE = rundir.JOB_FILE
 
@@ -65,11 +65,6 @@ class Run:
     message: str
 
 
-def _job_number(job_id: str) -> tuple[int, int]:
-    head, _, task = job_id.partition("_")
-    return int(head), int(task or 0)
-
-
 def job_id_of(run: Path, status: dict) -> str | None:
     """The newest job id known for a run: status.json, submitit's record, or SLURM log names.
 
@@ -84,7 +79,7 @@ def job_id_of(run: Path, status: dict) -> str | None:
         except (FileNotFoundError, NotADirectoryError):
             continue
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
-    return max(ids, key=_job_number) if ids else None
+    return max(ids, key=job_order) if ids else None
 
 
 def decide_state(status_state: str | None, job_id: str | None, queue: str | None, acct: str | None,

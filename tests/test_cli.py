@@ -149,3 +149,17 @@ def test_local_mode_reports_the_failed_rank_and_stops_the_others(launch_cli, run
     assert done.returncode == 3
     assert "launch: rank 1 failed with exit code 3" in done.stderr
     assert "stopped rank(s) 0" in done.stderr  # rank 0 would otherwise sleep for a minute
+
+
+@pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30", 2), ("1:00:00", 60), ("0:1:01", 2),
+                                           ("1-2", 1560), ("1-2:30", 1590), ("2-00:00:30", 2881)])
+def test_time_limits_in_sbatchs_formats_become_minutes(text, minutes):
+    from launcher.options import slurm_minutes
+
+    assert slurm_minutes(text) == minutes
+
+
+def test_a_time_limit_sbatch_would_refuse_is_one_line_naming_the_formats(capsys):
+    assert cli.main(["--time", "1:xx", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'1:xx' is not a time limit" in err and "HH:MM:SS" in err and len(err.splitlines()) == 1
