@@ -28,4 +28,6 @@ echo "== local SLURM cluster"
 slurm/local_cluster.sh start
 
 echo "== test suite"
-exec python3 -m pytest -ra "$@"
+# Two tests at a time: most of a real-job test is waiting on SLURM. A module whose tests share
+# one expensive fixture stays on one worker (pytest.mark.xdist_group).
+exec python3 -m pytest -ra -n 2 --dist loadgroup "$@"

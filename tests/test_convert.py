@@ -15,6 +15,8 @@ from core.config import DataConfig
 from training.data import DataError
 from training.data.convert import convert, main
 
+pytestmark = pytest.mark.xdist_group("convert-tree")  # one worker: its module fixture once
+
 SIZE = 24
 # Hostile names on purpose: spaces, quotes and ';' must survive into labels and file names.
 CLASSES = ["plain", "with space", "it's \"quoted\"; rm"]

@@ -24,6 +24,8 @@ from training.data.convert import convert
 from training.data.pipeline import build_dataset, dataset_info
 from training.keras_compat import tf
 
+pytestmark = pytest.mark.xdist_group("integrity-shards")  # one worker: its module fixture once
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["ant", "bee", "cow"]
 SHARD = "train-00000-of-00002"

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_FIT = REPO / "tests" / "helpers" / "hvd_tiny_fit.py"
 BUILD_HINT = "build it with training/horovod_build/build.sh"
 
-pytestmark = pytest.mark.horovod
+pytestmark = [pytest.mark.horovod, pytest.mark.xdist_group("horovod-build")]  # one worker: its module fixture once
 
 
 def quiet_env() -> dict[str, str]:

@@ -18,6 +18,8 @@ from training.data.demo import DEMO_NAME, cache_root, prepare_demo
 from training.data.pipeline import build_dataset, dataset_info, shard_files
 from training.keras_compat import keras, tf
 
+pytestmark = pytest.mark.xdist_group("pipeline-shards")  # one worker: its module fixture once
+
 CLASSES = ["cat", "dog;", "o'neil \"x\""]  # sorted already, hostile on purpose
 
 

@@ -24,7 +24,7 @@ import pytest
 from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("readme-site")]  # one worker: its module fixture once
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

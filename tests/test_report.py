@@ -23,6 +23,8 @@ from training import evaluate
 from training.report import write_curves, write_prediction_report, write_summary
 from training.report.summary import FIELDS
 
+pytestmark = pytest.mark.xdist_group("report-runs")  # one worker: its module fixture once
+
 CLASSES = ["blue \"sky\"", "green; leaf", "red 'car'"]  # sorted, as the folder pipeline orders them
 COLOURS = {0: (20, 40, 220), 1: (30, 200, 40), 2: (210, 30, 30)}
 SIZE = 16

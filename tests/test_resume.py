@@ -20,6 +20,8 @@ import yaml
 from core import locks, rundir
 from slurm_jobs import REPO, history_epochs, launch, wait, wait_final
 
+pytestmark = pytest.mark.xdist_group("resume-run")  # one worker: its module fixture once
+
 TINY = ("train.epochs=1", "slurm.cpus_per_task=1")
 
 

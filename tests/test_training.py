@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 ACCURACY_BAR = 0.90
 EPOCHS = 5  # the shipped demo runs 8; 5 already clears the bar with margin and saves CI time
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mirrored-run")]  # one worker: its module fixture once
 
 
 def launch_local(run_root: Path, *args: str, timeout: int = 600) -> Path:
