@@ -82,6 +82,16 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def writer(run_dir: str | Path) -> dict:
+    """The holder RUN/.writer.lock names (job_id, host, pid, token; launcher/resume.py takes it),
+    or {} when the lock is free or half-written."""
+    try:
+        holder = json.loads((Path(run_dir) / WRITER_LOCK).read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) and holder.get("token") else {}
+
+
 def record_job(run_dir: Path, job_id: str) -> None:
     """Appends a submitted job id to RUN_DIR/jobs.txt (one short append: no temp file needed)."""
     with open(Path(run_dir) / JOBS, "a") as fh:
