@@ -115,18 +115,26 @@ def _job_number(job_id: str) -> tuple[int, int]:
 
 
 def job_id_of(run: Path, status: dict) -> str | None:
-    """The newest job id known for a run: status.json, submitit's record, or SLURM log names.
+    """The run's job: the newest of those launch submitted for it (jobs.txt, submitit's record),
+    the one holding its writer lock and the one status.json names.
 
     The newest, because a resumed run gets a new job while status.json still names the old one
-    until the new chief starts.
+    until the new chief starts. Not SLURM's log names: a job submitted by hand while the run's
+    job trains writes its log there too, is refused the writer lock and never touches the run, so
+    it must not stand for the run. A hand-run job that does write the run takes the lock first.
     """
     ids = {str(status["job_id"])} if status.get("job_id") else set()
-    for folder in (run / rundir.LOGS, run / rundir.LOGS / "submitit"):
-        try:
-            with os.scandir(folder) as entries:  # one directory read, no stat per file
-                ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+    if holder := rundir.writer(run).get("job_id"):
+        ids.add(str(holder))
+    try:
+        ids.update((run / rundir.JOBS).read_text().split())
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    try:
+        with os.scandir(run / rundir.LOGS / "submitit") as entries:  # one directory read, no stat per file
+            ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return max(ids, key=_job_number) if ids else None
 

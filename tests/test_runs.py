@@ -104,6 +104,31 @@ def test_dead_run_status_json_is_rewritten(tmp_path, name, st, submitted, queue,
         assert run.message == written["message"]
 
 
+def test_a_hand_run_duplicate_job_does_not_stand_for_the_run(tmp_path):
+    # Job 42 (sbatch RUN/job.sbatch by hand) wrote its log and was refused while job 41 trains.
+    run_dir = make_run(tmp_path, "dup", status("running", "41"))
+    (run_dir / rundir.JOBS).write_text("41\n")
+    for suffix in (".out", ".err"):
+        (run_dir / rundir.LOGS / f"slurm-42{suffix}").write_text("")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"41": "RUNNING", "42": "FAILED"}), sacct=fake(None))
+    assert (run.job_id, run.state, run.status_state) == ("41", "RUNNING", "running")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"41": "COMPLETED", "42": "FAILED"}), sacct=fake(None))
+    assert (run.job_id, run.state) == ("41", "COMPLETED")
+
+
+@pytest.mark.parametrize("jobs, holder, shown", [
+    ("41\n43\n", None, ("43", "PENDING")),  # a resume launch submitted; its chief has not started
+    ("41\n", "44", ("44", "RUNNING")),  # a hand-run job took over a stopped run: its chief holds the lock
+])
+def test_the_newest_job_launch_submitted_or_holding_the_lock_is_the_runs(tmp_path, jobs, holder, shown):
+    run_dir = make_run(tmp_path, "r", status("stopped", "41"))
+    (run_dir / rundir.JOBS).write_text(jobs)
+    if holder:
+        (run_dir / rundir.WRITER_LOCK).write_text(json.dumps({"job_id": holder, "token": "t"}))
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"43": "PENDING", "44": "RUNNING"}), sacct=fake(None))
+    assert (run.job_id, run.state) == shown
+
+
 def test_without_squeue_nothing_is_rewritten(tmp_path):
     run_dir = make_run(tmp_path, "b", status("running", "6"))
     (run,), squeue_ok = runs.list_runs(tmp_path, squeue=fake(None), sacct=fake(None))

@@ -164,9 +164,9 @@ def test_rendered_script_repeats_the_trainers_stop(tmp_path):
 
 # --- real jobs on the local cluster --------------------------------------------------------------
 
-def launch_and_wait_for_a_step(run_root: Path) -> tuple[str, Path]:
+def launch_and_wait_for_a_step(run_root: Path, epochs: int = 20) -> tuple[str, Path]:
     """A tiny demo run, waited on until the chief says running and has logged a training step."""
-    job_id, run_dir = launch(run_root, "train.epochs=20", "train.log_every_steps=1",
+    job_id, run_dir = launch(run_root, f"train.epochs={epochs}", "train.log_every_steps=1",
                              "slurm.cpus_per_task=1", "--time", "10")
     lr_log = run_dir / "lr.csv"
     wait(lambda: (run_dir / rundir.STATUS).is_file() and status(run_dir).get("state") == "running"
@@ -228,3 +228,37 @@ def test_chief_and_batch_shell_killed_together_launch_runs_settles(tmp_path, slu
     written = status(run_dir)
     assert written["state"] == "failed", written
     assert f"job {job_id} ended as FAILED in SLURM" in written["message"]
+
+
+def listed(run_root: Path) -> dict:
+    """The `launch runs --json` record of the single run under `run_root`."""
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(run_root), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)
+    return run
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, slurm_cluster):
+    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=6)  # long enough for a refusal
+    # `sbatch RUN/job.sbatch` by hand while the run's job trains: refused at start, it must not
+    # settle the run it never wrote, nor stand for it in `launch runs`.
+    second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
+                            text=True, check=True).stdout.strip().split(";")[0]
+    assert wait_final(second, 300) == "FAILED"
+    assert job_field(first, "JobState") == "RUNNING", "the run ended before the second job started"
+    written = status(run_dir)
+    assert (written["state"], str(written["job_id"])) == ("running", first), written
+    run = listed(tmp_path)
+    assert (run["state"], run["job_id"], run["status_state"]) == ("RUNNING", first, "running"), run
+    err = (run_dir / rundir.LOGS / f"slurm-{second}.err").read_text()
+    assert f"held by job {first} (" in err, err
+    assert f"left status.json as it is: the run is written by job {first}" in err, err
+
+    assert wait_final(first, 600) == "COMPLETED"
+    written = status(run_dir)
+    assert (written["state"], str(written["job_id"]), written["message"]) == ("completed", first, ""), written
+    run = listed(tmp_path)
+    assert (run["state"], run["job_id"], run["status_state"]) == ("COMPLETED", first, "completed"), run
