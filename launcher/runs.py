@@ -14,7 +14,9 @@ What the states say:
         never wrote an end state: the job died without a clean stop (node failure, OOM kill,
         scancel -9, or a time limit with no requeue left). Its logs/slurm-N.err says which.
     LOST (last status requeued)   the same for a job the chief had requeued.
-    COMPLETED / FAILED / KILLED / STOPPED   from status.json once SLURM has forgotten the job.
+    COMPLETED / FAILED / KILLED / STOPPED   from status.json once SLURM has forgotten the job,
+        and for a sweep's array task that had written completed, stopped or failed before its
+        array was cancelled (SLURM says CANCELLED).
     RUNNING?   a trailing ? marks a state read from status.json alone, because squeue could
         not be run or the run has no job id (local mode): nothing confirms it is still alive.
     NO JOB   config.yaml only: not submitted, or submitted and not yet recorded.
@@ -47,6 +49,8 @@ from core.errors import UserError
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
           "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 QUERY_TIMEOUT_S = 30
+# The trainer's own end states, which an array task may write before its array is cancelled.
+FINISHED = frozenset({"completed", "stopped", "failed"})
 JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
@@ -140,9 +144,15 @@ def job_id_of(run: Path, status: dict) -> str | None:
 
 
 def decide_state(status_state: str | None, job_id: str | None, queue: str | None, acct: str | None,
-                 squeue_ok: bool) -> tuple[str, str]:
-    """(shown state, where it came from); the rules are in this module's docstring."""
+                 squeue_ok: bool, status_job: str | None = None) -> tuple[str, str]:
+    """(shown state, where it came from); the rules are in this module's docstring. `status_job`
+    is the job status.json names."""
     scheduler, source = (queue, "squeue") if queue else (acct, "sacct") if acct else (None, "")
+    if (scheduler == "CANCELLED" and "_" in (job_id or "") and status_job == job_id
+            and status_state in FINISHED):
+        # A sweep is ended by cancelling its array: a point whose task had already said how it
+        # ended (its end report or checkpoint written) shows that, not the cancel.
+        return status_state.upper(), "status.json"
     if scheduler:
         if status_state == "requeued" and scheduler in ACTIVE and scheduler != "RUNNING":
             return f"REQUEUED ({scheduler})", source
@@ -238,7 +248,8 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
     runs = []
     for run, status, job in found:
         status_state = status.get("state")
-        state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok)
+        state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok,
+                                     str(status.get("job_id") or "") or None)
         status = settle_dead_run(run, status, job, queue.get(job or "") or acct.get(job or ""), squeue_ok)
         status_state = status.get("state")
         # history.csv only for what the chief's status.json lacks (a run that never wrote one)

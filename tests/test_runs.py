@@ -129,6 +129,23 @@ def test_the_newest_job_launch_submitted_or_holding_the_lock_is_the_runs(tmp_pat
     assert (run.job_id, run.state) == shown
 
 
+@pytest.mark.parametrize("job, status_job, written, shown", [
+    ("100_3", "100_3", "completed", "COMPLETED"),
+    ("100_3", "100_3", "stopped", "STOPPED"),
+    ("100_3", "100_3", "failed", "FAILED"),
+    ("100_3", "100_3", "killed", "CANCELLED"),  # settled because of the cancel: the cancel is the news
+    ("100_3", "100_3", "running", "CANCELLED"),
+    ("100_3", "99_3", "completed", "CANCELLED"),  # resumed in array 100: status.json speaks for array 99
+    ("100", "100", "stopped", "CANCELLED"),  # a plain job: SLURM's word, as before
+])
+def test_an_array_task_that_ended_before_the_cancel_shows_its_own_end(tmp_path, job, status_job, written, shown):
+    run_dir = make_run(tmp_path, "point-0", status(written, status_job))
+    (run_dir / rundir.JOBS).write_text(f"{job}\n")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({job: "CANCELLED"}), sacct=fake(None))
+    assert (run.job_id, run.state) == (job, shown)
+    assert run.state_source == ("squeue" if shown == "CANCELLED" else "status.json")
+
+
 def test_without_squeue_nothing_is_rewritten(tmp_path):
     run_dir = make_run(tmp_path, "b", status("running", "6"))
     (run,), squeue_ok = runs.list_runs(tmp_path, squeue=fake(None), sacct=fake(None))
