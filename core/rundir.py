@@ -35,6 +35,7 @@ SUMMARY = "summary.json"  # under REPORT: the run's final figures
 PREDICTIONS = "predictions.json"  # under REPORT: accuracy, top-5, loss and files of the end report
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (launcher/resume.py)
+SKIPPED = "skipped.txt"  # inputs left out, `path<TAB>reason` a line (a run reading texts directly; converters)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.
@@ -147,6 +148,7 @@ class RunDir:
         self.summary = self.report / SUMMARY
         self.predictions = self.report / PREDICTIONS
         self.writer_lock = self.path / WRITER_LOCK
+        self.skipped = self.path / SKIPPED
         self.launch_lock = self.path / LAUNCH_LOCK
 
     def __fspath__(self) -> str:
