@@ -76,6 +76,19 @@ def test_text_converter_logs_the_count_of_a_broken_jsonl_line(tmp_path):
     assert f"skipped 1 (1 not valid JSON), listed in {tmp_path / 'out' / rundir.SKIPPED}" in lines
 
 
+def test_jsonl_records_holding_line_separators_are_kept_and_line_numbers_stay_right(tmp_path):
+    from training.data.text_sources import read_text_source
+
+    path = broken_jsonl(tmp_path / "reviews.jsonl")
+    lines = path.read_text().split("\n")
+    # Raw U+2028 and U+0085 inside JSON strings (scraped text holds them); CRLF line ends as well.
+    lines[0] = json.dumps({"text": "great\u2028film\x85again", "label": "pos"}, ensure_ascii=False)
+    path.write_text("\r\n".join(lines))
+    texts = read_text_source(path)
+    assert sum(len(rows) for rows in texts.splits.values()) == 80
+    assert texts.skipped == [(f"{path}:41", "not valid JSON")]
+
+
 def test_text_converter_lists_binaries_pngs_and_an_unread_split_folder(tmp_path):
     from training.data.convert_text import convert_text
 

@@ -168,7 +168,9 @@ def _table_rows(path: Path, source: str, text_column: str, label_column: str):
             yield f"{path}:{reader.line_num}", row.get(text_column), row.get(label_column), ""
         return
     seen_keys = False
-    for number, line in enumerate(text.splitlines(), 1):
+    # "\n" only: splitlines() also breaks at U+2028, U+0085 and \x1c-\x1e, which JSON strings may
+    # hold raw, so one record would be dropped as two broken lines with the numbers after it off.
+    for number, line in enumerate(text.split("\n"), 1):
         where = f"{path}:{number}"
         if not line.strip():
             continue
