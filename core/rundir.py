@@ -40,6 +40,7 @@ JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (core/locks.py)
 SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: the points, their values and run directories
 RUNS_FILE = "runs.txt"  # in a sweep's folder: run directory of array task i on line i + 1
+SKIPPED = "skipped.txt"  # inputs left out, `path<TAB>reason` a line (a run reading texts directly; converters)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.
@@ -103,6 +104,16 @@ def epochs_done(run_dir: Path) -> tuple[int, dict | None]:
     return int(state.get("epoch", 0)), (state or None)
 
 
+def writer(run_dir: str | Path) -> dict:
+    """The holder RUN/.writer.lock names (job_id, host, pid, token; core/locks.py takes it),
+    or {} when the lock is free or half-written."""
+    try:
+        holder = json.loads((Path(run_dir) / WRITER_LOCK).read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) and holder.get("token") else {}
+
+
 def record_job(run_dir: Path, job_id: str) -> None:
     """Appends a submitted job id to RUN_DIR/jobs.txt (one short append: no temp file needed)."""
     with open(Path(run_dir) / JOBS, "a") as fh:
@@ -158,6 +169,7 @@ class RunDir:
         self.summary = self.report / SUMMARY
         self.predictions = self.report / PREDICTIONS
         self.writer_lock = self.path / WRITER_LOCK
+        self.skipped = self.path / SKIPPED
         self.launch_lock = self.path / LAUNCH_LOCK
 
     def __fspath__(self) -> str:

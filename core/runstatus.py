@@ -8,6 +8,11 @@ KillWait runs out, and `launch runs` can use it on the login node:
 The chief writes running / requeued / stopped / completed / failed itself. A chief killed by a
 signal (the OOM killer, `scancel --signal=KILL`, a lost node) writes nothing, so its last word
 stays "running"; `settle` replaces it with `killed` (exit status 128 + signal) or `failed`.
+
+Only the run's writer settles it. A second job of the same run (`sbatch RUN/job.sbatch` by hand
+while the run's job trains) finds RUN/.writer.lock held and stops at start; its batch script then
+runs `settle` too, which must leave status.json to the job holding the lock. A job whose chief
+held the lock and let go of it (it failed before writing an end state) still settles.
 """
 from __future__ import annotations
 
@@ -58,14 +63,27 @@ def describe_exit(exit_code: int) -> tuple[str, str]:
     return "failed", f"ended with exit {exit_code}"
 
 
+def other_writer(run_dir: str | Path, job_id: str | None) -> str | None:
+    """Who holds the run's writer lock when it is not job `job_id` ("job 41"); None when the lock
+    is free or this job's own."""
+    holder = rundir.writer(run_dir)
+    held_by = str(holder.get("job_id") or "")
+    if not holder or held_by == (job_id or ""):
+        return None
+    return f"job {held_by}" if held_by else f"a run without SLURM on {holder.get('host', '?')}"
+
+
 def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None) -> str | None:
     """After a failed job step: writes the end state the trainer could not, if its status is still live.
 
     Returns the message written, or None when the trainer had written its own end state (which
-    always knows more than an exit status) or the step succeeded.
+    always knows more than an exit status), the step succeeded, or another job holds the run's
+    writer lock (this one was refused at start and never wrote the run).
     """
     status = read_status(run_dir)
     if exit_code == 0 or (status and status.get("state") not in LIVE_STATES):
+        return None
+    if other_writer(run_dir, job_id):
         return None
     state, how = describe_exit(exit_code)
     job = f"job {job_id}" if job_id else "the job"
@@ -77,8 +95,9 @@ def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None) -> st
     else:
         message = (f"{job} {how} before the trainer wrote its end state; the cause is in "
                    f"logs/slurm-{job_id or '<id>'}.err")
-    # No extra keys: the chief's next "running" (on resume) must leave nothing stale behind.
-    write_status(run_dir, state=state, message=message)
+    # No extra keys: the chief's next "running" (on resume) must leave nothing stale behind. The
+    # job id, so that status.json names the job whose end it describes.
+    write_status(run_dir, state=state, message=message, **({"job_id": job_id} if job_id else {}))
     return message
 
 
@@ -127,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--exit-code", required=True, type=int, help="the job step's exit status")
     cmd.add_argument("--job-id", default=None, help="SLURM job id, named in the message")
     args = parser.parse_args(argv)
-    message = settle(args.run_dir, args.exit_code, args.job_id or None)
+    job = args.job_id or None
+    if args.exit_code and (other := other_writer(args.run_dir, job)):
+        print(f"launch: {f'job {job}' if job else 'this job'} left status.json as it is: the run is written "
+              f"by {other}, which records its own end state", file=sys.stderr)
+        return 0
+    message = settle(args.run_dir, args.exit_code, job)
     if message is None:
         status = read_status(args.run_dir)
         # The trainer's own word: a stop with a checkpoint can resume; a failure needs its cause

@@ -14,7 +14,9 @@ What the states say:
         never wrote an end state: the job died without a clean stop (node failure, OOM kill,
         scancel -9, or a time limit with no requeue left). Its logs/slurm-N.err says which.
     LOST (last status requeued)   the same for a job the chief had requeued.
-    COMPLETED / FAILED / KILLED / STOPPED   from status.json once SLURM has forgotten the job.
+    COMPLETED / FAILED / KILLED / STOPPED   from status.json once SLURM has forgotten the job,
+        and for a sweep's array task that had written completed, stopped or failed before its
+        array was cancelled (SLURM says CANCELLED).
     RUNNING?   a trailing ? marks a state read from status.json alone, because squeue could
         not be run or the run has no job id (local mode): nothing confirms it is still alive.
     NO JOB   config.yaml only: not submitted, or submitted and not yet recorded.
@@ -43,6 +45,8 @@ from core import rundir, runstatus, storage
 from core.errors import UserError
 from core.slurm import ACTIVE, job_order, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
 
+# The trainer's own end states, which an array task may write before its array is cancelled.
+FINISHED = frozenset({"completed", "stopped", "failed"})
 JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
@@ -66,26 +70,40 @@ class Run:
 
 
 def job_id_of(run: Path, status: dict) -> str | None:
-    """The newest job id known for a run: status.json, submitit's record, or SLURM log names.
+    """The run's job: the newest of those launch submitted for it (jobs.txt, submitit's record),
+    the one holding its writer lock and the one status.json names.
 
     The newest, because a resumed run gets a new job while status.json still names the old one
-    until the new chief starts.
+    until the new chief starts. Not SLURM's log names: a job submitted by hand while the run's
+    job trains writes its log there too, is refused the writer lock and never touches the run, so
+    it must not stand for the run. A hand-run job that does write the run takes the lock first.
     """
     ids = {str(status["job_id"])} if status.get("job_id") else set()
-    for folder in (run / rundir.LOGS, run / rundir.LOGS / "submitit"):
-        try:
-            with os.scandir(folder) as entries:  # one directory read, no stat per file
-                ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+    if holder := rundir.writer(run).get("job_id"):
+        ids.add(str(holder))
+    try:
+        ids.update((run / rundir.JOBS).read_text().split())
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    try:
+        with os.scandir(run / rundir.LOGS / "submitit") as entries:  # one directory read, no stat per file
+            ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return max(ids, key=job_order) if ids else None
 
 
 def decide_state(status_state: str | None, job_id: str | None, queue: str | None, acct: str | None,
-                 squeue_ok: bool) -> tuple[str, str]:
-    """(shown state, where it came from); the rules are in this module's docstring."""
+                 squeue_ok: bool, status_job: str | None = None) -> tuple[str, str]:
+    """(shown state, where it came from); the rules are in this module's docstring. `status_job`
+    is the job status.json names."""
     scheduler, source = (queue, FROM_QUEUE) if queue else (acct, FROM_ACCOUNTING) if acct else (None, "")
+    if (scheduler == "CANCELLED" and "_" in (job_id or "") and status_job == job_id
+            and status_state in FINISHED):
+        # A sweep is ended by cancelling its array: a point whose task had already said how it
+        # ended (its end report or checkpoint written) shows that, not the cancel.
+        return status_state.upper(), "status.json"
     if scheduler:
         if status_state == "requeued" and scheduler in ACTIVE and scheduler != "RUNNING":
             return f"REQUEUED ({scheduler})", source
@@ -181,7 +199,8 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
     runs = []
     for run, status, job in found:
         status_state = status.get("state")
-        state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok)
+        state, source = decide_state(status_state, job, queue.get(job or ""), acct.get(job or ""), squeue_ok,
+                                     str(status.get("job_id") or "") or None)
         status = settle_dead_run(run, status, job, queue.get(job or "") or acct.get(job or ""), squeue_ok)
         status_state = status.get("state")
         # history.csv only for what the chief's status.json lacks (a run that never wrote one)

@@ -104,6 +104,48 @@ def test_dead_run_status_json_is_rewritten(tmp_path, name, st, submitted, queue,
         assert run.message == written["message"]
 
 
+def test_a_hand_run_duplicate_job_does_not_stand_for_the_run(tmp_path):
+    # Job 42 (sbatch RUN/job.sbatch by hand) wrote its log and was refused while job 41 trains.
+    run_dir = make_run(tmp_path, "dup", status("running", "41"))
+    (run_dir / rundir.JOBS).write_text("41\n")
+    for suffix in (".out", ".err"):
+        (run_dir / rundir.LOGS / f"slurm-42{suffix}").write_text("")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"41": "RUNNING", "42": "FAILED"}), sacct=fake(None))
+    assert (run.job_id, run.state, run.status_state) == ("41", "RUNNING", "running")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"41": "COMPLETED", "42": "FAILED"}), sacct=fake(None))
+    assert (run.job_id, run.state) == ("41", "COMPLETED")
+
+
+@pytest.mark.parametrize("jobs, holder, shown", [
+    ("41\n43\n", None, ("43", "PENDING")),  # a resume launch submitted; its chief has not started
+    ("41\n", "44", ("44", "RUNNING")),  # a hand-run job took over a stopped run: its chief holds the lock
+])
+def test_the_newest_job_launch_submitted_or_holding_the_lock_is_the_runs(tmp_path, jobs, holder, shown):
+    run_dir = make_run(tmp_path, "r", status("stopped", "41"))
+    (run_dir / rundir.JOBS).write_text(jobs)
+    if holder:
+        (run_dir / rundir.WRITER_LOCK).write_text(json.dumps({"job_id": holder, "token": "t"}))
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({"43": "PENDING", "44": "RUNNING"}), sacct=fake(None))
+    assert (run.job_id, run.state) == shown
+
+
+@pytest.mark.parametrize("job, status_job, written, shown", [
+    ("100_3", "100_3", "completed", "COMPLETED"),
+    ("100_3", "100_3", "stopped", "STOPPED"),
+    ("100_3", "100_3", "failed", "FAILED"),
+    ("100_3", "100_3", "killed", "CANCELLED"),  # settled because of the cancel: the cancel is the news
+    ("100_3", "100_3", "running", "CANCELLED"),
+    ("100_3", "99_3", "completed", "CANCELLED"),  # resumed in array 100: status.json speaks for array 99
+    ("100", "100", "stopped", "CANCELLED"),  # a plain job: SLURM's word, as before
+])
+def test_an_array_task_that_ended_before_the_cancel_shows_its_own_end(tmp_path, job, status_job, written, shown):
+    run_dir = make_run(tmp_path, "point-0", status(written, status_job))
+    (run_dir / rundir.JOBS).write_text(f"{job}\n")
+    (run,), _ = runs.list_runs(tmp_path, squeue=fake({job: "CANCELLED"}), sacct=fake(None))
+    assert (run.job_id, run.state) == (job, shown)
+    assert run.state_source == ("squeue" if shown == "CANCELLED" else "status.json")
+
+
 def test_without_squeue_nothing_is_rewritten(tmp_path):
     run_dir = make_run(tmp_path, "b", status("running", "6"))
     (run,), squeue_ok = runs.list_runs(tmp_path, squeue=fake(None), sacct=fake(None))

@@ -54,6 +54,36 @@ def test_the_trainers_own_word_is_kept(tmp_path, state, exit_code):
     assert status(tmp_path) == {"state": state, "message": "the trainer's own words"}
 
 
+def hold(run_dir: Path, job_id: str | None) -> None:
+    """RUN/.writer.lock as launcher/resume.py's RunLock writes it for `job_id`."""
+    (run_dir / rundir.WRITER_LOCK).write_text(json.dumps(
+        {"role": "writer", "job_id": job_id, "host": "node1", "pid": 4242, "since": "2026-01-01T10:00:00+00:00",
+         "token": "f00d"}))
+
+
+def test_a_job_refused_by_the_writer_lock_leaves_status_json_alone(tmp_path, capsys):
+    # Job 42, a hand-run duplicate, stopped at start while job 41 trains; its batch script settles.
+    write(tmp_path, state="running", epoch=3, job_id="41", message="")
+    hold(tmp_path, "41")
+    before = (tmp_path / rundir.STATUS).read_text()
+    assert runstatus.settle(tmp_path, 1, "42") is None
+    assert runstatus.main(["settle", "--run-dir", str(tmp_path), "--exit-code", "1", "--job-id", "42"]) == 0
+    assert (tmp_path / rundir.STATUS).read_text() == before
+    assert capsys.readouterr().err == ("launch: job 42 left status.json as it is: the run is written by job 41, "
+                                       "which records its own end state\n")
+
+
+def test_the_lock_holder_and_a_job_that_let_go_of_it_settle_naming_themselves(tmp_path):
+    write(tmp_path, state="running", epoch=3, job_id="41")
+    hold(tmp_path, "41")  # its chief killed while holding it
+    assert "job 41 killed by SIGKILL" in runstatus.settle(tmp_path, 137, "41")
+    # Job 42 took over, then failed before its chief wrote "running" (the lock is free again).
+    (tmp_path / rundir.WRITER_LOCK).unlink()
+    write(tmp_path, state="running", epoch=3, job_id="41")
+    assert "job 42 ended with exit 1" in runstatus.settle(tmp_path, 1, "42")
+    assert (status(tmp_path)["state"], status(tmp_path)["job_id"]) == ("failed", "42")
+
+
 def test_settle_command_is_quick_and_tf_free(tmp_path):
     write(tmp_path, state="running")
     started = time.monotonic()
@@ -116,6 +146,14 @@ def test_rendered_script_outlives_its_own_sigterm_to_settle(tmp_path):
     assert status(run_dir)["state"] == "killed" and "SIGTERM" in status(run_dir)["message"]
 
 
+def test_rendered_script_of_a_refused_job_leaves_the_run_alone(tmp_path):
+    # The stand-in chief writes "running" for job 77; here the lock says job 76 writes the run.
+    code, run_dir, err = run_script(tmp_path, """printf '{"role": "writer", "job_id": "76", "token": "t"}' \\
+        > "$(dirname "$STATUS_FILE")/.writer.lock"; exit 1""")
+    assert code == 1 and status(run_dir) == {"state": "running", "job_id": "77"}, err
+    assert "launch: job 77 left status.json as it is: the run is written by job 76" in err
+
+
 def test_rendered_script_repeats_the_trainers_stop(tmp_path):
     code, run_dir, err = run_script(
         tmp_path, """printf '{"state": "stopped", "message": "stopped by SIGTERM; checkpoint saved"}' \\
@@ -126,9 +164,9 @@ def test_rendered_script_repeats_the_trainers_stop(tmp_path):
 
 # --- real jobs on the local cluster --------------------------------------------------------------
 
-def launch_and_wait_for_a_step(run_root: Path) -> tuple[str, Path]:
+def launch_and_wait_for_a_step(run_root: Path, epochs: int = 20) -> tuple[str, Path]:
     """A tiny demo run, waited on until the chief says running and has logged a training step."""
-    job_id, run_dir = launch(run_root, "train.epochs=20", "train.log_every_steps=1",
+    job_id, run_dir = launch(run_root, f"train.epochs={epochs}", "train.log_every_steps=1",
                              "slurm.cpus_per_task=1", "--time", "10")
     lr_log = run_dir / "lr.csv"
     wait(lambda: (run_dir / rundir.STATUS).is_file() and status(run_dir).get("state") == "running"
@@ -190,3 +228,37 @@ def test_chief_and_batch_shell_killed_together_launch_runs_settles(tmp_path, slu
     written = status(run_dir)
     assert written["state"] == "failed", written
     assert f"job {job_id} ended as FAILED in SLURM" in written["message"]
+
+
+def listed(run_root: Path) -> dict:
+    """The `launch runs --json` record of the single run under `run_root`."""
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(run_root), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)
+    return run
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, slurm_cluster):
+    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=6)  # long enough for a refusal
+    # `sbatch RUN/job.sbatch` by hand while the run's job trains: refused at start, it must not
+    # settle the run it never wrote, nor stand for it in `launch runs`.
+    second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
+                            text=True, check=True).stdout.strip().split(";")[0]
+    assert wait_final(second, 300) == "FAILED"
+    assert job_field(first, "JobState") == "RUNNING", "the run ended before the second job started"
+    written = status(run_dir)
+    assert (written["state"], str(written["job_id"])) == ("running", first), written
+    run = listed(tmp_path)
+    assert (run["state"], run["job_id"], run["status_state"]) == ("RUNNING", first, "running"), run
+    err = (run_dir / rundir.LOGS / f"slurm-{second}.err").read_text()
+    assert f"held by job {first} (" in err, err
+    assert f"left status.json as it is: the run is written by job {first}" in err, err
+
+    assert wait_final(first, 600) == "COMPLETED"
+    written = status(run_dir)
+    assert (written["state"], str(written["job_id"]), written["message"]) == ("completed", first, ""), written
+    run = listed(tmp_path)
+    assert (run["state"], run["job_id"], run["status_state"]) == ("COMPLETED", first, "completed"), run

@@ -51,3 +51,22 @@ def test_sorting_by_val_loss_puts_the_lowest_first(tmp_path, capsys):
 def test_a_folder_that_is_no_sweep_is_one_line(launch_cli, tmp_path):
     done = launch_cli("runs", "--sweep", tmp_path)
     assert done.returncode == 2 and "not a sweep directory" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_points_that_ended_before_the_array_was_cancelled_show_their_own_end(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from launcher import runs
+
+    sweep = fake_sweep(tmp_path, [[0.5, 0.9], [0.6, 0.7], [0.4]])
+    for i, (run, written) in enumerate(zip(sorted(p for p in sweep.iterdir() if p.is_dir()),
+                                           ("completed", "stopped", "killed"))):
+        (run / "status.json").write_text(json.dumps({"state": written, "epoch": 2, "job_id": f"100_{i}"}))
+        (run / "jobs.txt").write_text(f"100_{i}\n")
+    cancelled = {f"100_{i}": "CANCELLED" for i in range(3)}  # `scancel 100` after the tasks had ended
+    monkeypatch.setattr(sweep_compare, "list_runs", functools.partial(
+        runs.list_runs, squeue=lambda ids: {j: s for j, s in cancelled.items() if j in ids}, sacct=lambda ids: {}))
+    assert sweep_compare.main(str(sweep), "val_accuracy") == 0
+    with open(sweep / "compare.csv") as fh:
+        states = {r["point"]: r["state"] for r in csv.DictReader(fh)}
+    assert states == {"0": "COMPLETED", "1": "STOPPED", "2": "CANCELLED"}

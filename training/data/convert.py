@@ -18,7 +18,8 @@ a random-resized crop to 224 needs no 2-megapixel source, and decoding is the in
 cost): the longer / shorter side at most N, aspect kept, never upscaled; an RGB JPEG already
 within the bound keeps its bytes. Re-encoded images use `--jpeg-quality`. The settings are
 recorded in labels.json under "stored".
-Unreadable, empty and non-image files are skipped, counted and listed in skipped.txt.
+Unreadable, empty and non-image files, files outside class folders and folders beside the splits
+(dev/, extra/) are skipped, counted in the log and listed in skipped.txt.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ from pathlib import Path
 from typing import Sequence
 
 from training.data import DataError, convert_parts
-from training.data.records import (LABELS_FILE, SKIPPED_FILE, check_output_folder, run_converter, write_labels,
-                                   write_shard, write_skipped)
+from training.data.records import (LABELS_FILE, SKIPPED_FILE, check_output_folder, run_converter, skipped_line,
+                                   write_labels, write_shard, write_skipped)
 # Source folder names -> split (shard prefix) names; ImageNet shards call the val split so.
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -102,7 +103,8 @@ def _scan_split(split_dir: Path, classes: list[str] | None):
     return [d.name for d in class_dirs], files, skipped
 
 
-def _split_folders(src: Path) -> dict[str, Path]:
+def _split_folders(src: Path) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """{split: its folder} and the folders beside them, which are not read."""
     if not src.is_dir():
         raise DataError(f"source folder {src} does not exist; pass the folder that holds train/ (and val/, test/)")
     found = {}
@@ -114,7 +116,11 @@ def _split_folders(src: Path) -> dict[str, Path]:
     if "train" not in found:
         raise DataError(f"{src} has no train/ folder; expected {src}/train/<class>/<image> "
                         "(and optionally val/<class>/..., test/<class>/...)")
-    return found
+    # A dev/ or extra/ folder would otherwise be left out unseen. Files beside the splits are
+    # the data set's notes (a README, a vocabulary), not images, and are not listed.
+    others = [(str(p), f"not a split folder ({', '.join(SPLIT_FOLDERS)})") for p in sorted(src.iterdir())
+              if p.is_dir() and _visible(p.name) and p.name not in SPLIT_FOLDERS]
+    return found, others
 
 
 @dataclass(frozen=True)
@@ -254,10 +260,11 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         DataError: mis-laid source folders or a non-empty output folder.
     """
     src, out = Path(src), Path(out)
-    split_dirs = _split_folders(src)
+    split_dirs, skipped = _split_folders(src)
     if part is None:  # array tasks write into the folder the others are filling
         check_output_folder(out)
-    classes, train_files, skipped = _scan_split(split_dirs["train"], None)
+    classes, train_files, extra = _scan_split(split_dirs["train"], None)
+    skipped += extra
     label_of = {name: i for i, name in enumerate(classes)}
     per_split = {"train": train_files}
     for split in ("validation", "test"):
@@ -303,10 +310,12 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         convert_parts.write_part(out, *part, {
             "classes": classes, "counts": counts, "skipped": skipped, "stored": store.record(),
             "shards": manifest, "expected": expected})
-        if convert_parts.finalize(out):
+        log(f"this task: {skipped_line(skipped, out / SKIPPED_FILE)} once every task has written")
+        if convert_parts.finalize(out, log):
             log(f"every task has written its shards: wrote {out / LABELS_FILE}")
         return ConvertSummary(out, classes, counts, num_shards, skipped)
     write_skipped(out, skipped)
+    log(skipped_line(skipped, out / SKIPPED_FILE))
     write_labels(out, classes, counts, len(skipped), manifest, stored=store.record())
     return ConvertSummary(out, classes, counts, num_shards, skipped)
 
@@ -336,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.finalize:
         try:
-            done = convert_parts.finalize(Path(args.finalize))
+            done = convert_parts.finalize(Path(args.finalize), lambda text: print(text, file=sys.stderr))
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

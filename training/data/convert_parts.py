@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from training.data import DataError
-from training.data.records import LABELS_FILE, write_labels, write_skipped, write_text
+from training.data.records import LABELS_FILE, SKIPPED_FILE, skipped_line, write_labels, write_skipped, write_text
 
 PARTS_DIR = ".parts"
 
@@ -40,8 +40,8 @@ def write_part(out: Path, task: int, tasks: int, record: dict) -> None:
     write_text(part_path(out, task, tasks), json.dumps(record, indent=1) + "\n")
 
 
-def finalize(out: Path) -> bool:
-    """Writes skipped.txt and labels.json once every task's part record exists.
+def finalize(out: Path, log=lambda _: None) -> bool:
+    """Writes skipped.txt and labels.json once every task's part record exists; logs what was skipped.
 
     Returns:
         True when the output is complete (now or already), False while tasks are missing.
@@ -72,6 +72,7 @@ def finalize(out: Path) -> bool:
                         "reported; convert again into a new folder")
     skipped = sorted({tuple(item) for r in records for item in r["skipped"]})
     write_skipped(out, skipped)
+    log(skipped_line(skipped, out / SKIPPED_FILE))
     write_labels(out, first["classes"], counts, len(skipped), manifest, stored=first["stored"])  # last
     shutil.rmtree(parts_dir, ignore_errors=True)
     return True

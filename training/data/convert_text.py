@@ -5,12 +5,13 @@
         [--shards-train 16] [--shards-val 4] [--shards-test 4] [--workers N]
 
 SRC is read as training/data/text_sources.py describes (UTF-8 with or without BOM; texts that
-are not UTF-8, empty texts and unknown labels are skipped and listed). OUT receives shards named
-like the image converter's (`train-00000-of-00016`, `validation-...`, `test-...`) whose records
-hold `text` (UTF-8 bytes), `label` (0-based int) and `label/text` (the class name), then
-`skipped.txt` and, last, `labels.json` with the same manifest the image converter writes
-(training/data/records.py writes both). A source without a validation split gets one of
-`--val-fraction` of each class. Worker processes read and decode the files of a folder tree.
+are not UTF-8, binary or empty and unknown labels are skipped, counted in the log and listed).
+OUT receives shards named like the image converter's (`train-00000-of-00016`, `validation-...`,
+`test-...`) whose records hold `text` (UTF-8 bytes), `label` (0-based int) and `label/text` (the
+class name), then `skipped.txt` and, last, `labels.json` with the same manifest the image
+converter writes (training/data/records.py writes both). A source without a validation split
+gets one of `--val-fraction` of each class. Worker processes read and decode the files of a
+folder tree.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from training.data.records import (SKIPPED_FILE, check_output_folder, run_converter, write_labels, write_shard,
-                                   write_skipped)
+from training.data.records import (SKIPPED_FILE, check_output_folder, run_converter, skipped_line, write_labels,
+                                   write_shard, write_skipped)
 from training.data.text_sources import SPLIT_SEED, default_workers, read_text_source
 
 DEFAULT_SHARDS = {"train": 16, "validation": 4, "test": 4}
@@ -68,6 +69,7 @@ def convert_text(src: str | Path, out: str | Path, source: str = "", text_column
         counts[split] = len(rows)
         log(f"  {split}: {len(rows)} texts in {n} shards")
     write_skipped(out, data.skipped)
+    log(skipped_line(data.skipped, out / SKIPPED_FILE))
     per_class = {split: [sum(1 for _, lab in rows if lab == i) for i in range(len(data.classes))]
                  for split, rows in data.splits.items()}
     write_labels(out, data.classes, counts, len(data.skipped), manifest, features=list(TEXT_FEATURES),

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-from core import layout
+from core import layout, rundir
 from core.fsutil import atomic_path
 from training.data import DataError
 
 LABELS_FILE = layout.LABELS_FILE
-SKIPPED_FILE = "skipped.txt"
+SKIPPED_FILE = rundir.SKIPPED  # the same name beside converted shards and in a run reading texts directly
 
 
 def readable_by_others(path: Path) -> None:
@@ -79,6 +80,15 @@ def write_skipped(out_dir: Path, skipped: list[tuple[str, str]]) -> None:
     # Newlines in a file name would split its line; they are the one character escaped.
     write_text(out_dir / SKIPPED_FILE, "".join(
         f"{path.replace(chr(10), chr(92) + 'n')}\t{reason}\n" for path, reason in sorted(skipped)))
+
+
+def skipped_line(skipped: list[tuple[str, str]], listed_in: Path) -> str:
+    """The log line for what was left out: how many, why (most common first), where listed."""
+    # "not a readable image (OSError: ...)" names the file's own error; the count goes by the kind.
+    counts = Counter(reason.split(" (")[0] for _, reason in skipped)
+    reasons = sorted(counts.items(), key=lambda rn: (-rn[1], rn[0]))
+    why = f" ({', '.join(f'{n} {reason}' for reason, n in reasons)})" if reasons else ""
+    return f"skipped {len(skipped)}{why}, listed in {listed_in}"
 
 
 def write_labels(out_dir: Path, classes: list[str], counts: dict[str, int], skipped: int,

@@ -6,7 +6,8 @@ Sources (`data.source` with `task: text`):
         pipelines by file, as image shards are.
     demo: the sentiment snippets built by training/data/sentiment_demo.py, read as tfrecord.
     folder / csv / jsonl: read directly (training/data/text_sources.py) into memory; each input
-        pipeline takes every n-th text.
+        pipeline takes every n-th text. What the reader left out is `skipped_texts`, which the
+        chief lists in the run's skipped.txt (training/tasks/text.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from training.data.text_sources import read_text_source
 from training.keras_compat import tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+DIRECT_SOURCES = ("folder", "csv", "jsonl")  # read into memory at start, not converted first
 TFRECORD_READ_BUFFER = 1 << 20
 
 
@@ -56,6 +58,12 @@ def _direct_split(data: DataConfig, split: str) -> list[tuple[str, int]]:
     return texts.splits[name]
 
 
+def skipped_texts(data: DataConfig) -> list[tuple[str, str]] | None:
+    """(where, why) of every text a directly read source left out; None for shards, whose
+    converter listed them beside the shards."""
+    return _read_direct(data).skipped if data.source in DIRECT_SOURCES else None
+
+
 def _check_class_sizes(data: DataConfig, classes: list[str], train_counts: list[int] | None) -> None:
     """A class with fewer training texts than one global batch is almost surely a labelling slip."""
     for name, count in zip(classes, train_counts or []):
@@ -67,7 +75,7 @@ def _check_class_sizes(data: DataConfig, classes: list[str], train_counts: list[
 
 def text_info(data: DataConfig) -> DatasetInfo:
     """Classes and example counts of the train and val splits."""
-    if data.source in ("folder", "csv", "jsonl"):
+    if data.source in DIRECT_SOURCES:
         texts = _read_direct(data)
         train = _direct_split(data, "train")
         _check_class_sizes(data, texts.classes, [sum(1 for _, lab in train if lab == i)
@@ -100,7 +108,7 @@ def _pipelines(input_context) -> tuple[int, int]:
 
 def train_files(data: DataConfig, input_context=None) -> list[str]:
     """The shard files one input pipeline reads for training; [] for sources read directly."""
-    if data.source in ("folder", "csv", "jsonl"):
+    if data.source in DIRECT_SOURCES:
         return []
     count, index = _pipelines(input_context)
     return _tfrecord_files(resolve_data_dir(data), _split_name(data, "train"))[index::count]
@@ -109,7 +117,7 @@ def train_files(data: DataConfig, input_context=None) -> list[str]:
 def text_dataset(data: DataConfig, split: str, training: bool, input_context=None, seed: int = 0) -> tf.data.Dataset:
     """One input pipeline's `(text, label)` pairs, unbatched; endless and shuffled when training."""
     count, index = _pipelines(input_context)
-    if data.source in ("folder", "csv", "jsonl"):
+    if data.source in DIRECT_SOURCES:
         rows = _direct_split(data, split)[index::count]
         if not rows:
             raise DataError(f"no {_split_name(data, split)} texts for input pipeline {index} of {count}")

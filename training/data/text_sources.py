@@ -2,14 +2,17 @@
 
     folder  SRC/{train,val|validation,test}/<class>/*.txt (suffix in any case). An unlabelled
             folder (unsup/, as the large movie-review set has) is not a class and is ignored,
-            as are dot files (.DS_Store); other files outside class folders or without .txt
-            are skipped and listed.
+            as are dot files (.DS_Store) and files beside the splits (its README, imdb.vocab);
+            folders beside the splits, files outside class folders or without .txt are
+            skipped and listed.
     csv     a header row naming the text and the label column (data.text_column,
             data.label_column); quoted fields may hold commas and newlines.
     jsonl   one JSON object per line with those two keys.
 
 Files are UTF-8, with or without a byte-order mark. Texts that are not valid UTF-8 are skipped
-and listed ("not UTF-8"), never guessed at; so are empty texts and labels outside the classes.
+and listed ("not UTF-8"), never guessed at; so are texts holding NUL bytes (binary files, UTF-16),
+empty texts and labels outside the classes. `TextSplits.skipped` lists every one; the converter
+and a run reading the source directly write it to skipped.txt and log the count.
 The classes are `classes` when given, else the sorted labels of the training split. A source
 without a validation split (csv, jsonl, a folder with train/ only) gets one: `val_fraction` of
 each class, drawn with a fixed seed, named "validation".
@@ -33,6 +36,8 @@ UNLABELLED_FOLDERS = ("unsup",)  # folders of texts without a label: never a cla
 TEXT_SUFFIX = ".txt"
 SPLIT_SEED = 0  # fixed: the same source always gives the same validation split
 PARALLEL_MIN_FILES = 1000  # below this, starting worker processes costs more than reading the files
+# Bytes below 0x80 are valid UTF-8, so a binary file or UTF-16 text can decode; no text holds NUL.
+BINARY = "holds NUL bytes (binary, or UTF-16)"
 
 
 @dataclass
@@ -77,6 +82,8 @@ def _read_text_file(path: str) -> tuple[str, str | None, str]:
         return path, None, "not UTF-8"
     if not text.strip():
         return path, None, "empty text"
+    if "\x00" in text:
+        return path, None, BINARY
     return path, text, ""
 
 
@@ -84,7 +91,11 @@ def _scan_folder(src: Path) -> tuple[dict[str, list[tuple[str, str]]], list[tupl
     """{split: [(file, class folder name)]} and the files skipped while listing."""
     if not src.is_dir():
         raise DataError(f"source folder {src} does not exist; pass the folder that holds train/<class>/*.txt")
-    found, skipped = {}, []
+    found = {}
+    # A dev/ or extra/ folder would otherwise be left out unseen; files beside the splits are the
+    # data set's notes (aclImdb's README, imdb.vocab) and are not listed.
+    skipped = [(str(p), f"not a split folder ({', '.join(SPLIT_FOLDERS)})") for p in sorted(src.iterdir())
+               if p.is_dir() and not p.name.startswith(".") and p.name not in SPLIT_FOLDERS]
     for folder, split in SPLIT_FOLDERS.items():
         split_dir = src / folder
         if not split_dir.is_dir():
@@ -157,7 +168,9 @@ def _table_rows(path: Path, source: str, text_column: str, label_column: str):
             yield f"{path}:{reader.line_num}", row.get(text_column), row.get(label_column), ""
         return
     seen_keys = False
-    for number, line in enumerate(text.splitlines(), 1):
+    # "\n" only: splitlines() also breaks at U+2028, U+0085 and \x1c-\x1e, which JSON strings may
+    # hold raw, so one record would be dropped as two broken lines with the numbers after it off.
+    for number, line in enumerate(text.split("\n"), 1):
         where = f"{path}:{number}"
         if not line.strip():
             continue
@@ -187,6 +200,8 @@ def _read_table(path: Path, source: str, text_column: str, label_column: str):
             skipped.append((where, "empty text"))
         elif _has_surrogates(text) or _has_surrogates(label or ""):
             skipped.append((where, "not UTF-8"))
+        elif "\x00" in text:
+            skipped.append((where, BINARY))
         elif label is None or not label.strip():
             skipped.append((where, "no label"))
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import rundir
+from training.data.records import skipped_line, write_skipped
 from training.tasks import Task
 
 
@@ -18,7 +19,7 @@ class TextTask(Task):
 
     def prepare(self, run_dir: Path, backend):
         from training import tokenizer  # defers TensorFlow
-        from training.data.text_pipeline import text_dataset, text_info  # defers TensorFlow
+        from training.data.text_pipeline import skipped_texts, text_dataset, text_info  # defers TensorFlow
         from training.embeddings import check_dim  # defers NumPy
 
         if self.cfg.text.embeddings_file:
@@ -29,6 +30,10 @@ class TextTask(Task):
             return text_dataset(self.cfg.data, "train", False).map(lambda t, _: t)
 
         log = print if backend.is_chief else (lambda _: None)
+        skipped = skipped_texts(self.cfg.data)
+        if skipped is not None and backend.is_chief:  # only the chief writes the run's files
+            write_skipped(run_dir, skipped)
+            log(f"[train] {self.cfg.data.data_dir}: {skipped_line(skipped, rundir.RunDir(run_dir).skipped)}")
         self.vectorize, self.tokenizer, self.tokenizer_sha256 = tokenizer.prepare(
             run_dir, self.cfg.text, train_texts, backend.is_chief, log=lambda line: log(f"[train] {line}"))
         log(f"[train] tokenizer {tokenizer.tokenizer_path(run_dir)} sha256 {self.tokenizer_sha256}")
