@@ -206,13 +206,15 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (),
-                flags: dict[str, Any] | None = None) -> Config:
+                flags: dict[str, Any] | None = None, notes: list[str] | None = None) -> Config:
     """Builds the resolved config. Later layers win: defaults, file, overrides, flags.
 
     Args:
         path: YAML file with one mapping per section, or None for defaults only.
         overrides: dotted `section.key=value` strings from the command line.
         flags: `{"section.key": value}` from explicit command-line flags; None values are skipped.
+        notes: where given, what was chosen for the user (one line each) is added here for the
+            caller to print once the launch is accepted; else it is printed at once.
     """
     cfg = Config()
     given: dict[tuple[str, str], str] = {}  # (section, key) -> where it was set last
@@ -234,9 +236,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
                      or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
                      or (flags or {}).get("runtime.backend") is not None)
-    if note := resolve_backend(cfg, backend_given):
-        print(f"launch: note: {note}", file=sys.stderr)
+    note = resolve_backend(cfg, backend_given)
     check(cfg)
+    if note and notes is not None:
+        notes.append(note)
+    elif note:
+        print(f"launch: note: {note}", file=sys.stderr)
     return cfg
 
 

@@ -96,8 +96,9 @@ def _write_run_files(run_dir: Path, cfg: Config, script: str) -> None:
     fsutil.atomic_write_text(run_dir / rundir.SBATCH, script)
 
 
-def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
-    """Returns (config, run dir to reuse or None, run name).
+def _load(args: argparse.Namespace, notes: list[str]) -> tuple[Config, Path | None, str]:
+    """Returns (config, run dir to reuse or None, run name); what was chosen for the user goes to
+    `notes`, printed once the launch passes its checks (a refused launch prints only its error).
 
     A resume's overrides are checked against the run's checkpoint here (launcher/resume.py),
     before anything is written or submitted."""
@@ -111,11 +112,11 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
         if not rundir.is_run_dir(run_dir):
             raise ConfigError(f"--resume {args.resume}: not a run directory (no {rundir.CONFIG}); "
                               "pass a folder that launch created under the run root")
-        cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags)
+        cfg = load_config(run_dir / rundir.CONFIG, args.overrides, flags, notes)
         resume.check_changes(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
         return cfg, run_dir, run_dir.name
     path = args.config or DEFAULT_CONFIG  # a file, or an s3:// URL (core/storage.py)
-    cfg = load_config(path, args.overrides, flags)
+    cfg = load_config(path, args.overrides, flags, notes)
     name = cfg.runtime.run_name or config_stem(path)
     if "/" in name or name in (".", ".."):
         raise ConfigError(f"runtime.run_name {name!r}: a run name is one folder name, without '/'")
@@ -123,14 +124,17 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None, str]:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    cfg, reused, name = _load(args)
+    notes: list[str] = []
+    cfg, reused, name = _load(args, notes)
     cluster, why = choose_cluster(cfg.runtime.cluster)
     run_dir = reused or rundir.planned_run_dir(cfg.runtime.run_root, name)
     script = _render(options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd()), run_dir)  # validation by rendering, before any write
-    if not args.no_preflight:
-        to_slurm = cluster == "slurm" or bool(args.emit_sbatch)
-        for note in preflight.run(cfg, to_slurm=to_slurm, dry_run=args.dry_run):
-            print(f"launch: warning: {_one_line(note)}", file=sys.stderr)
+    warnings = [] if args.no_preflight else preflight.run(
+        cfg, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+    for note in notes:
+        print(f"launch: note: {_one_line(note)}", file=sys.stderr)
+    for warning in warnings:
+        print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(script)
         if cluster == "local":
@@ -162,7 +166,7 @@ def _launch(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {where}: {err.strerror or err}; free space there or pass "
                         "--run-root elsewhere") from None
     if args.emit_sbatch:
-        return _emit(args.emit_sbatch, script, run_dir)
+        return _emit(args.emit_sbatch, script, run_dir, lambda: shutil.rmtree(run_dir, ignore_errors=True))
     if cluster == "local":
         return _run_here(cfg, run_dir, why)
     job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend), fresh=True)
@@ -174,9 +178,15 @@ def _launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _emit(target: Path, script: str, run_dir: Path) -> int:
-    """--emit-sbatch: the script at `target` (and in the run directory) for a hand-run sbatch."""
-    fsutil.atomic_write_text(target, script)
+def _emit(target: Path, script: str, run_dir: Path, undo) -> int:
+    """--emit-sbatch: the script at `target` (and in the run directory) for a hand-run sbatch.
+    Where `target` cannot be written, `undo()` takes back what this launch wrote first."""
+    try:
+        fsutil.atomic_write_text(target, script)
+    except OSError as err:  # e.g. a full disk: one line, and no run directory left half made
+        undo()
+        raise UserError(f"cannot write --emit-sbatch {target}: {err.strerror or err}; free space there "
+                        "or pass another file") from None
     print(f"run dir: {run_dir}")
     print(f"wrote {target} (also {run_dir / rundir.SBATCH}); submit it with:")
     print(f"  sbatch {shlex.quote(str(target))}")
@@ -203,13 +213,17 @@ def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, 
     earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH) if p.is_file()}
     if args.emit_sbatch or cluster == "local":
         _write_run_files(run_dir, cfg, script)
+
+        def restore() -> None:
+            for path, text in earlier.items():
+                fsutil.atomic_write_text(path, text)
+
         if args.emit_sbatch:
-            return _emit(args.emit_sbatch, script, run_dir)
+            return _emit(args.emit_sbatch, script, run_dir, restore)
         try:  # rank 0 takes the run's writer lock as it starts
             return _run_here(cfg, run_dir, why)
         except SubmitError:
-            for path, text in earlier.items():
-                fsutil.atomic_write_text(path, text)
+            restore()
             raise
     job_id = submit_slurm(resume.held(script), run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
                           fresh=False)

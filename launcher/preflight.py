@@ -73,6 +73,12 @@ def check_data(data: DataConfig, layouts: tuple[str, ...] = ("tfrecord", "folder
     """Data a job could not read, for the sources in `layouts` (the task's: text folders are
     checked by launcher/preflight_text.py). demo and synthetic have no files to check; s3:// shards
     are checked by one listing and one read of labels.json; other URLs (gs://...) are left to the job."""
+    if data.source == "demo" and data.data_dir and "://" not in data.data_dir:
+        # The demo's data set is built in data.data_dir (its cache root): a folder like any other.
+        if not Path(data.data_dir).expanduser().is_dir():
+            raise ConfigError(f"data.data_dir {data.data_dir} does not exist; the demo builds its data set "
+                              "in that folder: create it, or leave data.data_dir unset for the default cache")
+        return
     if data.source not in layouts:
         return
     if data.data_dir.startswith("s3://"):

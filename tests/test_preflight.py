@@ -274,3 +274,19 @@ def test_fit_on_a_partition_with_typed_gpus_and_memory_limits():
     # The a100 node has 16 CPUs, though another node of the partition has 32.
     assert "has 16: use slurm.cpus_per_task=16" in preflight.fit_problem(
         SlurmConfig(gpus_per_node=4, gpu_type="a100", cpus_per_task=20), "mirrored", gpu)
+
+
+def test_the_demos_cache_root_is_checked_like_any_data_folder(launch_cli, run_root):
+    done = launch_cli("--run-root", run_root, "--cluster", "slurm", "data.data_dir=/nonexistent/demo-cache")
+    assert done.returncode == 2 and not run_root.exists()
+    assert done.stderr.strip() == ("launch: error: data.data_dir /nonexistent/demo-cache does not exist; the demo "
+                                   "builds its data set in that folder: create it, or leave data.data_dir unset "
+                                   "for the default cache")
+
+
+@pytest.mark.slurm
+def test_a_refused_launch_prints_only_its_error_line(launch_cli, run_root, slurm_cluster):
+    done = launch_cli("--run-root", run_root, "--cluster", "slurm", "--nodes", "5")
+    assert done.returncode == 2 and not run_root.exists()
+    assert done.stderr.strip().splitlines() == [
+        "launch: error: slurm.nodes=5 asks for 5 nodes but partition debug has 2: use --nodes 2"]
