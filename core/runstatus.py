@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 
-from core import rundir
+from core import recovery, rundir
 from core.fsutil import atomic_write_text
 
 # Words a trainer writes while it is (or is about to be) alive; anything else is an end state.
@@ -137,6 +138,24 @@ def settle_from_slurm(run_dir: str | Path, job_id: str, slurm_state: str | None)
     return read_status(run_dir)
 
 
+def _retried(args: argparse.Namespace, job: str) -> bool:
+    """A requeued job's step that died at once is requeued again (core/recovery.py)."""
+    status = read_status(args.run_dir)
+    if status.get("state") not in LIVE_STATES:
+        return False  # the trainer said how it ended: that stands
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    max_requeues = int(os.environ.get("LAUNCH_MAX_REQUEUES") or 0)
+    if not recovery.should_retry(args.exit_code, args.step_seconds, restarts, int(status.get("continuations", 0)),
+                                 max_requeues, bool(args.cancelled)):
+        return False
+    message = recovery.retry(job, restarts, max_requeues)
+    if message is None:
+        return False
+    write_status(args.run_dir, state="requeued", message=message, job_id=job)
+    print(f"launch: {message}", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.runstatus",
                                      description="Record a run's end state after its job step.")
@@ -145,11 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--run-dir", required=True, type=Path)
     cmd.add_argument("--exit-code", required=True, type=int, help="the job step's exit status")
     cmd.add_argument("--job-id", default=None, help="SLURM job id, named in the message")
+    cmd.add_argument("--step-seconds", type=int, default=None, help="how long the job step ran")
+    cmd.add_argument("--cancelled", type=int, default=0, help="1: the batch shell got SIGTERM (a cancel)")
     args = parser.parse_args(argv)
     job = args.job_id or None
     if args.exit_code and (other := other_writer(args.run_dir, job)):
         print(f"launch: {f'job {job}' if job else 'this job'} left status.json as it is: the run is written "
               f"by {other}, which records its own end state", file=sys.stderr)
+        return 0
+    if job and args.step_seconds is not None and _retried(args, job):
         return 0
     message = settle(args.run_dir, args.exit_code, job)
     if message is None:

@@ -1,0 +1,53 @@
+"""Recovery without a person (core/recovery.py): which failed steps are retried, and, on the
+local cluster, a requeued job whose step is killed at once comes back by itself and completes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+from core import recovery
+from slurm_jobs import epochs_done, history_epochs, job_field, launch, status, wait, wait_final
+
+
+@pytest.mark.parametrize("exit_code, seconds, restarts, continuations, cancelled, retried", [
+    (137, 5, 1, 0, False, True),  # a requeued job's step killed at once: retried
+    (137, 5, 0, 0, False, False),  # a first start that dies: its cause needs a look
+    (137, 600, 1, 0, False, False),  # it trained a while first: not a leftover's kill
+    (1, 5, 1, 0, False, False),  # the trainer failed on its own
+    (137, 5, 1, 0, True, False),  # a cancel: the user's word
+    (137, 5, 2, 1, False, False),  # the requeue limit (3) is spent
+])
+def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restarts, continuations, cancelled,
+                                                     retried):
+    assert recovery.should_retry(exit_code, seconds, restarts, continuations, 3, cancelled) is retried
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
+    job_id, run_dir = launch(tmp_path, "train.epochs=3", "slurm.max_requeues=3")
+    wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
+    report = run_dir / "logs" / "env-0.json"
+
+    def restarted_trainer() -> dict | None:
+        try:
+            env = json.loads(report.read_text())
+        except (OSError, ValueError):
+            return None
+        return env if env.get("SLURM_RESTART_COUNT") == "1" else None
+
+    wait(lambda: restarted_trainer() is not None, job_id, 300, "the restarted trainer")
+    os.kill(restarted_trainer()["pid"], signal.SIGKILL)  # as a failed node's leftover step would
+    wait(lambda: job_field(job_id, "Restarts") == "2", job_id, 120, "the automatic requeue")
+    assert wait_final(job_id, 600) == "COMPLETED"
+    assert history_epochs(run_dir) == [1, 2, 3]
+    assert status(run_dir)["state"] == "completed"
+    err = (run_dir / "logs" / f"slurm-{job_id}.err").read_text()
+    assert "requeued again: the restarted job's step died in its first seconds" in err
+    assert "launch --resume" not in err  # nobody is asked to do what SLURM is doing
