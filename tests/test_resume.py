@@ -39,7 +39,7 @@ def queue(run_dir: Path) -> list[str]:
 
 def test_relative_paths_are_stored_absolute(launch_cli, tmp_path):
     where = tmp_path / "user's folder"
-    where.mkdir()
+    (where / "data" / "digits").mkdir(parents=True)  # the demo's cache root, an existing folder
     done = launch_cli("--config", REPO / "configs" / "demo.yaml", "--emit-sbatch", "x.sbatch",
                       "--run-root", "runs", "data.data_dir=data/digits", cwd=where)
     assert done.returncode == 0, done.stderr
@@ -49,7 +49,7 @@ def test_relative_paths_are_stored_absolute(launch_cli, tmp_path):
     assert saved["runtime"]["run_root"] == str(where / "runs")
     # A resume from elsewhere keeps the stored path; a relative override resolves where it is typed.
     other = tmp_path / "elsewhere"
-    other.mkdir()
+    (other / "moved").mkdir(parents=True)
     done = launch_cli("--resume", run_dir, "--emit-sbatch", "y.sbatch", "data.data_dir=moved", cwd=other)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load((run_dir / rundir.CONFIG).read_text())["data"]["data_dir"] == str(other / "moved")
