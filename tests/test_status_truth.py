@@ -96,6 +96,7 @@ def run_script(tmp_path: Path, srun_body: str, term_shell: bool = False) -> tupl
             assert time.monotonic() < deadline and shell.poll() is None
             time.sleep(0.05)
         shell.send_signal(signal.SIGTERM)
+        (run_dir / "status.json.term-sent").touch()  # the stand-in srun may end now
     _, err = shell.communicate(timeout=60)
     return shell.returncode, run_dir, err
 
@@ -110,7 +111,9 @@ def test_rendered_script_settles_a_sigkilled_step(tmp_path):
 
 def test_rendered_script_outlives_its_own_sigterm_to_settle(tmp_path):
     # The step takes a moment to end after the cancel; the shell must wait for it, not die first.
-    code, run_dir, err = run_script(tmp_path, "sleep 2; kill -TERM $$", term_shell=True)
+    # It ends only once the shell has been sent SIGTERM (a minute at most, so nothing hangs).
+    code, run_dir, err = run_script(tmp_path, 'for _ in $(seq 1200); do [[ -e "$STATUS_FILE.term-sent" ]] '
+                                    '&& break; sleep 0.05; done; sleep 1; kill -TERM $$', term_shell=True)
     assert code == 143, err
     assert "SIGTERM received; waiting for the job step to end" in err
     assert status(run_dir)["state"] == "killed" and "SIGTERM" in status(run_dir)["message"]
