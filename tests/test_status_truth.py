@@ -140,6 +140,24 @@ def launch_and_wait_for_a_step(run_root: Path) -> tuple[str, Path]:
     return job_id, run_dir
 
 
+def step_ended(step: str) -> bool:
+    """SLURM no longer lists the job step (of a job still running)."""
+    shown = subprocess.run(["scontrol", "show", "step", "-o", step], capture_output=True, text=True)
+    return f"step {step} not found" in shown.stdout + shown.stderr
+
+
+def batch_shell_stopped(job_id: str) -> bool:
+    """The job's batch shell, a process of this machine on the local cluster, is stopped."""
+    script = f"/job{int(job_id):05d}/slurm_script"  # the batch script's path in slurmd's spool
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and script in (proc / "cmdline").read_text():
+                return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        except OSError:  # ended meanwhile
+            continue
+    return False
+
+
 def assert_listed_as_not_running(run_root: Path, *expected: str) -> None:
     shown = listed_state(run_root)
     assert "RUNNING" not in shown and shown in expected, shown
@@ -184,8 +202,11 @@ def test_chief_and_batch_shell_killed_together_launch_runs_settles(tmp_path, slu
     # A lost node: chief and batch shell die at once, so nothing on the node can write. The
     # stopped shell stands in for that: it cannot act on the step's end before it is killed.
     subprocess.run(["scancel", "--batch", "--signal=STOP", job_id], check=True)
+    wait(lambda: batch_shell_stopped(job_id), job_id, 60, "the batch shell to stop")
     subprocess.run(["scancel", "--signal=KILL", f"{job_id}.0"], check=True)
-    time.sleep(3)
+    # Then the shell, once SLURM has the step ended: had the job ended first, its end would send
+    # the chief SIGTERM, and a chief still alive would save and write "stopped".
+    wait(lambda: step_ended(f"{job_id}.0"), job_id, 60, "the killed step to end")
     subprocess.run(["scancel", "--batch", "--signal=KILL", job_id], check=True)
     assert wait_final(job_id, 120) == "FAILED", job_field(job_id, "Reason")
     assert status(run_dir)["state"] == "running"  # the lie this covers
