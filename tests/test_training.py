@@ -185,7 +185,8 @@ def test_stop_signal_mid_epoch_saves_and_resume_finishes_the_run(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The signal goes as soon as epoch 1's row is in history.csv (written, atomically, at the
     # epoch's end): the trainer acts on it at its next stop check (every 10 steps), inside epoch 2
-    # of 22 steps, at any speed. Polled often: a fast machine runs an epoch in about a second.
+    # of 22 steps, as long as it comes before the trainer's last check in that epoch, some 18 steps
+    # later. Polled often: a fast machine runs an epoch in about a second.
     deadline = time.monotonic() + 300
     while not list(run_root.glob("*/history.csv")) or len(next(run_root.glob("*/history.csv"))
                                                           .read_text().splitlines()) < 2:
