@@ -2,6 +2,8 @@
 hangs, one run directory per run."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import re
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,17 +39,48 @@ def test_multiworker_job_survives_two_requeues(tmp_path):
     final_weights_load(run_dir)
 
 
+def process_state(pid: int) -> tuple[str, int]:
+    """(state letter, pending signal mask) of a process of this machine; ("", 0) once it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return "", 0
+    return fields["State"].split()[0], int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+
+
+def hold_until_signalled(job_id: str, run_dir: Path, lead_s: int) -> None:
+    """Keeps the job's trainer stopped (SIGSTOP) until SLURM's time-limit warning, SIGUSR1, is
+    pending for it: the run cannot finish before the signal lands, however fast the machine.
+    A trainer that starts only after the warning was due is not held."""
+    env = run_dir / "logs" / "env-0.json"  # written by the trainer once its stop handlers are in
+    wait(env.is_file, job_id, 300, "the trainer to start")
+    trainer = json.loads(env.read_text())["pid"]
+    warning_at = datetime.datetime.fromisoformat(job_field(job_id, "EndTime")).timestamp() - lead_s
+    usr1 = 1 << (signal.SIGUSR1 - 1)
+    os.kill(trainer, signal.SIGSTOP)
+    try:
+        wait(lambda: process_state(trainer)[0] in ("T", ""), job_id, 60, "the trainer to stop")
+        if time.time() < warning_at:  # SLURM sends it at that time or later, so it will be pending
+            wait(lambda: (state := process_state(trainer))[0] != "T" or state[1] & usr1, job_id, 400,
+                 "the time-limit signal")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGCONT)
+
+
 def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
-    # A 3-minute limit with the warning 120 s before it: the signal lands about a minute in, well
-    # before 20 demo epochs can finish on 2 cores. A loaded machine may need several rounds, hence
-    # the generous requeue limit.
+    # A 3-minute limit with the warning 120 s before it: the signal lands about a minute in. The
+    # trainer's first round is held until then, so it lands mid-training on any machine; once the
+    # job is seen requeued, its limit is raised, so the resumed round finishes at any speed.
     job_id, run_dir = launch(tmp_path, "--time", "3", "slurm.signal_lead_s=120", "train.epochs=20",
                              "slurm.max_requeues=10", "runtime.cpu_devices=2")
+    hold_until_signalled(job_id, run_dir, 120)
     # Not released at once: the runs listing must show the job waiting after its own requeue.
     deadline = time.monotonic() + 400
     while listed_state(tmp_path) != "REQUEUED (PENDING)":
         assert time.monotonic() < deadline, f"never listed as requeued; job is {job_field(job_id, 'JobState')}"
         time.sleep(3)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "TimeLimit=30"], check=True)
     assert wait_final(job_id, 900) == "COMPLETED"
     log = "".join(p.read_text() for p in (run_dir / "logs").glob(f"slurm-{job_id}.out"))
     assert "stop requested: saved a resumable checkpoint" in log

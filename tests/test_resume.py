@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -98,16 +97,21 @@ def test_overrides_the_checkpoint_cannot_take(capsys, checkpointed_run, tmp_path
                      "--emit-sbatch", str(tmp_path / "b.sbatch")]) == 0, capsys.readouterr().err
 
 
-def _hold(path: str, token: str, results) -> None:
+def _hold(path: str, token: str, results, tried) -> None:
+    """Tries the lock once; a holder keeps it until every contender has tried (`tried`, a
+    barrier of all of them), so none can find it released and take it as well."""
     lock = locks.RunLock(Path(path))
     try:
         lock.acquire()
     except locks.RunBusy as err:
         results.put(("refused", str(err)))
+        tried.wait(60)
         return
     results.put(("held", token))
-    time.sleep(3)  # hold long enough for every other contender to try
-    lock.release()
+    try:
+        tried.wait(60)
+    finally:
+        lock.release()
 
 
 @pytest.mark.parametrize("stale", [None, {"token": "t", "host": "gone", "job_id": "999999"}])
@@ -117,7 +121,8 @@ def test_contenders_started_at_once_leave_one_holder(tmp_path, stale):
         path.write_text(json.dumps(stale))
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_hold, args=(str(path), str(i), results)) for i in range(6)]
+    tried = ctx.Barrier(6)
+    procs = [ctx.Process(target=_hold, args=(str(path), str(i), results, tried)) for i in range(6)]
     for proc in procs:
         proc.start()
     for proc in procs:

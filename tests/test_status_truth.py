@@ -126,6 +126,7 @@ def run_script(tmp_path: Path, srun_body: str, term_shell: bool = False) -> tupl
             assert time.monotonic() < deadline and shell.poll() is None
             time.sleep(0.05)
         shell.send_signal(signal.SIGTERM)
+        (run_dir / "status.json.term-sent").touch()  # the stand-in srun may end now
     _, err = shell.communicate(timeout=60)
     return shell.returncode, run_dir, err
 
@@ -140,7 +141,9 @@ def test_rendered_script_settles_a_sigkilled_step(tmp_path):
 
 def test_rendered_script_outlives_its_own_sigterm_to_settle(tmp_path):
     # The step takes a moment to end after the cancel; the shell must wait for it, not die first.
-    code, run_dir, err = run_script(tmp_path, "sleep 2; kill -TERM $$", term_shell=True)
+    # It ends only once the shell has been sent SIGTERM (a minute at most, so nothing hangs).
+    code, run_dir, err = run_script(tmp_path, 'for _ in $(seq 1200); do [[ -e "$STATUS_FILE.term-sent" ]] '
+                                    '&& break; sleep 0.05; done; sleep 1; kill -TERM $$', term_shell=True)
     assert code == 143, err
     assert "SIGTERM received; waiting for the job step to end" in err
     assert status(run_dir)["state"] == "killed" and "SIGTERM" in status(run_dir)["message"]
@@ -173,6 +176,24 @@ def launch_and_wait_for_a_step(run_root: Path, epochs: int = 20) -> tuple[str, P
          and lr_log.is_file() and len(lr_log.read_text().splitlines()) > 1, job_id, 400,
          "the chief to train a step")
     return job_id, run_dir
+
+
+def step_ended(step: str) -> bool:
+    """SLURM no longer lists the job step (of a job still running)."""
+    shown = subprocess.run(["scontrol", "show", "step", "-o", step], capture_output=True, text=True)
+    return f"step {step} not found" in shown.stdout + shown.stderr
+
+
+def batch_shell_stopped(job_id: str) -> bool:
+    """The job's batch shell, a process of this machine on the local cluster, is stopped."""
+    script = f"/job{int(job_id):05d}/slurm_script"  # the batch script's path in slurmd's spool
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and script in (proc / "cmdline").read_text():
+                return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        except OSError:  # ended meanwhile
+            continue
+    return False
 
 
 def assert_listed_as_not_running(run_root: Path, *expected: str) -> None:
@@ -219,8 +240,11 @@ def test_chief_and_batch_shell_killed_together_launch_runs_settles(tmp_path, slu
     # A lost node: chief and batch shell die at once, so nothing on the node can write. The
     # stopped shell stands in for that: it cannot act on the step's end before it is killed.
     subprocess.run(["scancel", "--batch", "--signal=STOP", job_id], check=True)
+    wait(lambda: batch_shell_stopped(job_id), job_id, 60, "the batch shell to stop")
     subprocess.run(["scancel", "--signal=KILL", f"{job_id}.0"], check=True)
-    time.sleep(3)
+    # Then the shell, once SLURM has the step ended: had the job ended first, its end would send
+    # the chief SIGTERM, and a chief still alive would save and write "stopped".
+    wait(lambda: step_ended(f"{job_id}.0"), job_id, 60, "the killed step to end")
     subprocess.run(["scancel", "--batch", "--signal=KILL", job_id], check=True)
     assert wait_final(job_id, 120) == "FAILED", job_field(job_id, "Reason")
     assert status(run_dir)["state"] == "running"  # the lie this covers
