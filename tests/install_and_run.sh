@@ -27,6 +27,12 @@ training/horovod_build/build.sh
 echo "== local SLURM cluster"
 slurm/local_cluster.sh start
 
+# After the cluster: Pyxis is built against the SLURM release the cluster runs, and the running
+# daemons pick it up without a restart. Both steps are quick when nothing changed.
+echo "== containers: enroot and Pyxis for srun, and the test image"
+slurm/containers/build_pyxis.sh
+slurm/containers/build_image.sh
+
 echo "== test suite"
 # Two tests at a time: most of a real-job test is waiting on SLURM. A module whose tests share
 # one expensive fixture stays on one worker (pytest.mark.xdist_group).

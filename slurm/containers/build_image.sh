@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds build/containers/test-image.sqsh: a minimal Debian bookworm with Python and the trainer's
+# packages (setup.cfg's install_requires and [train]), which srun --container-image runs on the local
+# cluster without reaching any registry. A second run with the same inputs does nothing.
+#
+# Usage (as root): slurm/containers/build_image.sh
+#
+# Inside the image, /opt/launch-test-image names the image and the inputs it was built from.
+set -euo pipefail
+SCRIPT=$(realpath "$0")
+cd "$(dirname "$SCRIPT")/../.."
+
+SUITE=bookworm                       # its python3 is 3.11, like the host's: the host's pip installs for it
+WORK_DIR=$PWD/build/containers
+ROOTFS=$WORK_DIR/rootfs
+DEB_CACHE=$WORK_DIR/debs             # debootstrap's downloads, kept for the next build
+IMAGE=$WORK_DIR/test-image.sqsh
+INPUTS_FILE=$IMAGE.inputs            # what the image was built from; equal inputs skip the build
+MARKER=/opt/launch-test-image
+# zstd level 3 packs the ~1.5 GB rootfs into ~460 MiB in 20 s on two idle cores. Importing
+# TensorFlow from an lz4 image was no faster: the time goes to FUSE, not to decompression.
+SQUASH_OPTIONS=(-comp zstd -Xcompression-level 3 -noappend -quiet -no-progress)
+
+die() { echo "build_image: $*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "run as root (debootstrap needs it)"
+
+# The trainer's requirements from setup.cfg, one a line; with `installed`, the host's version of
+# each instead. The image is for CPU test nodes: TensorFlow comes as tensorflow-cpu (the same
+# release without CUDA kernels, a third smaller), and tf-keras, which names `tensorflow`, is
+# installed without its dependencies below.
+requirements() {
+    python3 - "${1:-}" <<'EOF'
+import configparser, importlib.metadata, re, sys
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+lines = cfg["options"]["install_requires"].splitlines() + cfg["options.extras_require"]["train"].splitlines()
+for line in (l.strip() for l in lines):
+    if not line or line.startswith("#"):
+        continue
+    if sys.argv[1] == "installed":
+        name = re.match(r"[A-Za-z0-9_.-]+", line).group()
+        try:
+            print(name, importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            print(name, "absent")
+    else:
+        print("tensorflow-cpu" + line[len("tensorflow"):] if line.startswith("tensorflow==") else line)
+EOF
+}
+
+# The host's installed versions pin the image's, so a job sees the same stack in and out of the image;
+# the host's TensorFlow release pins tensorflow-cpu.
+host_pins() {
+    local pins
+    pins=$(python3 -m pip freeze --exclude-editable | grep -E '^[A-Za-z0-9_.-]+==' || true)
+    printf '%s\n' "$pins"
+    sed -n 's/^tensorflow==/tensorflow-cpu==/p' <<<"$pins"
+}
+
+inputs() {
+    echo "suite $SUITE"
+    echo "squash ${SQUASH_OPTIONS[*]}"
+    echo "script $(sha256sum "$SCRIPT" | cut -d' ' -f1)"
+    requirements | sed 's/^/requirement /'
+    requirements installed | sed 's/^/host /'
+}
+
+install_tools() {
+    local need=() pkg
+    for pkg in debootstrap squashfs-tools; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+    ((${#need[@]})) || return 0
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+# Unmounts whatever an interrupted debootstrap left mounted under the rootfs, deepest first.
+unmount_rootfs() {
+    local mnt
+    [[ -d $ROOTFS ]] || return 0
+    for mnt in $(awk -v r="$ROOTFS" '$2 == r || index($2, r "/") == 1 {print $2}' /proc/mounts | sort -r); do
+        umount -l "$mnt"
+    done
+}
+
+build_rootfs() {
+    local start=$1 target py_host py_image
+    unmount_rootfs
+    rm -rf "$ROOTFS"
+    mkdir -p "$DEB_CACHE"
+    # The rootfs is thrown away if the build stops half-way, so dpkg's fsync per file buys nothing.
+    DPKG_FORCE=unsafe-io debootstrap --variant=minbase --include=python3 --cache-dir="$DEB_CACHE" \
+        "$SUITE" "$ROOTFS" >"$WORK_DIR/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$WORK_DIR/debootstrap.log" >&2; die "debootstrap failed; log: $WORK_DIR/debootstrap.log"; }
+    py_host=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    py_image=$(chroot "$ROOTFS" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [[ $py_host == "$py_image" ]] \
+        || die "the host's Python is $py_host but $SUITE's is $py_image; run this with a python3 $py_image"
+    # dist-packages under /usr/local is on the sys.path of Debian's python3 and belongs to no package.
+    target=$ROOTFS/usr/local/lib/python$py_image/dist-packages
+    echo "build_image: $SUITE with python$py_image after $((SECONDS - start)) s; installing packages"
+    {
+        python3 -m pip install --target "$target" --no-warn-script-location --root-user-action=ignore \
+            -c <(host_pins) $(requirements | grep -v '^tf-keras') \
+        && python3 -m pip install --target "$target" --no-deps --root-user-action=ignore \
+            $(requirements | grep '^tf-keras')
+    } >"$WORK_DIR/pip.log" 2>&1 || { tail -n 20 "$WORK_DIR/pip.log" >&2; die "pip failed; log: $WORK_DIR/pip.log"; }
+    # Console scripts carry the host's interpreter path, and TensorFlow's C++ headers only serve
+    # builds of extensions (Horovod), which happen on the host: neither is used inside the image.
+    rm -rf "$target/bin" "$target/tensorflow/include"
+    rm -rf "$ROOTFS"/usr/share/{doc,man,info,locale} "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/lib/apt/lists/*
+    inputs >"$ROOTFS$MARKER"
+}
+
+main() {
+    local start
+    start=$SECONDS
+    mkdir -p "$WORK_DIR"
+    if [[ -s $IMAGE && -s $INPUTS_FILE ]] && cmp -s "$INPUTS_FILE" <(inputs); then
+        echo "build_image: $IMAGE is up to date"
+        return
+    fi
+    install_tools
+    build_rootfs "$start"
+    echo "build_image: rootfs ready after $((SECONDS - start)) s; packing $IMAGE"
+    # Steps still running on the old image keep reading it: mv replaces the name, not the file.
+    rm -f "$INPUTS_FILE" "$IMAGE.part"
+    mksquashfs "$ROOTFS" "$IMAGE.part" "${SQUASH_OPTIONS[@]}"
+    mv "$IMAGE.part" "$IMAGE"
+    cp "$ROOTFS$MARKER" "$INPUTS_FILE"
+    rm -rf "$ROOTFS"   # ~1.5 GB; the .debs in $DEB_CACHE make the next build quicker
+    echo "build_image: $IMAGE, $(du -m "$IMAGE" | cut -f1) MiB, built in $((SECONDS - start)) s"
+}
+
+main

@@ -1,0 +1,71 @@
+"""Job steps run inside the test image through Pyxis on the local cluster.
+
+Needs ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh`` (both run by
+``tests/install_and_run.sh``) and the cluster started: ``slurm/local_cluster.sh start``.
+"""
+
+import importlib.metadata
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slurm_jobs import wait_final
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = REPO / "build" / "containers" / "test-image.sqsh"
+BUILD_HINT = "build it with slurm/containers/build_pyxis.sh and slurm/containers/build_image.sh"
+
+# Each task reports what it sees, as one JSON file per task in the mounted host folder.
+TASK = """
+import json, os, sys, tensorflow as tf
+facts = {
+    "node": os.environ["SLURMD_NODENAME"],
+    "marker": open("/opt/launch-test-image").readline().strip(),
+    "python": sys.executable,
+    "tensorflow": tf.__version__,
+    "host_input": open("/data/input.txt").read(),
+}
+json.dump(facts, open("/data/task-%s.json" % os.environ["SLURM_PROCID"], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def image(slurm_cluster):
+    """The test image, with Pyxis loaded by srun. Fails, never skips: CI builds both."""
+    if not IMAGE.is_file():
+        pytest.fail(f"no container image at {IMAGE}; {BUILD_HINT}")
+    srun_help = subprocess.run(["srun", "--help"], capture_output=True, text=True).stdout
+    if "--container-image" not in srun_help:
+        pytest.fail(f"srun has no --container-image, so Pyxis is not loaded; {BUILD_HINT}")
+    return IMAGE
+
+
+def test_two_node_step_runs_in_the_image_and_writes_through_a_mount(image, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "input.txt").write_text("written on the host")
+    step = (f"srun --container-image={shlex.quote(str(image))}"
+            f" --container-mounts={shlex.quote(str(shared))}:/data python3 -c {shlex.quote(TASK)}")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1",
+         f"--output={tmp_path / 'slurm-%j.out'}", "--wrap", step],
+        capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    # Each task imports TensorFlow through FUSE: ~30 s on an idle machine, minutes on a loaded one.
+    state = wait_final(submitted.stdout.strip(), timeout_s=600)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert state == "COMPLETED", logs
+
+    tasks = [json.loads((shared / f"task-{rank}.json").read_text()) for rank in (0, 1)]
+    assert sorted(t["node"] for t in tasks) == ["node1", "node2"], tasks
+    for facts in tasks:
+        # The image's files, Python and TensorFlow (the host's release), not the host's.
+        assert facts["marker"] == "suite bookworm", facts
+        assert facts["python"] == "/usr/bin/python3", facts
+        assert facts["tensorflow"] == importlib.metadata.version("tensorflow"), facts
+        assert facts["host_input"] == "written on the host", facts
