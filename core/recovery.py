@@ -23,10 +23,10 @@ def should_retry(exit_code: int, step_seconds: int, restarts: int, continuations
             and restarts + continuations < max_requeues)
 
 
-def retry(job_id: str, restarts: int, max_requeues: int) -> str | None:
-    """Requeues `job_id` after a backoff; returns the status message, or None when SLURM refused."""
+def retry(job_id: str, restarts: int, max_requeues: int, say) -> bool:
+    """Requeues `job_id` after a backoff; False when SLURM refused. `say(message)` records the
+    retry first: the requeue ends this job's processes, this one included."""
     time.sleep(BACKOFF_S[min(restarts - 1, len(BACKOFF_S) - 1)])
-    if slurm.requeue(job_id).returncode:
-        return None
-    return (f"requeued again: the restarted job's step died in its first seconds (a failed node's "
-            f"leftovers); restart {restarts + 1} of at most {max_requeues}")
+    say(f"requeued again: the restarted job's step died in its first seconds (a failed node's "
+        f"leftovers); restart {restarts + 1} of at most {max_requeues}")
+    return slurm.requeue(job_id).returncode == 0

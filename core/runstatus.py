@@ -25,7 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
-from core import recovery, rundir
+from core import recovery, rundir, slurm
 from core.fsutil import atomic_write_text
 
 # Words a trainer writes while it is (or is about to be) alive; anything else is an end state.
@@ -47,6 +47,9 @@ def write_status(run_dir: str | Path, **fields) -> None:
     status = json.loads(path.read_text()) if path.is_file() else {}
     status.update(fields, updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     atomic_write_text(path, json.dumps(status, indent=1))
+
+
+REQUEUED = "SLURM has requeued the job: it continues from there by itself"
 
 
 def resume_hint(run_dir: str | Path) -> str:
@@ -74,12 +77,13 @@ def other_writer(run_dir: str | Path, job_id: str | None) -> str | None:
     return f"job {held_by}" if held_by else f"a run without SLURM on {holder.get('host', '?')}"
 
 
-def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None) -> str | None:
+def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None, requeued: bool = False) -> str | None:
     """After a failed job step: writes the end state the trainer could not, if its status is still live.
 
     Returns the message written, or None when the trainer had written its own end state (which
     always knows more than an exit status), the step succeeded, or another job holds the run's
-    writer lock (this one was refused at start and never wrote the run).
+    writer lock (this one was refused at start and never wrote the run). `requeued`: SLURM is
+    requeueing the job, so the run comes back by itself and nobody is asked to resume it.
     """
     status = read_status(run_dir)
     if exit_code == 0 or (status and status.get("state") not in LIVE_STATES):
@@ -92,7 +96,7 @@ def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None) -> st
         # A kill lands between checkpoints: the last committed one is whole (fsutil's atomic writes).
         message = (f"{job} {how} before the trainer could write its end state (out of memory, "
                    f"scancel or a lost node; logs/slurm-{job_id or '<id>'}.err says which); the last "
-                   f"checkpoint is intact. {resume_hint(run_dir)}")
+                   f"checkpoint is intact. {REQUEUED if requeued else resume_hint(run_dir)}")
     else:
         message = (f"{job} {how} before the trainer wrote its end state; the cause is in "
                    f"logs/slurm-{job_id or '<id>'}.err")
@@ -148,12 +152,21 @@ def _retried(args: argparse.Namespace, job: str) -> bool:
     if not recovery.should_retry(args.exit_code, args.step_seconds, restarts, int(status.get("continuations", 0)),
                                  max_requeues, bool(args.cancelled)):
         return False
-    message = recovery.retry(job, restarts, max_requeues)
-    if message is None:
-        return False
-    write_status(args.run_dir, state="requeued", message=message, job_id=job)
-    print(f"launch: {message}", file=sys.stderr)
-    return True
+    def say(message: str) -> None:
+        write_status(args.run_dir, state="requeued", message=message, job_id=job)
+        print(f"launch: {message}", file=sys.stderr, flush=True)
+
+    if recovery.retry(job, restarts, max_requeues, say):
+        return True
+    # SLURM refused: the step is settled as any failed one, from the status it left.
+    write_status(args.run_dir, state=status["state"], message=status.get("message", ""))
+    return False
+
+
+def _requeue_pending(job: str | None) -> bool:
+    """SLURM counts a restart of this job beyond the one it runs as: a requeue is under way."""
+    count = slurm.restarts(job) if job else None
+    return count is not None and count > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if job and args.step_seconds is not None and _retried(args, job):
         return 0
-    message = settle(args.run_dir, args.exit_code, job)
+    requeued = _requeue_pending(job) if args.exit_code else False
+    message = settle(args.run_dir, args.exit_code, job, requeued)
     if message is None:
         status = read_status(args.run_dir)
         # The trainer's own word: a stop with a checkpoint can resume; a failure needs its cause
         # fixed first. (A requeued job exits 0 and comes back by itself: no hint, no second writer.)
         if status.get("state") == "stopped":
             print(f"launch: status.json: stopped: {status.get('message', '')}. "
-                  f"{resume_hint(args.run_dir)}", file=sys.stderr)
+                  f"{REQUEUED if requeued else resume_hint(args.run_dir)}", file=sys.stderr)
         elif status.get("state") == "failed":
             print(f"launch: status.json: failed: {status.get('message', '')}", file=sys.stderr)
         return 0

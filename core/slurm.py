@@ -151,6 +151,17 @@ def hostnames(nodelist: str) -> tuple[str, ...]:
     return tuple(out.split())
 
 
+def restarts(job_id: str) -> int | None:
+    """SLURM's restart count of a job (`scontrol show job`), None when it cannot be asked. Above
+    the job's own $SLURM_RESTART_COUNT, a requeue of it is under way."""
+    try:
+        done = _run(["scontrol", "show", "job", "-o", job_id], SCONTROL_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\bRestarts=(\d+)", done.stdout)
+    return int(found.group(1)) if found else None
+
+
 def start_now(job_id: str) -> subprocess.CompletedProcess:
     """Moves a job's start time to now (a job submitted with --begin in the future)."""
     return _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
