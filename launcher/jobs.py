@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import UserError
+from core import slurm as slurm_cli
 from core.slurm import ACTIVE, job_state
 from launcher.render import TaskJob, describe_request, render_task_sbatch
 from launcher.submit import choose_cluster, submit_job
@@ -83,7 +84,7 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
         return Outcome(0)
     if cluster == "local":
         return Outcome(run_here(job, why))
-    if not slurm.available():
+    if not slurm_cli.available():  # `slurm` here is the job's request
         raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                         "login node, or pass --cluster local")
     try:
