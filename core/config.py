@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import yaml
 
 from core import registry, rundir, storage
-from core.errors import ConfigError
+from core.errors import ConfigError, closest, did_you_mean
 
 # The schema's names are part of this module's API: callers import Config and its sections from here.
 from core.schema import (  # noqa: F401
@@ -81,26 +81,28 @@ def _reject_control_characters(value: Any, where: str) -> None:
 
 def _set_task(cfg: Config, value: Any, source: str) -> None:
     if value not in registry.TASKS:
-        raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}")
+        raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}"
+                          f"{did_you_mean(value, registry.TASKS)}")
     cfg.task = value
 
 
-def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: set | None = None) -> None:
+def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: dict | None = None) -> None:
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "task"}
     if section not in sections:
-        raise ConfigError(
-            f"unknown section '{section}' in {source}; valid sections: {', '.join(sections)}")
+        raise ConfigError(f"unknown section '{section}' in {source}; valid sections: "
+                          f"{', '.join(sections)}{did_you_mean(section, sections)}")
     sec = getattr(cfg, section)
     hints = typing.get_type_hints(type(sec))
     if key not in hints:
-        raise ConfigError(
-            f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': {', '.join(hints)}")
+        raise ConfigError(f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': "
+                          f"{', '.join(hints)}{_closest_key(section, key)}")
     where = f"{section}.{key} in {source}"
     value = _coerce(value, hints[key], where)
     _reject_control_characters(value, where)
     for choice in _declared(type(sec), key, Choice):
         if value not in choice.values:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}"
+                              f"{did_you_mean(value, choice.values)}")
     for bound in _declared(type(sec), key, Range):
         for item in value if isinstance(value, list) else [value]:
             if (problem := bound.problem(item)) is not None:
@@ -108,6 +110,22 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: se
     setattr(sec, key, value)
     if given is not None:
         given[(section, key)] = where
+
+
+def _dotted_keys() -> list[str]:
+    """Every `section.key` of the schema."""
+    return [f"{f.name}.{key}" for f in dataclasses.fields(Config) if f.name != "task"
+            for key in typing.get_type_hints(f.default_factory)]
+
+
+def _closest_key(section: str, key: str) -> str:
+    """The hint for an unknown key: a close key of its section, else the same or a close key
+    elsewhere (train.batch_size -> data.batch_size)."""
+    own = [dotted.split(".", 1)[1] for dotted in _dotted_keys() if dotted.startswith(f"{section}.")]
+    if found := closest(key, own):
+        return f"; did you mean '{section}.{found}'?"
+    elsewhere = [dotted for dotted in _dotted_keys() if dotted.endswith(f".{key}")]
+    return f"; did you mean '{elsewhere[0]}'?" if elsewhere else ""
 
 
 def _declared(section_type: type, key: str, kind: type) -> list:
@@ -147,7 +165,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if text.split("=", 1)[0] == "task":
         return "", "task", text.split("=", 1)[1].strip()
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05")
+        name, _, value = text.partition("=")
+        key = closest(name, {dotted.split(".", 1)[1] for dotted in _dotted_keys()}) if "=" in text else None
+        owners = [dotted for dotted in _dotted_keys() if dotted.endswith(f".{key}")]
+        fix = f"; did you mean '{owners[0]}={value}'?" if len(owners) == 1 else ""  # not name=: 3 sections have one
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05{fix}")
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
     word = raw.strip(" ")
@@ -234,9 +256,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
                      or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
                      or (flags or {}).get("runtime.backend") is not None)
-    if note := resolve_backend(cfg, backend_given):
-        print(f"launch: note: {note}", file=sys.stderr)
+    note = resolve_backend(cfg, backend_given)
     check(cfg)
+    if note:  # after the checks: a refused config is one line
+        print(f"launch: note: {note}", file=sys.stderr)
     return cfg
 
 
@@ -273,10 +296,11 @@ def check(cfg: Config) -> None:
     entry = registry.TASKS[cfg.task]
     if cfg.model.name not in entry.models:
         raise ConfigError(f"model.name {cfg.model.name!r} is not a {cfg.task} model; valid names: "
-                          f"{', '.join(entry.models)} (core/registry.py)")
+                          f"{', '.join(entry.models)} (core/registry.py)"
+                          f"{did_you_mean(cfg.model.name, entry.models)}")
     if cfg.data.source not in entry.sources:
         raise ConfigError(f"data.source {cfg.data.source!r} is not a {cfg.task} source; valid sources: "
-                          f"{', '.join(entry.sources)}")
+                          f"{', '.join(entry.sources)}{did_you_mean(cfg.data.source, entry.sources)}")
     if cfg.runtime.backend == "mirrored" and cfg.slurm.nodes > 1:
         raise ConfigError(
             f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
@@ -299,6 +323,26 @@ def check(cfg: Config) -> None:
                           "data.source=tfrecord")
     if len(cfg.model.mean) != 3 or len(cfg.model.std) != 3:
         raise ConfigError("model.mean and model.std need three values, one per channel")
+    replicas, how = replica_count(cfg)
+    if cfg.data.batch_size % replicas:
+        fit = -(-cfg.data.batch_size // replicas) * replicas
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} (the global batch) does not divide over "
+                          f"{replicas} replicas ({how}); use data.batch_size={fit} or another multiple "
+                          f"of {replicas}")
+
+
+def replica_count(cfg: Config) -> tuple[int, str]:
+    """The replicas the trainer will run (training/backends: num_replicas), and how they come
+    about, without TensorFlow: one per GPU of every node used; without GPUs one per process,
+    except that mirrored splits its one process's CPU into runtime.cpu_devices devices."""
+    slurm, backend = cfg.slurm, cfg.runtime.backend
+    nodes = 1 if backend == "mirrored" else slurm.nodes
+    if slurm.gpus_per_node:
+        return nodes * slurm.gpus_per_node, f"{nodes} node(s) x {slurm.gpus_per_node} GPU(s)"
+    if backend == "mirrored":
+        devices = max(cfg.runtime.cpu_devices, 1)
+        return devices, f"{devices} CPU device(s) of one process, runtime.cpu_devices"
+    return nodes, f"{nodes} node(s) x 1 CPU process, no GPUs"
 
 
 def load_run_config(run_dir: str | Path) -> Config:

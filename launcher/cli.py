@@ -21,7 +21,7 @@ from pathlib import Path
 
 from core import fsutil, locks, rundir, slurm
 from core.config import Config, ConfigError, config_stem, dump, load_config
-from core.errors import EXIT_CODE, UsageError, UserError, one_line
+from core.errors import EXIT_CODE, UserError, one_line
 from launcher import commands, options, preflight, resume, sweep, sweep_resume
 from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
 from launcher.render import describe_request, render_sbatch, world_size
@@ -43,7 +43,8 @@ other commands (each with --help):
   launch resume RUN          continue a stopped run (same as --resume RUN)
 
 A mistake in the command line, the config or the request is one line on stderr and exit code 2;
-nothing is submitted or written then.
+nothing is submitted or written then. sbatch's -N, -p, -t, -A, -q and -J work as in sbatch; its
+other options (--mem, --gres, ...) are answered with launch's way of saying them.
 """
 
 
@@ -52,20 +53,15 @@ def _fail(message: str, code: int = EXIT_CODE) -> int:
     return code
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, no usage block
-        raise UsageError(f"{message} ({self.prog} --help lists the options)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
+    p = options.LaunchParser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
     p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
-    p.add_argument("--nodes", type=int, metavar="N", help="slurm.nodes")
+    p.add_argument("-N", "--nodes", type=int, metavar="N", help="slurm.nodes")
     p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
-                   help="GPUs per node (slurm.gpus_per_node)")
+                   help="GPUs per node (slurm.gpus_per_node); sbatch's --gpus counts per job")
     p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
     options.add_site_flags(p)
     p.add_argument("--run-root", metavar="DIR", default=rundir.run_root_from_env(),
@@ -82,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                    help="sweep a key over values (repeatable: the grid product) as one job array; "
                         "launcher/sweep.py")
-    p.add_argument("--max-parallel", type=int, metavar="N", help="sweep tasks running at once (--array=...%%N)")
+    p.add_argument("--max-parallel", type=options.at_least_one, metavar="N",
+                   help="sweep tasks running at once (--array=...%%N); without it, no limit")
     return p
 
 
