@@ -79,11 +79,13 @@ def _reject_control_characters(value: Any, where: str) -> None:
                               "write the value on one line without tabs or newlines")
 
 
-def _set_task(cfg: Config, value: Any, source: str) -> None:
+def _set_task(cfg: Config, value: Any, source: str, given: dict | None = None) -> None:
     if value not in registry.TASKS:
         raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}"
                           f"{did_you_mean(value, registry.TASKS)}")
     cfg.task = value
+    if given is not None:
+        given[("task", "")] = source
 
 
 def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: dict | None = None) -> None:
@@ -109,7 +111,7 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: di
                 raise ConfigError(f"{where}: {item!r} {problem}")
     setattr(sec, key, value)
     if given is not None:
-        given[(section, key)] = where
+        given[(section, key)] = source
 
 
 def _dotted_keys() -> list[str]:
@@ -142,7 +144,7 @@ def _apply_mapping(cfg: Config, data: Any, source: str, given: dict | None = Non
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     if "task" in data:  # the one top-level key that is not a section
-        _set_task(cfg, data["task"], source)
+        _set_task(cfg, data["task"], source, given)
     for section, values in data.items():
         if values is None or section in ("task", SWEEP_SECTION):
             continue
@@ -236,14 +238,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         overrides: dotted `section.key=value` strings from the command line.
         flags: `{"section.key": value}` from explicit command-line flags; None values are skipped.
     """
+    return resolve(path, overrides, flags)[0]
+
+
+def resolve(path: str | Path | None = None, overrides: list[str] = (),
+            flags: dict[str, Any] | None = None) -> tuple[Config, dict[tuple[str, str], str]]:
+    """load_config's config, and where each key was set last: (section, key) -> the file's path,
+    "override 'a.b=1'" or "flag --b"; ("task", "") for the task. Keys absent were left at
+    their defaults, or chosen by launch (resolve_backend, a task's default model)."""
     cfg = Config()
-    given: dict[tuple[str, str], str] = {}  # (section, key) -> where it was set last
+    given: dict[tuple[str, str], str] = {}
     data = load_yaml(path) if path is not None else None
     _apply_mapping(cfg, data, str(path), given)
     for text in overrides:
         section, key, value = parse_override(text)
         if not section:
-            _set_task(cfg, value, f"override '{text}'")
+            _set_task(cfg, value, f"override '{text}'", given)
             continue
         _set(cfg, section, key, value, f"override '{text}'", given)
     for dotted, value in (flags or {}).items():
@@ -252,15 +262,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             flag = "--" + key.replace("_", "-")
             _set(cfg, section, key, value, f"flag {flag}", given)
     check_task_keys(cfg, given)
-    runtime = data.get("runtime") if isinstance(data, dict) else None
-    backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
-                     or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
-                     or (flags or {}).get("runtime.backend") is not None)
-    note = resolve_backend(cfg, backend_given)
+    note = resolve_backend(cfg, ("runtime", "backend") in given)
     check(cfg)
     if note:  # after the checks: a refused config is one line
         print(f"launch: note: {note}", file=sys.stderr)
-    return cfg
+    return cfg, given
 
 
 def resolve_backend(cfg: Config, backend_given: bool) -> str | None:
@@ -281,11 +287,13 @@ def check_task_keys(cfg: Config, given: dict[tuple[str, str], str]) -> None:
     """Refuses keys of another task set away from their defaults (they would be ignored without a
     word; a resolved config.yaml holds every key at its default) and gives the task its default
     model when the config names none."""
-    for (section, key), where in given.items():
+    for (section, key), source in given.items():
+        if section == "task":
+            continue
         owner = registry.owner_of(section, key)
         sec = getattr(cfg, section)
         if owner is not None and owner != cfg.task and getattr(sec, key) != getattr(type(sec)(), key):
-            raise ConfigError(f"{where.split(' in ', 1)[-1]}: {section}.{key} is a key of task {owner}, but "
+            raise ConfigError(f"{source}: {section}.{key} is a key of task {owner}, but "
                               f"the task is {cfg.task}; remove it or set task: {owner}")
     if ("model", "name") not in given:
         cfg.model.name = registry.TASKS[cfg.task].default_model

@@ -23,7 +23,7 @@ from core import fsutil, locks, rundir, slurm
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UserError, one_line
 from launcher import commands, options, preflight, resume, sweep, sweep_resume
-from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
+from launcher.options import DEFAULT_CONFIG, FLAGS
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
 
@@ -34,6 +34,7 @@ example:
   launch --config configs/demo.yaml --nodes 2 train.epochs=3 --dry-run
 
 other commands (each with --help):
+  launch config              the resolved config, each value with where it came from
   launch eval RUN            accuracy of a run's checkpoint, as a SLURM job
   launch predict RUN ...     classes of a folder of images, as a SLURM job
   launch gpucheck            does TensorFlow see the GPUs of an allocation?
@@ -56,16 +57,7 @@ def _fail(message: str, code: int = EXIT_CODE) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = options.LaunchParser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
-    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
-    p.add_argument("-N", "--nodes", type=int, metavar="N", help="slurm.nodes")
-    p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
-                   help="GPUs per node (slurm.gpus_per_node); sbatch's --gpus counts per job")
-    p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
-    options.add_site_flags(p)
-    p.add_argument("--run-root", metavar="DIR", default=rundir.run_root_from_env(),
-                   help="folder that holds the run directories (runtime.run_root)")
+    options.add_run_flags(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true",
                       help="print the sbatch script and exit; creates nothing")

@@ -1,4 +1,5 @@
-"""The subcommands of `launch` besides training: eval, predict, gpucheck, convert, runs, cancel, resume.
+"""The subcommands of `launch` besides training: config, eval, predict, gpucheck, convert, runs, cancel,
+resume.
 
 Each job they start goes through launcher/jobs.py: the same renderer, template family, site
 options and submit function as a training run. Nothing here imports TensorFlow.
@@ -11,14 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from core import rundir
-from core.config import Config, load_config
+from core.config import Config, load_config, resolve
 from core.errors import UsageError, UserError, did_you_mean
 from core.gpucheck import allocation_verdict, parse_verdict
 from core.rundir import RunDir
-from launcher import options, preflight, runs, sweep_compare
+from launcher import config_view, options, preflight, runs, sweep_compare
 from launcher.cancel import cancel_run
 from launcher.jobs import Request, log_lines, start, task_slurm
-from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
+from launcher.options import DEFAULT_CONFIG, FLAGS, REPO, SITE_FLAGS
 from launcher.render import TaskJob
 from launcher.submit import choose_cluster
 
@@ -277,6 +278,20 @@ def cmd_convert(argv: list[str]) -> int:
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
 
 
+def cmd_config(argv: list[str]) -> int:
+    p = Parser("launch config", "Print the config that `launch` with the same arguments would run, "
+               "as YAML, each value followed by where it came from: default, the config file, an "
+               "override, a flag, or set by launch from other keys. Checks it as launch does; "
+               "submits and writes nothing.",
+               "  launch config --config configs/demo.yaml data.batch_size=128 --nodes 2")
+    options.add_run_flags(p)
+    args = p.parse_intermixed_args(argv)
+    flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
+    cfg, given = resolve(args.config or DEFAULT_CONFIG, args.overrides, flags)
+    sys.stdout.write(config_view.describe(cfg, given, Path.cwd()))
+    return 0
+
+
 def cmd_runs(argv: list[str]) -> int:
     args = runs.parser().parse_args(argv)
     if args.sweep:
@@ -327,5 +342,5 @@ or running; a completed run resumes only with more train.epochs.
 example:
   launch resume runs/demo-20261122-101500 train.epochs=30 --time 120"""
 
-COMMANDS = {"eval": cmd_eval, "predict": cmd_predict, "gpucheck": cmd_gpucheck, "convert": cmd_convert,
-            "runs": cmd_runs, "cancel": cmd_cancel}
+COMMANDS = {"config": cmd_config, "eval": cmd_eval, "predict": cmd_predict, "gpucheck": cmd_gpucheck,
+            "convert": cmd_convert, "runs": cmd_runs, "cancel": cmd_cancel}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from typing import Callable
 
+from core import rundir
 from core.config import Config
 from core.errors import UsageError
 from launcher.resume import absolute_paths
@@ -70,6 +71,21 @@ def slurm_minutes(text: str) -> int:
     else:  # MM or MM:SS
         seconds = a * 60 + (b or 0)
     return math.ceil(seconds / 60)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """What sets a training run's config: the file, dotted overrides and the flags of FLAGS
+    (`launch [train]`, `launch config`)."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p.add_argument("-N", "--nodes", type=int, metavar="N", help="slurm.nodes")
+    p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
+                   help="GPUs per node (slurm.gpus_per_node); sbatch's --gpus counts per job")
+    p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
+    add_site_flags(p)
+    p.add_argument("--run-root", metavar="DIR", default=rundir.run_root_from_env(),
+                   help="folder that holds the run directories (runtime.run_root)")
 
 
 def at_least_one(text: str) -> int:

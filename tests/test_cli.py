@@ -225,3 +225,25 @@ def test_a_sweep_block_with_max_parallel_0_is_refused(capsys, run_root, tmp_path
     err = one_line_error(capsys, ["--config", str(config), "--run-root", str(run_root), "--dry-run"])
     assert "sweep.max_parallel 0: expected a whole number of tasks at once, 1 or more; leave it out" in err
 
+
+def test_launch_config_says_where_every_value_came_from(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli.main(["config", "data.batch_size=128", "--nodes", "2", "--run-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "task: image  # default"
+    for line in ("  batch_size: 128  # override 'data.batch_size=128'", "  nodes: 2  # flag --nodes",
+                 "  source: demo  # configs/demo.yaml", "  seed: 42  # default", "  data_dir: ''  # default",
+                 "  backend: multiworker  # set by launch from other keys", "  head_units: [64]  # configs/demo.yaml"):
+        assert line in lines, line
+    # What it prints is a config file: loaded again, it is the same config.
+    (tmp_path / "shown.yaml").write_text(out)
+    assert dump(load_config(tmp_path / "shown.yaml")) == dump(
+        load_config(REPO / "configs" / "demo.yaml", ["data.batch_size=128", "slurm.nodes=2",
+                                                      f"runtime.run_root={tmp_path}"]))
+    assert not (tmp_path / "logs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["shown.yaml"]
+
+
+def test_launch_config_refuses_what_launch_refuses(capsys):
+    err = one_line_error(capsys, ["config", "optimzer.lr=0.1"])
+    assert "did you mean 'optimizer'?" in err and capsys.readouterr().out == ""

@@ -16,7 +16,7 @@ from core.config import Config, dump
 from core.errors import EXIT_CODE
 
 REPO = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("train", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
+SUBCOMMANDS = ("train", "config", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
