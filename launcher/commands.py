@@ -237,7 +237,7 @@ def cmd_convert(argv: list[str]) -> int:
                "  launch convert photos/ shards/ --shards 128 --array-tasks 8")
     p.add_argument("src", metavar="SRC", help="folder holding train/ and optionally val/ and test/")
     p.add_argument("out", metavar="OUT", help="new or empty output folder on shared storage")
-    for flag in ("--shards-train", "--shards-val", "--shards-test", "--workers", "--max-side",
+    for flag in ("--shards-train", "--shards-val", "--shards-test", "--readers", "--workers", "--max-side",
                  "--min-side", "--jpeg-quality"):
         p.add_argument(flag, type=int, default=None, metavar="N",
                        help="as for python -m training.data.convert")
@@ -269,7 +269,7 @@ def cmd_convert(argv: list[str]) -> int:
         else:
             print("launch: note: --array-tasks needs SLURM; converting in one process here, which "
                   "writes the same shards", file=sys.stderr)
-    for dest in ("shards_train", "shards_val", "shards_test", "workers", "max_side", "min_side",
+    for dest in ("shards_train", "shards_val", "shards_test", "readers", "workers", "max_side", "min_side",
                  "jpeg_quality"):
         if getattr(args, dest) is not None:
             command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
