@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import fsutil, locks, rundir, slurm
+from core import fsutil, locks, provenance, rundir, slurm
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UserError, one_line
 from launcher import commands, options, preflight, resume, sweep, sweep_resume
@@ -140,6 +140,7 @@ def _launch(args: argparse.Namespace) -> int:
         cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
         script = _render(cfg, run_dir)
         _write_run_files(run_dir, cfg, script)
+        provenance.write_part(run_dir, "launch", provenance.launch_record(args.config or DEFAULT_CONFIG))
     except OSError as err:  # e.g. the disk filled up: say where, and leave no empty run dir behind
         # new_run_dir may fail after its mkdir, before it returns the folder: find what it made.
         made = set(os.listdir(root)) - before if root.is_dir() else set()

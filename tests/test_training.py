@@ -95,6 +95,26 @@ def test_a_local_run_ends_with_one_result_line_and_no_tensorflow_chatter(mirrore
     assert done.stderr == "", done.stderr
 
 
+def test_the_run_says_what_produced_it(mirrored_run):
+    import platform
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.keras_compat import tf
+
+    produced = json.loads((mirrored_run / "report" / "summary.json").read_text())["provenance"]
+    job = produced["job"]
+    assert (job["tensorflow"], job["python"]) == (tf.__version__, platform.python_version())
+    assert (job["backend"], job["nodes"], job["gpus_per_node"], job["replicas"]) == ("mirrored", 1, 0, 2)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout, not an unpacked release
+        assert job["code"]["commit"] == head.stdout.strip() and isinstance(job["code"]["dirty"], bool)
+    assert produced["launch"]["config"]["path"] == str(REPO / "configs" / "demo.yaml")
+    acc = EventAccumulator(str(mirrored_run / "tensorboard" / "config"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "provenance" in acc.Tags()["tensors"]
+
+
 def test_checkpoints_reload_to_the_same_accuracy(mirrored_run):
     cfg = run_config(mirrored_run)
     checkpoints = mirrored_run / "checkpoints"

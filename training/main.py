@@ -17,7 +17,7 @@ from core import rundir, slurm
 from core.config import Config, ConfigError, load_run_config
 from core.locks import writer_lock
 from core.runstatus import read_status, write_status
-from training import evaluate, signals
+from training import evaluate, provenance, signals
 from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
 from training.data import DataError, as_data_error
@@ -122,6 +122,8 @@ def run(run_dir: Path) -> int:
     stage_inputs(cfg)
 
     backend = create_backend(cfg.runtime)
+    if backend.is_chief:
+        provenance.record(cfg, run_dir, backend)
     with mirrored(cfg.storage, run_dir, backend.is_chief, log=lambda line: print(f"[train] {line}", flush=True)):
         code, summary = _train_and_report(cfg, run_dir, backend)
     if summary is not None:  # the chief of a completed run: its last line, after the mirror's
