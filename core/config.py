@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import yaml
 
 from core import registry, rundir, storage
-from core.errors import ConfigError
+from core.errors import ConfigError, closest, did_you_mean
 
 # The schema's names are part of this module's API: callers import Config and its sections from here.
 from core.schema import (  # noqa: F401
@@ -79,35 +79,55 @@ def _reject_control_characters(value: Any, where: str) -> None:
                               "write the value on one line without tabs or newlines")
 
 
-def _set_task(cfg: Config, value: Any, source: str) -> None:
+def _set_task(cfg: Config, value: Any, source: str, given: dict | None = None) -> None:
     if value not in registry.TASKS:
-        raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}")
+        raise ConfigError(f"task in {source}: {value!r} is not one of {', '.join(registry.TASKS)}"
+                          f"{did_you_mean(value, registry.TASKS)}")
     cfg.task = value
+    if given is not None:
+        given[("task", "")] = source
 
 
-def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: set | None = None) -> None:
+def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: dict | None = None) -> None:
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "task"}
     if section not in sections:
-        raise ConfigError(
-            f"unknown section '{section}' in {source}; valid sections: {', '.join(sections)}")
+        raise ConfigError(f"unknown section '{section}' in {source}; valid sections: "
+                          f"{', '.join(sections)}{did_you_mean(section, sections)}")
     sec = getattr(cfg, section)
     hints = typing.get_type_hints(type(sec))
     if key not in hints:
-        raise ConfigError(
-            f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': {', '.join(hints)}")
+        raise ConfigError(f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': "
+                          f"{', '.join(hints)}{_closest_key(section, key)}")
     where = f"{section}.{key} in {source}"
     value = _coerce(value, hints[key], where)
     _reject_control_characters(value, where)
     for choice in _declared(type(sec), key, Choice):
         if value not in choice.values:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choice.values)}"
+                              f"{did_you_mean(value, choice.values)}")
     for bound in _declared(type(sec), key, Range):
         for item in value if isinstance(value, list) else [value]:
             if (problem := bound.problem(item)) is not None:
                 raise ConfigError(f"{where}: {item!r} {problem}")
     setattr(sec, key, value)
     if given is not None:
-        given[(section, key)] = where
+        given[(section, key)] = source
+
+
+def _dotted_keys() -> list[str]:
+    """Every `section.key` of the schema."""
+    return [f"{f.name}.{key}" for f in dataclasses.fields(Config) if f.name != "task"
+            for key in typing.get_type_hints(f.default_factory)]
+
+
+def _closest_key(section: str, key: str) -> str:
+    """The hint for an unknown key: a close key of its section, else the same or a close key
+    elsewhere (train.batch_size -> data.batch_size)."""
+    own = [dotted.split(".", 1)[1] for dotted in _dotted_keys() if dotted.startswith(f"{section}.")]
+    if found := closest(key, own):
+        return f"; did you mean '{section}.{found}'?"
+    elsewhere = [dotted for dotted in _dotted_keys() if dotted.endswith(f".{key}")]
+    return f"; did you mean '{elsewhere[0]}'?" if elsewhere else ""
 
 
 def _declared(section_type: type, key: str, kind: type) -> list:
@@ -124,7 +144,7 @@ def _apply_mapping(cfg: Config, data: Any, source: str, given: dict | None = Non
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     if "task" in data:  # the one top-level key that is not a section
-        _set_task(cfg, data["task"], source)
+        _set_task(cfg, data["task"], source, given)
     for section, values in data.items():
         if values is None or section in ("task", SWEEP_SECTION):
             continue
@@ -147,7 +167,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if text.split("=", 1)[0] == "task":
         return "", "task", text.split("=", 1)[1].strip()
     if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05")
+        name, _, value = text.partition("=")
+        key = closest(name, {dotted.split(".", 1)[1] for dotted in _dotted_keys()}) if "=" in text else None
+        owners = [dotted for dotted in _dotted_keys() if dotted.endswith(f".{key}")]
+        fix = f"; did you mean '{owners[0]}={value}'?" if len(owners) == 1 else ""  # not name=: 3 sections have one
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optimizer.lr=0.05{fix}")
     dotted, raw = text.split("=", 1)
     section, key = dotted.split(".", 1)
     word = raw.strip(" ")
@@ -216,14 +240,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         notes: where given, what was chosen for the user (one line each) is added here for the
             caller to print once the launch is accepted; else it is printed at once.
     """
+    return resolve(path, overrides, flags, notes)[0]
+
+
+def resolve(path: str | Path | None = None, overrides: list[str] = (), flags: dict[str, Any] | None = None,
+            notes: list[str] | None = None) -> tuple[Config, dict[tuple[str, str], str]]:
+    """load_config's config, and where each key was set last: (section, key) -> the file's path,
+    "override 'a.b=1'" or "flag --b"; ("task", "") for the task. Keys absent were left at
+    their defaults, or chosen by launch (resolve_backend, a task's default model)."""
     cfg = Config()
-    given: dict[tuple[str, str], str] = {}  # (section, key) -> where it was set last
+    given: dict[tuple[str, str], str] = {}
     data = load_yaml(path) if path is not None else None
     _apply_mapping(cfg, data, str(path), given)
     for text in overrides:
         section, key, value = parse_override(text)
         if not section:
-            _set_task(cfg, value, f"override '{text}'")
+            _set_task(cfg, value, f"override '{text}'", given)
             continue
         _set(cfg, section, key, value, f"override '{text}'", given)
     for dotted, value in (flags or {}).items():
@@ -232,17 +264,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             flag = "--" + key.replace("_", "-")
             _set(cfg, section, key, value, f"flag {flag}", given)
     check_task_keys(cfg, given)
-    runtime = data.get("runtime") if isinstance(data, dict) else None
-    backend_given = ((isinstance(runtime, dict) and "backend" in runtime)
-                     or any(parse_override(text)[:2] == ("runtime", "backend") for text in overrides)
-                     or (flags or {}).get("runtime.backend") is not None)
-    note = resolve_backend(cfg, backend_given)
+    note = resolve_backend(cfg, ("runtime", "backend") in given)
     check(cfg)
     if note and notes is not None:
         notes.append(note)
-    elif note:
+    elif note:  # after the checks: a refused config is one line
         print(f"launch: note: {note}", file=sys.stderr)
-    return cfg
+    return cfg, given
 
 
 def resolve_backend(cfg: Config, backend_given: bool) -> str | None:
@@ -263,11 +291,13 @@ def check_task_keys(cfg: Config, given: dict[tuple[str, str], str]) -> None:
     """Refuses keys of another task set away from their defaults (they would be ignored without a
     word; a resolved config.yaml holds every key at its default) and gives the task its default
     model when the config names none."""
-    for (section, key), where in given.items():
+    for (section, key), source in given.items():
+        if section == "task":
+            continue
         owner = registry.owner_of(section, key)
         sec = getattr(cfg, section)
         if owner is not None and owner != cfg.task and getattr(sec, key) != getattr(type(sec)(), key):
-            raise ConfigError(f"{where.split(' in ', 1)[-1]}: {section}.{key} is a key of task {owner}, but "
+            raise ConfigError(f"{source}: {section}.{key} is a key of task {owner}, but "
                               f"the task is {cfg.task}; remove it or set task: {owner}")
     if ("model", "name") not in given:
         cfg.model.name = registry.TASKS[cfg.task].default_model
@@ -278,10 +308,11 @@ def check(cfg: Config) -> None:
     entry = registry.TASKS[cfg.task]
     if cfg.model.name not in entry.models:
         raise ConfigError(f"model.name {cfg.model.name!r} is not a {cfg.task} model; valid names: "
-                          f"{', '.join(entry.models)} (core/registry.py)")
+                          f"{', '.join(entry.models)} (core/registry.py)"
+                          f"{did_you_mean(cfg.model.name, entry.models)}")
     if cfg.data.source not in entry.sources:
         raise ConfigError(f"data.source {cfg.data.source!r} is not a {cfg.task} source; valid sources: "
-                          f"{', '.join(entry.sources)}")
+                          f"{', '.join(entry.sources)}{did_you_mean(cfg.data.source, entry.sources)}")
     if cfg.runtime.backend == "mirrored" and cfg.slurm.nodes > 1:
         raise ConfigError(
             f"runtime.backend mirrored runs on one node but slurm.nodes is {cfg.slurm.nodes}; "
@@ -304,6 +335,26 @@ def check(cfg: Config) -> None:
                           "data.source=tfrecord")
     if len(cfg.model.mean) != 3 or len(cfg.model.std) != 3:
         raise ConfigError("model.mean and model.std need three values, one per channel")
+    replicas, how = replica_count(cfg)
+    if cfg.data.batch_size % replicas:
+        fit = -(-cfg.data.batch_size // replicas) * replicas
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} (the global batch) does not divide over "
+                          f"{replicas} replicas ({how}); use data.batch_size={fit} or another multiple "
+                          f"of {replicas}")
+
+
+def replica_count(cfg: Config) -> tuple[int, str]:
+    """The replicas the trainer will run (training/backends: num_replicas), and how they come
+    about, without TensorFlow: one per GPU of every node used; without GPUs one per process,
+    except that mirrored splits its one process's CPU into runtime.cpu_devices devices."""
+    slurm, backend = cfg.slurm, cfg.runtime.backend
+    nodes = 1 if backend == "mirrored" else slurm.nodes
+    if slurm.gpus_per_node:
+        return nodes * slurm.gpus_per_node, f"{nodes} node(s) x {slurm.gpus_per_node} GPU(s)"
+    if backend == "mirrored":
+        devices = max(cfg.runtime.cpu_devices, 1)
+        return devices, f"{devices} CPU device(s) of one process, runtime.cpu_devices"
+    return nodes, f"{nodes} node(s) x 1 CPU process, no GPUs"
 
 
 def load_run_config(run_dir: str | Path) -> Config:

@@ -6,6 +6,7 @@ exception is a bug or an environment failure and keeps its traceback.
 """
 from __future__ import annotations
 
+import difflib
 import re
 
 EXIT_CODE = 2  # every user error, as argparse uses for bad usage
@@ -30,3 +31,15 @@ class RunDirError(UserError, ValueError):
 def one_line(message: str) -> str:
     """`message` with control characters spelled out, so a typed newline cannot split the line."""
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice closest to `word` by difflib's measure, or None when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """The hint "; did you mean 'x'?" for the choice closest to `word`, or "" when none is
+    close, to end a message with."""
+    return f"; did you mean '{found}'?" if (found := closest(word, choices)) else ""

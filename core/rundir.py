@@ -37,6 +37,7 @@ LATEST_GLOB = "latest-*.h5"
 SUMMARY = "summary.json"  # under REPORT: the run's final figures
 PREDICTIONS = "predictions.json"  # under REPORT: accuracy, top-5, loss and files of the end report
 JOBS = "jobs.txt"  # every SLURM job id launch submitted for the run, one a line, oldest first
+PROVENANCE = "provenance.json"  # under LOGS: what produced the run (core/provenance.py)
 WRITER_LOCK = ".writer.lock"  # held by the job that writes the run (core/locks.py)
 SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: the points, their values and run directories
 RUNS_FILE = "runs.txt"  # in a sweep's folder: run directory of array task i on line i + 1
@@ -156,6 +157,7 @@ class RunDir:
         self.status = self.path / STATUS
         self.jobs = self.path / JOBS
         self.logs = self.path / LOGS
+        self.provenance = self.logs / PROVENANCE
         self.tensorboard = self.path / TENSORBOARD
         self.history = self.path / HISTORY
         self.lr_log = self.path / LR_LOG

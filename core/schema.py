@@ -184,6 +184,7 @@ class RuntimeConfig:
     cpu_devices: Annotated[int, NON_NEGATIVE] = 0  # split the CPU into N logical devices when no GPU is present (tests)
     worker_timeout_s: Annotated[int, COUNT] = 120  # a lost worker ends the job within this many seconds
     allow_cpu: bool = False  # train even when the job got GPUs that TensorFlow cannot see
+    verbose: bool = False  # keep TensorFlow's C++ start-up messages (TF_CPP_MIN_LOG_LEVEL=0) in the job's log
 
 
 @dataclass

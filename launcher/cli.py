@@ -19,11 +19,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import fsutil, locks, rundir, slurm
+from core import fsutil, locks, provenance, rundir, slurm
 from core.config import Config, ConfigError, config_stem, dump, load_config
-from core.errors import EXIT_CODE, UsageError, UserError, one_line
+from core.errors import EXIT_CODE, UserError, one_line
 from launcher import commands, options, preflight, resume, sweep, sweep_resume
-from launcher.options import DEFAULT_CONFIG, FLAGS, REPO
+from launcher.options import DEFAULT_CONFIG, FLAGS
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
 
@@ -34,6 +34,7 @@ example:
   launch --config configs/demo.yaml --nodes 2 train.epochs=3 --dry-run
 
 other commands (each with --help):
+  launch config              the resolved config, each value with where it came from
   launch eval RUN            accuracy of a run's checkpoint, as a SLURM job
   launch predict RUN ...     classes of a folder of images, as a SLURM job
   launch gpucheck            does TensorFlow see the GPUs of an allocation?
@@ -43,7 +44,8 @@ other commands (each with --help):
   launch resume RUN          continue a stopped run (same as --resume RUN)
 
 A mistake in the command line, the config or the request is one line on stderr and exit code 2;
-nothing is submitted or written then.
+nothing is submitted or written then. sbatch's -N, -p, -t, -A, -q and -J work as in sbatch; its
+other options (--mem, --gres, ...) are answered with launch's way of saying them.
 """
 
 
@@ -52,24 +54,10 @@ def _fail(message: str, code: int = EXIT_CODE) -> int:
     return code
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: one line, no usage block
-        raise UsageError(f"{message} ({self.prog} --help lists the options)")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
+    p = options.LaunchParser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
-    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
-    p.add_argument("--nodes", type=int, metavar="N", help="slurm.nodes")
-    p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
-                   help="GPUs per node (slurm.gpus_per_node)")
-    p.add_argument("--backend", metavar="B", help="mirrored | multiworker | horovod")
-    options.add_site_flags(p)
-    p.add_argument("--run-root", metavar="DIR", default=rundir.run_root_from_env(),
-                   help="folder that holds the run directories (runtime.run_root)")
+    options.add_run_flags(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true",
                       help="print the sbatch script and exit; creates nothing")
@@ -82,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                    help="sweep a key over values (repeatable: the grid product) as one job array; "
                         "launcher/sweep.py")
-    p.add_argument("--max-parallel", type=int, metavar="N", help="sweep tasks running at once (--array=...%%N)")
+    p.add_argument("--max-parallel", type=options.at_least_one, metavar="N",
+                   help="sweep tasks running at once (--array=...%%N); without it, no limit")
     return p
 
 
@@ -155,6 +144,7 @@ def _launch(args: argparse.Namespace) -> int:
         cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
         script = _render(cfg, run_dir)
         _write_run_files(run_dir, cfg, script)
+        provenance.write_part(run_dir, "launch", provenance.launch_record(args.config or DEFAULT_CONFIG))
     except OSError as err:  # e.g. the disk filled up: say where, and leave no empty run dir behind
         # new_run_dir may fail after its mkdir, before it returns the folder: find what it made.
         made = set(os.listdir(root)) - before if root.is_dir() else set()

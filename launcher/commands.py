@@ -1,4 +1,5 @@
-"""The subcommands of `launch` besides training: eval, predict, gpucheck, convert, runs, cancel, resume.
+"""The subcommands of `launch` besides training: config, eval, predict, gpucheck, convert, runs, cancel,
+resume.
 
 Each job they start goes through launcher/jobs.py: the same renderer, template family, site
 options and submit function as a training run. Nothing here imports TensorFlow.
@@ -11,14 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from core import rundir
-from core.config import Config, load_config
-from core.errors import UsageError, UserError
+from core.config import Config, load_config, resolve
+from core.errors import UsageError, UserError, did_you_mean
 from core.gpucheck import allocation_verdict, parse_verdict
 from core.rundir import RunDir
-from launcher import options, runs, sweep_compare
+from launcher import config_view, options, preflight, runs, sweep_compare
 from launcher.cancel import cancel_run
-from launcher.jobs import Request, log_lines, start
-from launcher.options import DEFAULT_CONFIG, REPO, SITE_FLAGS
+from launcher.jobs import Request, log_lines, start, task_slurm
+from launcher.options import DEFAULT_CONFIG, FLAGS, REPO, SITE_FLAGS
 from launcher.render import TaskJob
 from launcher.submit import choose_cluster
 
@@ -26,15 +27,13 @@ EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says 
 GPUCHECK_TIME_MIN = 10
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (UsageError) and the epilog's example kept as written."""
+class Parser(options.LaunchParser):
+    """launch's parser (one-line errors, sbatch's spellings answered) with the epilog's example
+    kept as written."""
 
     def __init__(self, prog: str, description: str, example: str):
         super().__init__(prog=prog, description=description, epilog=f"example:\n{example}",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def error(self, message: str):
-        raise UsageError(f"{message} ({self.prog} --help lists the options)")
 
 
 def _site_options(p: argparse.ArgumentParser, *, run_config: bool) -> None:
@@ -191,12 +190,14 @@ def cmd_gpucheck(argv: list[str]) -> int:
                "training.gpucheck` on every node of a new allocation, waits, prints each node's line "
                "and one verdict; exit 1 unless every node says OK.",
                "  launch gpucheck --nodes 2 --gpus 2 --gpu-type a100 --partition gpu")
-    p.add_argument("--nodes", type=int, default=None, help="default: the config's slurm.nodes")
+    p.add_argument("-N", "--nodes", type=int, default=None, help="default: the config's slurm.nodes")
     p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, default=None,
                    help="GPUs per node (default: the config's slurm.gpus_per_node)")
     p.add_argument("--run-dir", default=None, help="take the request from this run; logs go there")
     p.add_argument("--run-root", default=rundir.run_root_from_env(),
                    help="without --run-dir, logs go to RUN_ROOT/logs")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the check of the request against the partition (as launch --no-preflight)")
     _site_options(p, run_config=False)
     args = p.parse_intermixed_args(argv)
     if args.run_dir and args.config:
@@ -213,6 +214,9 @@ def cmd_gpucheck(argv: list[str]) -> int:
     job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg), every_node=True)
     request = Request(nodes=nodes, gpus_per_node=gpus, cpus_per_task=1,
                       time_min=args.time or GPUCHECK_TIME_MIN)
+    if not args.no_preflight and choose_cluster(cfg.runtime.cluster)[0] == "slurm":  # as launch --nodes N
+        for note in preflight.check_cluster(task_slurm(cfg, job, request), "multiworker"):  # one task a node
+            print(f"launch: warning: {note}", file=sys.stderr)
     outcome = start(cfg, job, request, dry_run=args.dry_run, wait=True)
     if outcome.job_id is None:  # a dry run, or the check ran here and printed its own line
         return outcome.code
@@ -233,7 +237,7 @@ def cmd_convert(argv: list[str]) -> int:
                "  launch convert photos/ shards/ --shards 128 --array-tasks 8")
     p.add_argument("src", metavar="SRC", help="folder holding train/ and optionally val/ and test/")
     p.add_argument("out", metavar="OUT", help="new or empty output folder on shared storage")
-    for flag in ("--shards-train", "--shards-val", "--shards-test", "--workers", "--max-side",
+    for flag in ("--shards-train", "--shards-val", "--shards-test", "--readers", "--workers", "--max-side",
                  "--min-side", "--jpeg-quality"):
         p.add_argument(flag, type=int, default=None, metavar="N",
                        help="as for python -m training.data.convert")
@@ -265,13 +269,27 @@ def cmd_convert(argv: list[str]) -> int:
         else:
             print("launch: note: --array-tasks needs SLURM; converting in one process here, which "
                   "writes the same shards", file=sys.stderr)
-    for dest in ("shards_train", "shards_val", "shards_test", "workers", "max_side", "min_side",
+    for dest in ("shards_train", "shards_val", "shards_test", "readers", "workers", "max_side", "min_side",
                  "jpeg_quality"):
         if getattr(args, dest) is not None:
             command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
     job = TaskJob("convert", tuple(command), _log_root(args, cfg), array)
     request = Request(cpus_per_task=args.cpus, time_min=args.time)
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
+
+
+def cmd_config(argv: list[str]) -> int:
+    p = Parser("launch config", "Print the config that `launch` with the same arguments would run, "
+               "as YAML, each value followed by where it came from: default, the config file, an "
+               "override, a flag, or set by launch from other keys. Checks it as launch does; "
+               "submits and writes nothing.",
+               "  launch config --config configs/demo.yaml data.batch_size=128 --nodes 2")
+    options.add_run_flags(p)
+    args = p.parse_intermixed_args(argv)
+    flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
+    cfg, given = resolve(args.config or DEFAULT_CONFIG, args.overrides, flags)
+    sys.stdout.write(config_view.describe(cfg, given, Path.cwd()))
+    return 0
 
 
 def cmd_runs(argv: list[str]) -> int:
@@ -306,6 +324,11 @@ def dispatch(argv: list[str], train: Callable[[list[str]], int]) -> int:
         return train(rest)
     if head in COMMANDS:
         return COMMANDS[head](rest)
+    if head and not head.startswith("-") and not set(head) & set("=./"):
+        # Not a flag, an override or a file: a command, misspelt.
+        names = ["train", "resume", *COMMANDS]
+        hint = did_you_mean(head, names) or f"; commands: {', '.join(names)}"
+        raise UsageError(f"'{head}' is not a launch command{hint} (launch --help lists them)")
     return train(argv)
 
 
@@ -319,5 +342,5 @@ or running; a completed run resumes only with more train.epochs.
 example:
   launch resume runs/demo-20261122-101500 train.epochs=30 --time 120"""
 
-COMMANDS = {"eval": cmd_eval, "predict": cmd_predict, "gpucheck": cmd_gpucheck, "convert": cmd_convert,
-            "runs": cmd_runs, "cancel": cmd_cancel}
+COMMANDS = {"config": cmd_config, "eval": cmd_eval, "predict": cmd_predict, "gpucheck": cmd_gpucheck,
+            "convert": cmd_convert, "runs": cmd_runs, "cancel": cmd_cancel}

@@ -84,7 +84,7 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
         return Outcome(0)
     if cluster == "local":
         return Outcome(run_here(job, why))
-    if not slurm_cli.available():
+    if not slurm_cli.available():  # `slurm` here is the job's request
         raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
                         "login node, or pass --cluster local")
     try:

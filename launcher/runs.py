@@ -41,7 +41,7 @@ from typing import Callable
 
 import yaml
 
-from core import rundir, runstatus, storage
+from core import provenance, rundir, runstatus, storage
 from core.errors import UserError
 from core.slurm import ACTIVE, job_order, FROM_ACCOUNTING, FROM_QUEUE, sacct_states, squeue_states
 
@@ -291,8 +291,9 @@ def show(args: argparse.Namespace) -> int:
             if not args.json:  # a sweep's points live one folder down, in their own listing
                 print(f"sweep {_printable(sweep.name)}: launch runs --sweep {_printable(str(sweep))}",
                       file=sys.stderr)
-    if args.json:
-        print(json.dumps([asdict(r) for r in runs], indent=1))
+    if args.json:  # with what produced each run (core/provenance.py), read for --json only
+        print(json.dumps([{**asdict(r), "provenance": provenance.read(r.run_dir) or None} for r in runs],
+                         indent=1))
         return 0
     if not runs:
         print(f"no runs under {root}", file=sys.stderr)

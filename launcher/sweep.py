@@ -71,10 +71,16 @@ class Planned:
 
 
 def _max_parallel(args: argparse.Namespace, block: dict) -> int:
-    value = args.max_parallel if args.max_parallel is not None else block.get("max_parallel", 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"max_parallel {value!r}: expected a whole number of tasks at once, 0 for no "
-                          "limit (--max-parallel N or sweep.max_parallel)")
+    """Tasks of the array running at once; 0 (no limit) when neither the flag nor the block
+    says. An explicit 0 is refused: it would read as "none at once"."""
+    if args.max_parallel is not None:  # checked by its argparse type: 1 or more
+        return args.max_parallel
+    if "max_parallel" not in block:
+        return 0
+    value = block["max_parallel"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"sweep.max_parallel {value!r}: expected a whole number of tasks at once, 1 or "
+                          "more; leave it out for no limit")
     return value
 
 

@@ -29,7 +29,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["slurm.nodes=two"], "slurm.nodes in override 'slurm.nodes=two': expected int"),
     (["--nodes", "0"], "slurm.nodes in flag --nodes: 0 is below the minimum 1"),
     (["--gpus", "-1"], "flag --gpus-per-node: -1 is below the minimum 0"),
-    (["--nodes", "two"], "argument --nodes: invalid int value: 'two'"),
+    (["--nodes", "two"], "--nodes: invalid int value: 'two'"),
     (["--backend", "tpu"], "'tpu' is not one of mirrored, multiworker, horovod"),
     (["--gpu-style", "magic"], "'magic' is not one of gres, gpus-per-node, constraint"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -163,3 +163,87 @@ def test_a_time_limit_sbatch_would_refuse_is_one_line_naming_the_formats(capsys)
     assert cli.main(["--time", "1:xx", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'1:xx' is not a time limit" in err and "HH:MM:SS" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    # Misspelt commands, sections, keys and names: the closest one, by difflib.
+    (["evl", "runs/demo-1"], "'evl' is not a launch command; did you mean 'eval'?"),
+    (["optimzer.lr=0.1"], "unknown section 'optimzer' in override 'optimzer.lr=0.1'; valid sections: "),
+    (["optimzer.lr=0.1"], "; did you mean 'optimizer'?"),
+    (["data.batchsize=64"], "did you mean 'data.batch_size'?"),
+    (["train.batch_size=64"], "did you mean 'data.batch_size'?"),
+    (["batchsize=64"], "must look like section.key=value, e.g. optimizer.lr=0.05; did you mean 'data.batch_size=64'?"),
+    (["model.name=resnet51"], "model.name 'resnet51' is not a image model"),
+    (["model.name=resnet51"], "did you mean 'resnet50'?"),
+    (["optimizer.name=adm"], "'adm' is not one of sgd, adam, adamw; did you mean 'adam'?"),
+    (["schedule.name=cosin"], "did you mean 'cosine'?"),
+    (["--backend", "multiworkers"], "did you mean 'multiworker'?"),
+    # sbatch's spellings that launch says its own way.
+    (["--mem", "16G"], "--mem 16G is sbatch's option, not launch's: use slurm.mem=16G (memory per node"),
+    (["--mem=16G"], "use slurm.mem=16G"),
+    (["--gres=gpu:2"], "use --gpus 2 (GPUs per node, as --gres counts them; sbatch's --gpus counts per job)"),
+    (["--gres", "gpu:a100:4"], "use --gpus 4 --gpu-type a100 (GPUs per node"),
+    (["-G", "8"], "launch's --gpus counts GPUs per node (sbatch's -G/--gpus per job)"),
+    (["--gpus-per-task", "1"], "give GPUs per node with --gpus N"),
+    (["-c", "8"], "-c 8 is sbatch's option, not launch's: use slurm.cpus_per_task=8"),
+    (["-c8"], "use slurm.cpus_per_task=8"),
+    (["--cpus-per-task=4"], "use slurm.cpus_per_task=4"),
+    (["--ntasks", "4"], "launch starts one task per node (one per GPU with --backend horovod)"),
+    (["--exclusive"], "use slurm.exclusive=true"),
+    (["-C", "v100"], "use slurm.constraint=v100"),
+    (["--output", "x.out"], "RUN_DIR/logs/slurm-<job id>.out"),
+    (["--reservation=ml"], "slurm.extra=[--reservation=ml]"),
+    (["--array", "0-3"], "launch --sweep KEY=V1,V2 makes the job array"),
+    # Counts launch would only fail on later.
+    (["--sweep", "optimizer.lr=0.1,0.2", "--max-parallel", "0"], "--max-parallel: 0 is below the minimum 1"),
+    (["data.batch_size=7", "--nodes", "2"],
+     "data.batch_size 7 (the global batch) does not divide over 2 replicas (2 node(s) x 1 CPU process, no "
+     "GPUs); use data.batch_size=8"),
+    (["data.batch_size=30", "--gpus", "4"], "does not divide over 4 replicas (1 node(s) x 4 GPU(s)); use "
+                                            "data.batch_size=32"),
+    (["data.batch_size=64", "runtime.cpu_devices=3"], "over 3 replicas (3 CPU device(s) of one process"),
+])
+def test_slurm_users_mistakes_are_one_line_naming_the_fix(capsys, run_root, argv, says):
+    err = one_line_error(capsys, [*argv, "--run-root", str(run_root), "--dry-run"])
+    assert says in err
+    assert cli.main([*argv, "--run-root", str(run_root), "--dry-run"]) == 2
+    assert not run_root.exists()
+
+
+def test_sbatch_short_options_are_taken_as_sbatch_means_them(capsys, run_root):
+    assert cli.main(["-N", "2", "-p", "debug", "-t", "1:00:00", "-A", "proj", "-q", "high", "-J", "mine",
+                     "--cluster", "slurm", "--no-preflight", "--dry-run", "--run-root", str(run_root)]) == 0
+    script = capsys.readouterr().out
+    for line in ("--nodes=2", "--partition=debug", "--time=60", "--account=proj", "--qos=high", "--job-name=mine"):
+        assert f"#SBATCH {line}\n" in script
+
+
+def test_a_sweep_block_with_max_parallel_0_is_refused(capsys, run_root, tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text((REPO / "configs" / "demo.yaml").read_text()
+                      + "sweep:\n  grid: {optimizer.lr: [0.1, 0.2]}\n  max_parallel: 0\n")
+    err = one_line_error(capsys, ["--config", str(config), "--run-root", str(run_root), "--dry-run"])
+    assert "sweep.max_parallel 0: expected a whole number of tasks at once, 1 or more; leave it out" in err
+
+
+def test_launch_config_says_where_every_value_came_from(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert cli.main(["config", "data.batch_size=128", "--nodes", "2", "--run-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "task: image  # default"
+    for line in ("  batch_size: 128  # override 'data.batch_size=128'", "  nodes: 2  # flag --nodes",
+                 "  source: demo  # configs/demo.yaml", "  seed: 42  # default", "  data_dir: ''  # default",
+                 "  backend: multiworker  # set by launch from other keys", "  head_units: [64]  # configs/demo.yaml"):
+        assert line in lines, line
+    # What it prints is a config file: loaded again, it is the same config.
+    (tmp_path / "shown.yaml").write_text(out)
+    assert dump(load_config(tmp_path / "shown.yaml")) == dump(
+        load_config(REPO / "configs" / "demo.yaml", ["data.batch_size=128", "slurm.nodes=2",
+                                                      f"runtime.run_root={tmp_path}"]))
+    assert not (tmp_path / "logs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["shown.yaml"]
+
+
+def test_launch_config_refuses_what_launch_refuses(capsys):
+    err = one_line_error(capsys, ["config", "optimzer.lr=0.1"])
+    assert "did you mean 'optimizer'?" in err and capsys.readouterr().out == ""

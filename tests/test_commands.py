@@ -16,7 +16,7 @@ from core.config import Config, dump
 from core.errors import EXIT_CODE
 
 REPO = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("train", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
+SUBCOMMANDS = ("train", "config", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -139,7 +139,7 @@ def test_subcommands_answer_without_tensorflow(run, tmp_path):
         f"run, tmp = {str(run)!r}, {str(tmp_path)!r}\n"
         "codes = [main(['eval', run, '--dry-run']),\n"
         "         main(['predict', run, '--images', tmp, '--out', tmp + '/p.csv', '--dry-run']),\n"
-        "         main(['gpucheck', '--run-dir', run, '--dry-run']),\n"
+        "         main(['gpucheck', '--run-dir', run, '--dry-run', '--no-preflight']),\n"
         "         main(['convert', tmp, tmp + '/shards', '--dry-run']),\n"
         "         main(['resume', run, '--dry-run', '--no-preflight'])]\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -149,3 +149,27 @@ def test_subcommands_answer_without_tensorflow(run, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert json.loads(done.stderr.strip().splitlines()[-1]) == {"codes": [0] * 5, "heavy": []}
     assert done.stdout.count("#!/bin/bash\n") == 5
+
+
+TWO_NODES = ("PartitionName=debug Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMITED MaxCPUsPerNode=UNLIMITED "
+             "MaxMemPerNode=UNLIMITED Nodes=node[1-2]\n",
+             "NodeName=node1 CPUTot=2 CPUEfctv=2 RealMemory=8000 Gres=gpu:a100:2 Partitions=debug\n"
+             "NodeName=node2 CPUTot=2 CPUEfctv=2 RealMemory=8000 Gres=gpu:a100:2 Partitions=debug\n")
+
+
+@pytest.mark.parametrize("argv", [["--nodes", "3", "--backend", "multiworker", "data.batch_size=66"],
+                                  ["gpucheck", "--nodes", "3"]])
+def test_gpucheck_is_checked_against_the_partition_like_a_training_run(monkeypatch, capsys, tmp_path, argv):
+    from core import slurm
+    from launcher import cli, commands
+
+    monkeypatch.setattr(slurm, "can_query", lambda: True)
+    monkeypatch.setattr(slurm, "show", lambda what: TWO_NODES[what == "node"])
+    for module in (cli, commands):
+        monkeypatch.setattr(module, "choose_cluster", lambda wanted: ("slurm", "test"))
+    assert cli.main([*argv, "--run-root", str(tmp_path / "runs"), "--dry-run"]) == EXIT_CODE
+    out, err = capsys.readouterr()
+    assert err == "launch: error: slurm.nodes=3 asks for 3 nodes but partition debug has 2: use --nodes 2\n"
+    assert out == "" and not (tmp_path / "runs").exists()
+    assert cli.main(["gpucheck", "--nodes", "2", "--gpus", "2", "--dry-run"]) == 0  # what fits passes
+    assert cli.main(["gpucheck", "--nodes", "3", "--dry-run", "--no-preflight"]) == 0

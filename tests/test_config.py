@@ -19,9 +19,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_file_values_replace_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, "optimizer:\n  lr: 0.02\nslurm:\n  nodes: 3\n"
+    cfg = load_config(write(tmp_path, "optimizer:\n  lr: 0.02\nslurm:\n  nodes: 4\n"
                                       "runtime:\n  backend: multiworker\n"))
-    assert (cfg.optimizer.lr, cfg.slurm.nodes, cfg.runtime.backend) == (0.02, 3, "multiworker")
+    assert (cfg.optimizer.lr, cfg.slurm.nodes, cfg.runtime.backend) == (0.02, 4, "multiworker")
     assert cfg.train.epochs == 90  # untouched keys keep their defaults
 
 
@@ -225,3 +225,24 @@ def test_an_override_that_yaml_would_change_is_an_error_not_a_silent_change(over
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, replicas", [
+    (["runtime.backend=mirrored", "slurm.gpus_per_node=4"], 4),  # one process, every GPU of the node
+    (["runtime.backend=mirrored"], 1),
+    (["runtime.backend=mirrored", "runtime.cpu_devices=2"], 2),  # logical CPU devices, as in the tests
+    (["runtime.backend=multiworker", "slurm.nodes=2", "slurm.gpus_per_node=4"], 8),
+    (["runtime.backend=multiworker", "slurm.nodes=2", "runtime.cpu_devices=2"], 2),  # split in mirrored only
+    (["runtime.backend=horovod", "slurm.nodes=2", "slurm.gpus_per_node=4"], 8),  # a process per GPU
+    (["runtime.backend=horovod", "slurm.nodes=3"], 3),
+])
+def test_replicas_are_counted_as_the_backends_count_them(overrides, replicas):
+    """training/backends: num_replicas_in_sync of the strategy, or hvd.size(); the login node
+    counts them without TensorFlow to refuse a global batch they cannot share."""
+    from core.config import replica_count
+
+    cfg = load_config(None, [*overrides, f"data.batch_size={replicas * 16}"])
+    assert replica_count(cfg)[0] == replicas
+    if replicas > 1:
+        with pytest.raises(ConfigError, match=f"does not divide over {replicas} replicas"):
+            load_config(None, [*overrides, f"data.batch_size={replicas * 16 + 1}"])

@@ -259,3 +259,39 @@ def test_cli_passes_the_store_settings(tmp_path):
     assert labels["stored"]["max_side"] == 320 and labels["stored"]["jpeg_quality"] == 80
     with pytest.raises(SystemExit):
         main([str(tmp_path / "src"), str(tmp_path / "out2"), "--jpeg-quality", "0"])
+
+
+def test_shard_counts_follow_the_datas_size(tmp_path, monkeypatch):
+    from training.data import convert as converter
+
+    files = []
+    for i in range(96):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(b"\0" * 1024)
+    assert converter.shards_by_size(files) == converter.READERS == 8  # 96 KB: one shard per reader
+    assert converter.shards_by_size(files, readers=1) == 1
+    assert converter.shards_by_size(files[:5]) == 5  # never more shards than images
+    monkeypatch.setattr(converter, "SHARD_BYTES", 10 * 1024)  # as if 96 KB were 96 x 150 MB / 10
+    assert converter.shards_by_size(files, readers=1) == 10
+    assert converter.shards_by_size(files, readers=16) == 16
+
+
+def test_96_images_make_a_shard_per_reader_and_explicit_counts_win(tmp_path, capsys):
+    for i in range(96):
+        path = tmp_path / "src/train" / ("a", "b")[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture(i)).save(path)
+    for i in range(6):
+        _image(tmp_path / "src/val" / ("a", "b")[i % 2] / f"{i}.png")
+    assert main([str(tmp_path / "src"), str(tmp_path / "sized"), "--workers", "1"]) == 0
+    assert len(list((tmp_path / "sized").glob("train-*"))) == 8  # was 96: one per image, up to 128
+    assert len(list((tmp_path / "sized").glob("validation-*"))) == 6  # at most one per image
+    assert main([str(tmp_path / "src"), str(tmp_path / "two"), "--workers", "1", "--readers", "2"]) == 0
+    assert len(list((tmp_path / "two").glob("train-*"))) == 2
+    assert main([str(tmp_path / "src"), str(tmp_path / "given"), "--workers", "1", "--shards-train", "3",
+                 "--shards-val", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "given").glob("*-of-*")) == [
+        "train-00000-of-00003", "train-00001-of-00003", "train-00002-of-00003", "validation-00000-of-00001"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "src"), str(tmp_path / "none"), "--readers", "0"])
+    assert "shard, reader and worker counts must be at least 1" in capsys.readouterr().err

@@ -138,3 +138,24 @@ def test_the_compute_side_submits_nothing():
     done = subprocess.run([sys.executable, "-m", "training.gpucheck", "--submit"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unrecognized arguments: --submit" in done.stderr
+
+
+@pytest.mark.parametrize("gpus_per_node, env, hidden", [
+    (0, {}, True),  # a CPU-only job: TensorFlow gets none of the node's GPUs, and no cuInit
+    (0, {"SLURM_GPUS_ON_NODE": "0"}, True),
+    (0, {"SLURM_GPUS_ON_NODE": "2"}, False),  # SLURM gave GPUs all the same: check_start judges
+    (0, {"SLURM_JOB_GPUS": "0,1"}, False),
+    (2, {}, False),
+])
+def test_a_job_that_asked_for_no_gpus_hides_them(gpus_per_node, env, hidden):
+    assert gpucheck.hide_gpus(gpus_per_node, env) is hidden
+    if hidden:  # the start check then expects none: nothing to refuse
+        assert gpucheck.expected_gpus({**env, "CUDA_VISIBLE_DEVICES": ""})[0] == 0
+        gpucheck.check_start(False, {**env, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_the_allow_cpu_warning_is_one_line_per_node(capsys):
+    env = {"SLURM_GPUS_ON_NODE": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    for local_rank in ("0", "1", "2", "3"):  # four ranks of one node, as Horovod runs them
+        gpucheck.check_start(True, {**env, "SLURM_LOCALID": local_rank})
+    assert capsys.readouterr().out.count("training anyway (runtime.allow_cpu)") == 1

@@ -286,7 +286,7 @@ def test_the_demos_cache_root_is_checked_like_any_data_folder(launch_cli, run_ro
 
 @pytest.mark.slurm
 def test_a_refused_launch_prints_only_its_error_line(launch_cli, run_root, slurm_cluster):
-    done = launch_cli("--run-root", run_root, "--cluster", "slurm", "--nodes", "5")
+    done = launch_cli("--run-root", run_root, "--cluster", "slurm", "--nodes", "4")
     assert done.returncode == 2 and not run_root.exists()
     assert done.stderr.strip().splitlines() == [
-        "launch: error: slurm.nodes=5 asks for 5 nodes but partition debug has 2: use --nodes 2"]
+        "launch: error: slurm.nodes=4 asks for 4 nodes but partition debug has 2: use --nodes 2"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import rundir
+from core import provenance, rundir
 from core.config import Config, dump
 from core.fsutil import atomic_write_text
 from training import evaluate
@@ -198,6 +198,7 @@ def test_over_30_classes_lists_most_confused_pairs(tmp_path):
 def test_summary_has_every_field(reported_run):
     trained_run, _ = reported_run
     write_curves(trained_run)
+    provenance.write_part(trained_run, "launch", provenance.launch_record(None))  # as launch writes it
     first = write_summary(trained_run, wall_time_s=12.5, nodes=1, gpus=0)
     summary = write_summary(trained_run, job_id="4243")
     missing = [key for key in FIELDS if summary.get(key) is None]

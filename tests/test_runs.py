@@ -187,7 +187,7 @@ def test_json_output_parses(tmp_path, capsys, monkeypatch):
     (record,) = json.loads(capsys.readouterr().out)
     assert record["name"] == "one" and record["state"] == "COMPLETED" and record["best_val_accuracy"] == 0.93
     assert set(record) == {"name", "run_dir", "job_id", "state", "state_source", "epoch", "epochs",
-                           "best_val_accuracy", "updated", "status_state", "message"}
+                           "best_val_accuracy", "updated", "status_state", "message", "provenance"}
 
 
 def test_missing_run_root_is_one_line(tmp_path, capsys):

@@ -20,6 +20,9 @@ EPOCHS = 5  # the shipped demo runs 8; 5 already clears the bar with margin and 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mirrored-run")]  # one worker: its module fixture once
 
 
+OUTPUT: dict[Path, subprocess.CompletedProcess] = {}  # run dir -> what launch printed
+
+
 def launch_local(run_root: Path, *args: str, timeout: int = 600) -> Path:
     """Runs `launch --cluster local` on the demo and returns the new run directory."""
     cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"),
@@ -27,6 +30,7 @@ def launch_local(run_root: Path, *args: str, timeout: int = 600) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert done.returncode == 0, f"launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     (run_dir,) = [p for p in run_root.iterdir() if p.is_dir()]
+    OUTPUT[run_dir] = done
     return run_dir
 
 
@@ -73,6 +77,42 @@ def test_mirrored_over_two_cpu_devices_reaches_the_bar(mirrored_run):
     assert "2 replicas over 1 process(es)" in log
     status = json.loads((mirrored_run / "status.json").read_text())
     assert status["state"] == "completed" and status["epoch"] == EPOCHS
+
+
+def test_a_local_run_ends_with_one_result_line_and_no_tensorflow_chatter(mirrored_run):
+    from training.keras_compat import START_UP_CHATTER
+
+    done = OUTPUT[mirrored_run]
+    said = done.stdout.splitlines()
+    assert said[-1].startswith("[train] result: val accuracy best 0."), said[-5:]
+    assert f"; target 0.9 reached; {EPOCHS} of {EPOCHS} epochs in " in said[-1]
+    assert said[-1].endswith(f"; report {mirrored_run}/report/summary.json")
+    assert sum(line.startswith("[train] result: ") for line in said) == 1
+    log = (mirrored_run / "logs" / "local-0.out").read_text().splitlines()
+    assert log[-1] == said[-1]
+    chatter = [line for line in said + done.stderr.splitlines() + log if START_UP_CHATTER.match(line)]
+    assert chatter == [], chatter
+    assert done.stderr == "", done.stderr
+
+
+def test_the_run_says_what_produced_it(mirrored_run):
+    import platform
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.keras_compat import tf
+
+    produced = json.loads((mirrored_run / "report" / "summary.json").read_text())["provenance"]
+    job = produced["job"]
+    assert (job["tensorflow"], job["python"]) == (tf.__version__, platform.python_version())
+    assert (job["backend"], job["nodes"], job["gpus_per_node"], job["replicas"]) == ("mirrored", 1, 0, 2)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout, not an unpacked release
+        assert job["code"]["commit"] == head.stdout.strip() and isinstance(job["code"]["dirty"], bool)
+    assert produced["launch"]["config"]["path"] == str(REPO / "configs" / "demo.yaml")
+    acc = EventAccumulator(str(mirrored_run / "tensorboard" / "config"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "provenance" in acc.Tags()["tensors"]
 
 
 def test_checkpoints_reload_to_the_same_accuracy(mirrored_run):

@@ -214,6 +214,20 @@ def collect(environ: Mapping[str, str] | None = None, expect: int | None = None,
     }
 
 
+def gpus_allocated(environ: Mapping[str, str]) -> bool:
+    """SLURM gave this job step GPUs on this node (whatever the config asked)."""
+    on_node = environ.get("SLURM_GPUS_ON_NODE") or ""
+    return (on_node.isdigit() and int(on_node) > 0) or bool(environ.get("SLURM_STEP_GPUS")
+                                                            or environ.get("SLURM_JOB_GPUS"))
+
+
+def hide_gpus(gpus_per_node: int, environ: Mapping[str, str]) -> bool:
+    """Whether a job should hide the node's GPUs from TensorFlow (CUDA_VISIBLE_DEVICES=""): it
+    asked for none and SLURM gave none. It must not use GPUs another job was given, and
+    TensorFlow then skips its failing cuInit. check_start then expects 0 GPUs, as it should."""
+    return gpus_per_node == 0 and not gpus_allocated(environ)
+
+
 class NoGPUError(RuntimeError):
     """The job was given GPUs but TensorFlow cannot use them: training would silently run on CPU."""
 
@@ -236,7 +250,9 @@ def check_start(allow_cpu: bool, environ: Mapping[str, str] | None = None) -> No
     info = collect(environ)  # only to explain the shortfall
     message = f"gpucheck on {info['host']}: {info['why']}"
     if allow_cpu or environ.get("LAUNCH_ALLOW_CPU") == "1":
-        print(f"[train] warning: {message}; training anyway (runtime.allow_cpu)", flush=True)
+        if (environ.get("SLURM_LOCALID") or environ.get("LAUNCH_LOCAL_RANK") or "0") == "0":
+            # One line per node: its other ranks see the same GPUs.
+            print(f"[train] warning: {message}; training anyway (runtime.allow_cpu)", flush=True)
         return
     raise NoGPUError(f"{message}; set runtime.allow_cpu=true to train without them")
 

@@ -6,13 +6,57 @@ trains under Mirrored, MultiWorkerMirrored and Horovod and saves HDF5. Every mod
 `tf` and `keras` from here so the choice stays visible and `TF_USE_LEGACY_KERAS` is always set
 before TensorFlow loads.
 """
+import contextlib
 import ctypes
 import importlib.util
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # training/main.py sets 0 for runtime.verbose
+
+# TensorFlow's C++ start-up messages, which TF_CPP_MIN_LOG_LEVEL does not reach: absl writes
+# whatever is logged before its InitializeLog to stderr (the CUDA stub's "Could not find cuda
+# drivers", twice), and a failed cuInit is an error line on every CPU-only node.
+START_UP_CHATTER = re.compile(
+    r"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl: I0000 00:00:1796496422.54 31887 cudart_stub.cc:31]
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] "  # TensorFlow's own format
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|To enable the following instructions: ")  # the second line of cpu_feature_guard's
+
+
+@contextlib.contextmanager
+def _start_up_messages():
+    """Holds back what is written to stderr (fd 2, C++ included) while TensorFlow loads, and
+    passes on every line but START_UP_CHATTER; with TF_CPP_MIN_LOG_LEVEL 0 or 1, or when loading
+    fails, every line."""
+    try:
+        saved = os.dup(2) if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1") else None
+    except OSError:  # no stderr at all: nothing to hold back
+        saved = None
+    if saved is None:
+        yield
+        return
+    sys.stderr.flush()
+    held = tempfile.TemporaryFile()  # a file, not a pipe: nothing to drain while TensorFlow writes
+    os.dup2(held.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        held.seek(0)
+        for line in held.read().decode(errors="replace").splitlines(keepends=True):
+            if failed or not START_UP_CHATTER.match(line):
+                sys.stderr.write(line)
+        sys.stderr.flush()
+        held.close()
 
 
 def _preload_cuda_wheels() -> None:
@@ -35,7 +79,10 @@ def _preload_cuda_wheels() -> None:
 
 _preload_cuda_wheels()
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+with _start_up_messages():
+    import tensorflow as tf  # noqa: E402
+    import tf_keras as keras  # noqa: E402
+
+    tf.config.list_physical_devices("GPU")  # cuInit, and its messages, happen here
 
 __all__ = ["tf", "keras"]

@@ -11,18 +11,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from core import rundir, slurm
 from core.config import Config, ConfigError, load_run_config
 from core.locks import writer_lock
 from core.runstatus import read_status, write_status
-from training import evaluate, signals
+from training import evaluate, provenance, signals
 from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
 from training.data import DataError, as_data_error
 from training.data.stage import stage, stage_file
 from training.envreport import write_env_report
-from training.gpucheck import NoGPUError, check_start
+from training.gpucheck import NoGPUError, check_start, hide_gpus
 from training.mirror import mirrored
 from training.report.summary import write_summary
 
@@ -59,15 +60,43 @@ def requeue(job_id: str | None, restarts: int, max_requeues: int, run_dir: Path 
             f"scontrol requeue: {refused}; restart {restarts + continuations + 1} of at most {max_requeues})")
 
 
-def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> None:
+def final_report(cfg: Config, run_dir: Path, result: dict, backend) -> dict:
     """Chief only: the task's prediction report from the best checkpoint (the evaluation `launch
-    eval` runs, training/evaluate.py), then the summary."""
+    eval` runs, training/evaluate.py), then the summary, which it returns."""
     checkpoint = "best" if rundir.RunDir(run_dir).best_checkpoint.is_file() else "final"
     model = evaluate.load_model(evaluate.checkpoint_path(run_dir, checkpoint))
     fields = result["task"].final_report(run_dir, model, result["plan"], checkpoint)
-    write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
-                  gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
-                  job_id=backend.spec.job_id, **fields)
+    return write_summary(run_dir, wall_time_s=round(result["wall_time_s"], 1), nodes=cfg.slurm.nodes,
+                         gpus=cfg.slurm.nodes * cfg.slurm.gpus_per_node, backend=cfg.runtime.backend,
+                         job_id=backend.spec.job_id, **fields)
+
+
+def result_line(summary: dict, run_dir: Path) -> str:
+    """The one line that ends a completed run's log: accuracy, the target, epochs, wall time and
+    where the report is. The best figure is the best checkpoint's, evaluated on the whole
+    validation split (summary "eval") when there is one."""
+    def figure(value) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    best = (summary.get("eval") or {}).get("accuracy", summary.get("best_val_accuracy"))
+    target = summary.get("target_accuracy")
+    reached = ("no target set (train.target_accuracy)" if not target else
+               f"target {target:g} {'reached' if summary.get('target_reached') else 'NOT reached'}")
+    wall = summary.get("wall_time_s")
+    return (f"[train] result: val accuracy best {figure(best)} (epoch {summary.get('best_epoch')}), final "
+            f"{figure(summary.get('final_val_accuracy'))}; {reached}; {summary.get('epochs_done')} of "
+            f"{summary.get('epochs_total')} epochs in {'n/a' if wall is None else f'{wall:.0f} s'}; "
+            f"report {Path(run_dir) / rundir.REPORT / rundir.SUMMARY}")
+
+
+def tensorflow_env(cfg: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables to set before TensorFlow loads (pure): its C++ log level, 0 for runtime.verbose
+    (training/keras_compat.py then keeps its start-up messages too), and no GPUs for a job that
+    asked for none (training/gpucheck.py hide_gpus)."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": "0"} if cfg.runtime.verbose else {}
+    if hide_gpus(cfg.slurm.gpus_per_node, environ):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def stage_inputs(cfg: Config) -> None:
@@ -86,17 +115,24 @@ def stage_inputs(cfg: Config) -> None:
 def run(run_dir: Path) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
+    os.environ.update(tensorflow_env(cfg, os.environ))  # before TensorFlow loads
     write_env_report(run_dir)
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
     stage_inputs(cfg)
 
     backend = create_backend(cfg.runtime)
+    if backend.is_chief:
+        provenance.record(cfg, run_dir, backend)
     with mirrored(cfg.storage, run_dir, backend.is_chief, log=lambda line: print(f"[train] {line}", flush=True)):
-        return _train_and_report(cfg, run_dir, backend)
+        code, summary = _train_and_report(cfg, run_dir, backend)
+    if summary is not None:  # the chief of a completed run: its last line, after the mirror's
+        print(result_line(summary, run_dir), flush=True)
+    return code
 
 
-def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
+def _train_and_report(cfg: Config, run_dir: Path, backend) -> tuple[int, dict | None]:
+    """Returns the exit code, and the summary when this process is the chief of a completed run."""
     from training.callbacks import write_status  # defers TensorFlow
     from training.loop import train  # defers TensorFlow
 
@@ -104,7 +140,7 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
         result = train(cfg, run_dir, backend)
         if result["state"] == "stopped":
             if not backend.is_chief:
-                return 0  # the chief decides what happens next and says so
+                return 0, None  # the chief decides what happens next and says so
             spec = backend.spec
             if result["signal"] == "SIGUSR1":  # SLURM's warning before the time limit
                 message = requeue(spec.job_id, spec.restart_count,
@@ -116,11 +152,12 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> int:
                          message=message)
             print(f"[train] {message}", flush=True)
             # Unfinished and not coming back by itself: not a success in SLURM's eyes either.
-            return 0 if requeued else EXIT_STOPPED
-        if backend.is_chief:
-            final_report(cfg, run_dir, result, backend)
-            write_status(run_dir, state="completed", epoch=result["epoch"], message="")
-        return 0
+            return (0 if requeued else EXIT_STOPPED), None
+        if not backend.is_chief:
+            return 0, None
+        summary = final_report(cfg, run_dir, result, backend)
+        write_status(run_dir, state="completed", epoch=result["epoch"], message="")
+        return 0, summary
     except Exception as caught:
         err = as_data_error(caught)  # a pipeline check inside TensorFlow names the shard and key
         if backend.is_chief:

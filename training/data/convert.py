@@ -1,12 +1,13 @@
 """Class-folder image tree -> TFRecord shards with the standard ImageNet feature keys.
 
-    python -m training.data.convert SRC OUT [--shards-train 128] [--shards-val 16]
-        [--shards-test 16] [--workers N] [--max-side N] [--min-side N] [--jpeg-quality Q]
+    python -m training.data.convert SRC OUT [--shards-train N] [--shards-val N] [--shards-test N]
+        [--readers R] [--workers N] [--max-side N] [--min-side N] [--jpeg-quality Q]
 
 SRC holds `train/<class>/<image>` and optionally `val/<class>/...` (or `validation/`) and
 `test/<class>/...`. OUT receives `{split}-{i:05d}-of-{n:05d}` shards (`val` becomes
 `validation`), `skipped.txt` and, written last, `labels.json`: the output is complete only
-once `labels.json` exists. Labels are 0-based indices into the sorted training class names.
+once `labels.json` exists. Without --shards-*, a split's shard count follows its size
+(`shards_by_size`: about 150 MB a shard, at least --readers, at most one per image). Labels are 0-based indices into the sorted training class names.
 `labels.json` also holds the manifest `"shards": {file name: {"bytes": size, "records": n}}`,
 which `launch` (one stat per shard) and the pipeline (counting as it reads) check shards against.
 
@@ -28,6 +29,7 @@ import concurrent.futures
 import contextlib
 import io
 import itertools
+import math
 import multiprocessing
 import os
 import random
@@ -46,7 +48,9 @@ JPEG_QUALITY = 95  # re-encoded images only; high so small images keep their det
 # Lanczos: the sharpest of Pillow's filters without ringing that matters at photo content.
 RESIZE_FILTER = "lanczos"
 SHUFFLE_SEED = 0  # fixed: the same tree always gives the same shards
-DEFAULT_SHARDS = {"train": 128, "validation": 16, "test": 16}
+SHARD_BYTES = 150 << 20  # a shard's aim without --shards-*: 100-200 MB reads well, in few files
+READERS = 8  # default --readers: training processes reading a split at once, a shard each at least
+SIZE_SAMPLE = 1000  # files whose size is read to estimate a split's bytes
 
 
 class _Skip(Exception):
@@ -238,16 +242,29 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def shards_by_size(paths: list[Path], readers: int = READERS) -> int:
+    """A split's shard count when none is given: about SHARD_BYTES each, from the source files'
+    sizes (a fixed sample's mean times their number: one stat per file would be slow on a
+    parallel file system), at least `readers` (each training process reads whole shards), never
+    more than the files."""
+    if not paths:
+        return 1
+    sample = random.Random(SHUFFLE_SEED).sample(paths, min(len(paths), SIZE_SAMPLE))  # same in every array task
+    total = sum(os.path.getsize(p) for p in sample) / len(sample) * len(paths)
+    return max(1, min(len(paths), max(readers, math.ceil(total / SHARD_BYTES))))
+
+
 def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = None,
             workers: int | None = None, seed: int = SHUFFLE_SEED, log=print,
-            store: StoreSettings = StoreSettings(), part: tuple[int, int] | None = None) -> ConvertSummary:
+            store: StoreSettings = StoreSettings(), part: tuple[int, int] | None = None,
+            readers: int = READERS) -> ConvertSummary:
     """Converts a class-folder tree into TFRecord shards.
 
     Args:
         src: folder holding train/ and optionally val/ (or validation/) and test/.
         out: new or empty folder for the shards.
-        shards: split -> number of shards; missing splits use DEFAULT_SHARDS. A split with fewer
-            examples than shards gets one shard per example.
+        shards: split -> number of shards; a split missing here gets `shards_by_size`. A split
+            with fewer examples than shards gets one shard per example.
         workers: decoding processes, one shard per task; None = every core this process may
             use; 1 = decode in this process.
         seed: shuffles examples across shards so each shard mixes classes.
@@ -255,6 +272,7 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
         store: size bound and JPEG quality of stored images (default: as they are).
         part: (task, tasks): write only this array task's slice of the shards and its part record;
             the last task to finish writes labels.json (training/data/convert_parts.py).
+        readers: training processes that will read the shards (`shards_by_size`).
 
     Raises:
         DataError: mis-laid source folders or a non-empty output folder.
@@ -272,12 +290,12 @@ def convert(src: str | Path, out: str | Path, shards: dict[str, int] | None = No
             _, per_split[split], extra = _scan_split(split_dirs[split], classes)
             skipped += extra
 
-    wanted = {**DEFAULT_SHARDS, **(shards or {})}
     tasks, num_shards = [], {}
     for split, files in per_split.items():
         examples = [(str(p), label_of[c], c, rel) for p, c, rel in files]
         random.Random(seed).shuffle(examples)
-        n = num_shards[split] = max(1, min(wanted[split], len(examples)))
+        wanted = (shards or {}).get(split) or shards_by_size([p for p, _, _ in files], readers)
+        n = num_shards[split] = max(1, min(wanted, len(examples)))
         tasks += [(split, i, n, examples[i::n], store) for i in range(n)]
     expected = [f"{split}-{i:05d}-of-{n:05d}" for split, i, n, _, _ in tasks]
     if part is not None:  # an array task: its slice of the same plan (same scan, same seed)
@@ -332,9 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --array-tasks: this task's index (default: $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--finalize", metavar="OUT", default=None,
                         help="write labels.json of an array conversion whose tasks have all ended")
-    parser.add_argument("--shards-train", type=int, default=DEFAULT_SHARDS["train"])
-    parser.add_argument("--shards-val", type=int, default=DEFAULT_SHARDS["validation"])
-    parser.add_argument("--shards-test", type=int, default=DEFAULT_SHARDS["test"])
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--shards-{split}", type=int, default=None,
+                            help=f"{split} shards (default: from the data's size, ~150 MB each)")
+    parser.add_argument("--readers", type=int, default=READERS,
+                        help=f"training processes that will read the shards: each split gets at least as "
+                             f"many shards, if it has the images (default {READERS})")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     parser.add_argument("--max-side", type=int, default=None,
                         help="store images with the longer side at most N pixels (downscaled, aspect kept)")
@@ -359,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= task < args.array_tasks:
             parser.error(f"--task {task}: expected 0 to {args.array_tasks - 1} (or run as an array task)")
         part = (task, args.array_tasks)
-    if min(args.shards_train, args.shards_val, args.shards_test) < 1 or (args.workers or 1) < 1:
-        parser.error("shard and worker counts must be at least 1")
+    counts = (args.shards_train, args.shards_val, args.shards_test, args.workers, args.readers)
+    if min(n for n in counts if n is not None) < 1:
+        parser.error("shard, reader and worker counts must be at least 1")
     if min(args.max_side or 1, args.min_side or 1) < 1:
         parser.error("--max-side and --min-side must be at least 1 pixel")
     if not 1 <= args.jpeg_quality <= 100:
@@ -368,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = StoreSettings(args.max_side, args.min_side, args.jpeg_quality)
     shards = {"train": args.shards_train, "validation": args.shards_val, "test": args.shards_test}
     return run_converter(lambda log: convert(args.src, args.out, shards, args.workers, log=log, store=store,
-                                             part=part))
+                                             part=part, readers=args.readers))
 
 
 if __name__ == "__main__":

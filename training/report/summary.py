@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core import config as config_lib
-from core import rundir
+from core import provenance, rundir
 from core.fsutil import atomic_write_text
 from training.report.curves import PLOTS, read_history
 
@@ -46,6 +46,7 @@ FIELDS = (
     "plots",  # {"loss": "report/loss.png", ...}, paths relative to the run directory
     "predictions",  # {"correct": ..., "incorrect": ..., "confusion": ...}, relative paths
     "models",  # {"best": "checkpoints/best.h5", "final": "model/final.h5"}, relative paths
+    "provenance",  # logs/provenance.json: versions, git commits, nodes and GPUs (core/provenance.py)
     "created", "updated",  # ISO 8601, UTC; created is kept from the first write
 )
 
@@ -137,6 +138,7 @@ def derive(run_dir: str | Path) -> dict[str, Any]:
     if latest:  # latest.json names the newest resumable checkpoint file
         models["latest"] = f"{rundir.CHECKPOINTS}/{latest}"
     out["models"] = _present(run_dir, models) or None
+    out["provenance"] = provenance.read(run_dir) or None
     return out
 
 
