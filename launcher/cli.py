@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optimizer.lr=0.05 train.epochs=3")
     p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO)})")
+    p.add_argument("--version", action=options.PrintVersion)
     p.add_argument("--nodes", type=int, metavar="N", help="slurm.nodes")
     p.add_argument("--gpus", "--gpus-per-node", dest="gpus", type=int, metavar="N",
                    help="GPUs per node (slurm.gpus_per_node)")
@@ -244,6 +245,7 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
 def train(argv: list[str]) -> int:
     """`launch [train] ...`: a new run, or `--resume RUN`; raises UserError for the user's mistakes."""
     args = _parser().parse_intermixed_args(argv)
+    args.config = options.given_config(args.config)  # configs/demo.yaml: the packaged one when not here
     if sweep.wanted(args, DEFAULT_CONFIG):  # a sweep: job arrays (launcher/sweep.py)
         flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
         if args.resume:
