@@ -30,8 +30,10 @@ A run's configuration comes in layers, later wins: the defaults below, the YAML 
 `--config`, dotted `section.key=value` overrides on the command line, then explicit flags
 (`--nodes` is `slurm.nodes`, `--gpus` is `slurm.gpus_per_node`, ...; `launch --help` lists them).
 Unknown keys, wrong types and values outside the allowed range are one-line errors that name
-the key and where the value came from. A config file may also hold a `sweep:` block
-([sweeps.md](sweeps.md)), which is not a run setting.
+the key and where the value came from. A dotted override keeps the text you typed unless it is
+a number, `true`/`false`, `null` or a `[..]`/`{{..}}` literal (`slurm.account='proj #7'` stays
+`proj #7`). A config file may also hold a `sweep:` block ([sweeps.md](sweeps.md)), which is not
+a run setting.
 
 Keys marked *image* or *text* belong to that task alone (`task:`); setting another task's key
 is an error rather than silently ignored. Names of models, optimizers, schedules and backends

@@ -48,7 +48,7 @@ def test_a_file_that_exists_wins_and_other_names_pass_through(tmp_path, monkeypa
 def _source_copy(dest: Path) -> Path:
     """The checkout without build outputs, runs and git: a stale build/lib must not reach the wheel."""
     shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
-        ".git", "build", "runs", "*.egg-info", "__pycache__", ".pytest_cache", "bench"))
+        ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache"))
     return dest
 
 
