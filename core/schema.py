@@ -72,7 +72,7 @@ class DataConfig:
     min_crop_area: Annotated[float, FRACTION] = 0.08  # random-resized crop: smallest fraction of the image kept
     val_crop_fraction: Annotated[float, FRACTION] = 0.875  # centre crop kept before resizing, eval only
     synthetic_examples: Annotated[int, COUNT] = 12800  # examples per epoch in synthetic mode
-    synthetic_classes: Annotated[int, COUNT] = 1000
+    synthetic_classes: Annotated[int, COUNT] = 1000  # classes in synthetic mode
     text_column: str = "text"  # text task, csv/jsonl: the column (key) holding the text
     label_column: str = "label"  # text task, csv/jsonl: the column (key) holding the class name
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1  # text task: held out when the source has no val split
@@ -110,7 +110,7 @@ class ModelConfig:
 class OptimizerConfig:
     """Optimizer and the base learning rate."""
 
-    name: Annotated[str, Choice(registry.OPTIMIZERS)] = "sgd"
+    name: Annotated[str, Choice(registry.OPTIMIZERS)] = "sgd"  # sgd has momentum and nesterov below
     lr: Annotated[float, Range(gt=0)] = 0.1  # peak learning rate at base_batch_size
     momentum: Annotated[float, PROBABILITY] = 0.9  # sgd only
     nesterov: bool = False  # sgd only
@@ -120,7 +120,7 @@ class OptimizerConfig:
     weight_decay: Annotated[float, NON_NEGATIVE] = 0.0
     scale_lr: bool = True  # linear scaling: lr * global_batch / base_batch_size
     base_batch_size: Annotated[int, COUNT] = 256  # batch the lr was tuned for
-    label_smoothing: Annotated[float, PROBABILITY] = 0.0
+    label_smoothing: Annotated[float, PROBABILITY] = 0.0  # of the one-hot targets in the loss; 0 = none
     clipnorm: Annotated[float, NON_NEGATIVE] = 0.0  # clip each gradient to this L2 norm (RNNs need it); 0 = off
 
 
@@ -144,13 +144,14 @@ class TextConfig:
 
     max_tokens: Annotated[int, Range(ge=3)] = 20000  # vocabulary size, padding and out-of-vocabulary included
     sequence_length: Annotated[int, COUNT] = 200  # tokens per text, cut or padded (with 0, the pad index)
+    # applied to each text before it is split into tokens
     standardize: Annotated[str, Choice(("lower_and_strip_punctuation", "lower", "strip_punctuation", "none"))] = \
         "lower_and_strip_punctuation"
-    split: Annotated[str, Choice(("whitespace", "character"))] = "whitespace"
-    embedding_dim: Annotated[int, COUNT] = 128
+    split: Annotated[str, Choice(("whitespace", "character"))] = "whitespace"  # tokens are words or characters
+    embedding_dim: Annotated[int, COUNT] = 128  # length of each token's vector
     hidden_dim: Annotated[int, COUNT] = 128  # units of each recurrent layer (per direction); dense units for bag_of_embeddings
     number_of_layers: Annotated[int, COUNT] = 1  # stacked recurrent layers
-    bidirectional: bool = False
+    bidirectional: bool = False  # lstm, gru: each layer reads the text both ways
     embeddings_file: str = ""  # GloVe text format (word v1 ... vd), d = embedding_dim; "" = random init
     embeddings_trainable: bool = True  # false freezes the embedding (pretrained vectors kept as they are)
 
@@ -159,7 +160,7 @@ class TextConfig:
 class TrainConfig:
     """Loop length, numerics, checkpoint and logging cadence."""
 
-    epochs: Annotated[int, COUNT] = 90
+    epochs: Annotated[int, COUNT] = 90  # passes over the training split (of steps_per_epoch steps when set)
     steps_per_epoch: Annotated[int, NON_NEGATIVE] = 0  # 0 = examples / global batch
     validation_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = the whole validation split
     seed: int = 42  # each worker uses seed + rank
@@ -175,7 +176,7 @@ class TrainConfig:
 class RuntimeConfig:
     """Where and how the job runs."""
 
-    backend: Annotated[str, Choice(registry.BACKENDS)] = "mirrored"
+    backend: Annotated[str, Choice(registry.BACKENDS)] = "mirrored"  # processes: one (one node), one per node, one per GPU
     cluster: Annotated[str, Choice(CLUSTERS)] = "auto"  # auto: slurm when sbatch is on PATH
     run_root: str = rundir.DEFAULT_RUN_ROOT  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
@@ -191,21 +192,21 @@ class RuntimeConfig:
 class SlurmConfig:
     """sbatch request. Site differences (GPU style, partition) belong here, not in templates."""
 
-    nodes: Annotated[int, COUNT] = 1
-    gpus_per_node: Annotated[int, NON_NEGATIVE] = 0
+    nodes: Annotated[int, COUNT] = 1  # more than one needs multiworker or horovod
+    gpus_per_node: Annotated[int, NON_NEGATIVE] = 0  # 0 = a CPU job
     gpu_type: str = ""  # e.g. a100; "" = any
-    gpu_style: Annotated[str, Choice(GPU_STYLES)] = "gres"
-    cpus_per_task: Annotated[int, COUNT] = 8
+    gpu_style: Annotated[str, Choice(GPU_STYLES)] = "gres"  # --gres=gpu:T:N, --gpus-per-node=T:N or --gpus-per-node=N --constraint=T
+    cpus_per_task: Annotated[int, COUNT] = 8  # as sbatch reads it; horovod runs one task per GPU
     mem: str = ""  # per node, sbatch syntax (e.g. 64G); "" = site default
     time_min: Annotated[int, COUNT] = 60  # wall-clock limit, minutes
     signal_lead_s: Annotated[int, NON_NEGATIVE] = 300  # SIGUSR1 this many seconds before the limit: checkpoint and requeue
-    max_requeues: Annotated[int, NON_NEGATIVE] = 3
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
+    max_requeues: Annotated[int, NON_NEGATIVE] = 3  # requeues and continuation jobs of one run, together
+    partition: str = ""  # "" = the site's default partition
+    account: str = ""  # the allocation charged; "" = the user's default
+    qos: str = ""  # quality of service; "" = the site default
     constraint: str = ""  # extra node features, ANDed with the GPU type in constraint style
     job_name: str = ""  # "" = run name
-    exclusive: bool = False
+    exclusive: bool = False  # the nodes are not shared with other jobs (--exclusive)
     setup: list[str] = field(default_factory=list)  # shell lines run before training (module load ...)
     # Site escape hatches (launcher/render.py checks and quotes them):
     extra: list[str] = field(default_factory=list)  # raw sbatch options, each --key or --key=value (--reservation=ml)

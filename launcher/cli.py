@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p = options.LaunchParser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_run_flags(p)
+    p.add_argument("--version", action=options.PrintVersion)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true",
                       help="print the sbatch script and exit; creates nothing")
@@ -248,6 +249,7 @@ def _print_submitted(job_id: str, cfg: Config, run_dir: Path) -> None:
 def train(argv: list[str]) -> int:
     """`launch [train] ...`: a new run, or `--resume RUN`; raises UserError for the user's mistakes."""
     args = _parser().parse_intermixed_args(argv)
+    args.config = options.given_config(args.config)  # configs/demo.yaml: the packaged one when not here
     if sweep.wanted(args, DEFAULT_CONFIG):  # a sweep: job arrays (launcher/sweep.py)
         flags = {key: getattr(args, dest) for dest, key in FLAGS.items()}
         if args.resume:

@@ -67,7 +67,7 @@ def _run_config(run: RunDir, args: argparse.Namespace) -> Config:
 
 
 def _site_config(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else DEFAULT_CONFIG, args.overrides, _flags(args))
+    return load_config(options.given_config(args.config) or DEFAULT_CONFIG, args.overrides, _flags(args))
 
 
 def _python(cfg: Config) -> str:

@@ -13,10 +13,11 @@ from typing import Callable
 from core import rundir
 from core.config import Config
 from core.errors import UsageError
+from launcher import packaged
 from launcher.resume import absolute_paths
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo.yaml"
+DEFAULT_CONFIG = packaged.config_folder() / "demo.yaml"
+REPO = DEFAULT_CONFIG.parent.parent  # --help names the default from here: configs/demo.yaml
 
 # argparse dest -> config key. Each flag also has an alias spelled like its key, so that config
 # errors ("flag --gpus-per-node") name a flag that exists. First the site options every job
@@ -39,6 +40,27 @@ FLAGS = {
     "run_root": "runtime.run_root",
     **SITE_FLAGS,
 }
+
+
+def given_config(text: str | None) -> str | None:
+    """--config as given, or, when no such file exists here, the packaged config it names
+    (`configs/demo.yaml`, `demo.yaml`, `demo`: launcher/packaged.py). None stays None."""
+    if not text or text.startswith("s3://") or Path(text).expanduser().exists():
+        return text
+    found = packaged.config_named(text)
+    return str(found) if found else text
+
+
+class PrintVersion(argparse.Action):
+    """--version: the installed version, read only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0,
+                         help="print launch's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {packaged.version()}")
+        parser.exit()
 
 
 def for_job(cfg: Config, run_dir: Path, cwd: Path) -> Config:

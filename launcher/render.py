@@ -1,8 +1,8 @@
 """Every sbatch script `launch` submits, as pure functions: config section in, text out.
 
-One template family in slurm/: base.sbatch.j2 (directives, slurm.setup) extended by job.sbatch.j2
-(a training run) and task.sbatch.j2 (one command per node: eval, predict, gpucheck, convert). Both
-kinds get their directives, GPU request style, partition, account and QoS from the same code here.
+One template family in slurm/ (inside the package once installed: launcher/packaged.py):
+base.sbatch.j2 (directives, slurm.setup) extended by job.sbatch.j2 (a training run) and
+task.sbatch.j2 (one command per node: eval, predict, gpucheck, convert). Both kinds get their directives, GPU request style, partition, account and QoS from the same code here.
 
 CPUs: `slurm.cpus_per_task` is per task for every backend, exactly as sbatch reads it. Horovod runs
 one task per GPU, so a node then needs gpus_per_node * cpus_per_task cores; lower cpus_per_task
@@ -20,8 +20,8 @@ import jinja2
 
 from core import rundir
 from core.config import BACKENDS, ConfigError, SlurmConfig
+from launcher import packaged
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm"
 TEMPLATE = "job.sbatch.j2"
 TASK_TEMPLATE = "task.sbatch.j2"
 
@@ -197,7 +197,7 @@ def srun_args(slurm: SlurmConfig, backend: str) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        loader=jinja2.FileSystemLoader(str(packaged.template_folder())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,  # block tags take no line of their own in the script

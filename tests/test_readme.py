@@ -1,10 +1,11 @@
-"""Every command line in README.md's code blocks, run on the local cluster as the README shows it.
+"""Every command line in the code blocks of README.md and docs/*.md, run on the local cluster as
+the page shows it (a line on several pages runs once, where it first appears).
 
 Only the run root (LAUNCH_RUN_ROOT and the example run `runs/<name>-<date>-<time>`) and the data
 paths (`photos/`, `shards/`, made in a scratch folder the commands run in) are substituted. The
 lines are found, not listed: a command added to any section is run too, and fails here until it
 runs as written or SKIP says why it cannot run on this machine. What each must do is decided by
-what kind of command it is (`expectation`), from what the README says of it: a dry run prints a
+what kind of command it is (`expectation`), from what the page says of it: a dry run prints a
 script and creates nothing, a submission prints "submitted job N", eval/predict/convert jobs end
 COMPLETED and write their file, and so on.
 """
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("read
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 PROGRAMS = {"launch", "python", "python3", "pip", "sbatch", "squeue", "scancel", "tensorboard", "pytest",
             "bash"}
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
@@ -35,12 +37,15 @@ SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 EXAMPLE_RUN = re.compile(r"^(?:\./)?runs/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
 # A sweep directory as the README names one; replaced by the sweep its own sweep line made.
 EXAMPLE_SWEEP = re.compile(r"^(?:\./)?runs/[\w.-]+-sweep-\d{8}-\d{6}(?:-\d+)?/?$")
-# The README's object-store section, served by a local S3-compatible server (tests/s3_server.py).
+# The object-store lines (docs/storage.md), served by a local S3-compatible server (tests/s3_server.py).
 EXAMPLE_MIRROR = "s3://ml-runs/alice"
 EXAMPLE_MIRRORED_RUN = re.compile(r"^s3://ml-runs/alice/[\w.-]+-\d{8}-\d{6}(?:-\d+)?/?$")
 # Command-line prefix -> why it cannot run on this machine.
 SKIP = {
     "pip install": "installs packages; this test runs the checkout as it is",
+    "pip wheel": "builds the wheel; tests/test_package.py builds one and installs it outside the checkout",
+    "python3 -m venv": "makes a virtual environment to install into; this test runs the checkout as it is",
+    "python3 -m pytest": "runs the test suite, this test included",
     "./tests/install_and_run.sh": "installs system packages and runs the whole suite, this test included",
     "tensorboard ": "a web server that runs until it is stopped",
     "launch --nodes 1 --gpus 4 --gpu-type a100 --config configs/resnet50_imagenet.yaml":
@@ -54,6 +59,7 @@ class Line:
 
     text: str
     steps: tuple[tuple[str, ...], ...]
+    page: str = "README.md"
 
 
 def code_blocks(markdown: str) -> list[list[str]]:
@@ -84,8 +90,8 @@ def code_blocks(markdown: str) -> list[list[str]]:
     return blocks
 
 
-def readme_lines(markdown: str) -> list[Line]:
-    """Every command line of the README's shell blocks, comments dropped, `&&` chains split."""
+def readme_lines(markdown: str, page: str = "README.md") -> list[Line]:
+    """Every command line of a page's shell blocks, comments dropped, `&&` chains split."""
     found = []
     for block in code_blocks(markdown):
         for raw in block:
@@ -102,15 +108,28 @@ def readme_lines(markdown: str) -> list[Line]:
                 else:
                     step.append(word)
             steps.append(tuple(step))
-            found.append(Line(shlex.join(words).replace("'&&'", "&&"), tuple(steps)))
+            found.append(Line(shlex.join(words).replace("'&&'", "&&"), tuple(steps), page))
     return found
 
 
-LINES = readme_lines(README.read_text())
+def documented_lines(pages: list[Path]) -> list[Line]:
+    """The command lines of every page in order, each text once (where it first appears)."""
+    seen, lines = set(), []
+    for path in pages:
+        for line in readme_lines(path.read_text(), path.relative_to(REPO).as_posix()):
+            if line.text not in seen:
+                seen.add(line.text)
+                lines.append(line)
+    return lines
+
+
+LINES = documented_lines(PAGES)
 
 
 def test_the_readme_has_commands_to_run():
     assert len(LINES) >= 10 and any(" eval " in line.text for line in LINES)
+    pages = {line.page for line in LINES}
+    assert {"README.md", "docs/quickstart.md", "docs/runs.md", "docs/storage.md", "docs/text.md"} <= pages
 
 
 def _seed_buckets(endpoint: str, run_dir: Path) -> str:
@@ -250,7 +269,7 @@ def _cancel(job: str) -> None:
 
 
 def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, runs_before: set) -> None:
-    """Asserts what the README says this kind of command does."""
+    """Asserts what the documentation says this kind of command does."""
     said = f"{shlex.join(step)}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
     runs_now = set(os.listdir(site["cwd"] / "runs"))
     if step[0] == "sbatch":
@@ -262,7 +281,9 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
         return
     words = set(step)
     command = step[1] if len(step) > 1 and not step[1].startswith("-") and "=" not in step[1] else "train"
-    if "--help" in words or "-h" in words:
+    if "--version" in words:
+        assert done.returncode == 0 and re.fullmatch(r"launch \S+\n", done.stdout), said
+    elif "--help" in words or "-h" in words:
         assert done.returncode == 0 and "example:" in done.stdout, said
     elif "--dry-run" in words:
         assert done.returncode == 0 and done.stdout.startswith("#!/bin/bash\n"), said
@@ -308,7 +329,7 @@ def expectation(step: list[str], done: subprocess.CompletedProcess, site: dict, 
         _cancel(_job(done))
 
 
-@pytest.mark.parametrize("line", LINES, ids=[line.text for line in LINES])
+@pytest.mark.parametrize("line", LINES, ids=[f"{line.page}: {line.text}" for line in LINES])
 def test_readme_command_does_what_the_readme_says(line: Line, site):
     why = next((reason for prefix, reason in SKIP.items() if line.text.startswith(prefix)), None)
     steps = [step for step in line.steps if not any(shlex.join(step).startswith(p) for p in SKIP)]
