@@ -1,0 +1,117 @@
+"""Training scripts that run every task inside a container image (Pyxis, Apptainer): golden files,
+the config section resolved into mounts, and hostile image paths and mounts kept inert.
+
+Refresh the golden files after an intended change with:
+    UPDATE_GOLDEN=1 pytest tests/test_container_render.py
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core.config import Config, ConfigError, SlurmConfig, load_config
+from launcher import container
+from launcher.container import Container, Mount, parse_mount
+from launcher.render import render_sbatch
+from tests.test_render import HOSTILE, PYTHON, RUN_DIR, check_golden, golden_slurm, shim_bin  # noqa: F401
+
+IMAGES = {"pyxis": "/shared/images/trainer.sqsh", "apptainer": "/shared/images/trainer.sif"}
+
+
+def golden_container(engine: str) -> Container:
+    mounts = (Mount(str(RUN_DIR), str(RUN_DIR)), Mount("/opt/project", "/opt/project"),
+              Mount("/local/scratch", "/local/scratch"), Mount("/shared/data", "/shared/data"),
+              Mount("/shared/models", "/models", "ro"))
+    return Container(engine, IMAGES[engine], mounts, "/opt/project", ("WANDB_API_KEY",), "/opt/project",
+                     "/local/scratch")
+
+
+@pytest.mark.parametrize("backend", ["mirrored", "horovod"])
+@pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
+def test_golden(engine, backend):
+    text = render_sbatch(golden_slurm("gres", backend), backend, RUN_DIR, PYTHON, 120,
+                         container=golden_container(engine))
+    check_golden(f"container/{engine}-{backend}.sbatch", text)
+
+
+def test_for_run_mounts_what_the_job_reads_at_its_own_path(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = load_config(None, [f"container.image={tmp_path}/img.sqsh", f"data.data_dir={data}",
+                             "storage.scratch=/local", "container.mounts=[/models:/m:ro]"])
+    found = container.for_run(cfg, tmp_path / "run")
+    assert found.engine == "pyxis"  # an image without an engine: Pyxis
+    assert [m.spec() for m in found.mounts] == [f"{tmp_path}/run:{tmp_path}/run",
+                                                f"{container.PROJECT_ROOT}:{container.PROJECT_ROOT}",
+                                                "/local:/local", f"{data}:{data}", "/models:/m:ro"]
+    assert found.workdir == str(container.PROJECT_ROOT)
+
+
+def test_no_image_no_container():
+    assert container.for_run(Config(), Path("/runs/r")) is None
+    with pytest.raises(ConfigError, match="container.engine is apptainer but container.image is empty"):
+        container.for_run(load_config(None, ["container.engine=apptainer"]), Path("/runs/r"))
+
+
+@pytest.mark.parametrize("text", ["/a", "a:/b", "/a:/b:ro:x", "/a,b:/b"])
+def test_malformed_mounts_are_one_line(text):
+    with pytest.raises(ConfigError, match=r"container.mounts"):
+        parse_mount(text)
+
+
+def test_the_trainer_runs_the_images_python_and_the_host_settles():
+    text = render_sbatch(golden_slurm("gres", "mirrored"), "mirrored", RUN_DIR, PYTHON, 120,
+                         container=golden_container("pyxis"))
+    assert f"python3 -u -m training.main --run-dir {RUN_DIR}" in text
+    assert f"{PYTHON} -m core.runstatus settle" in text
+
+
+@pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_hostile_image_and_mounts_stay_inert(tmp_path, shim_bin, pattern, engine):  # noqa: F811
+    marker = tmp_path / "pwned"
+    value = pattern.format(marker=shlex.quote(str(marker)))
+    image = f"/images/{value}.sqsh"
+    mount = parse_mount(f"/src {value}:/dst {value}")
+    box = Container(engine, image, (mount,), f"/work {value}", (), f"/project {value}", f"/tmp {value}")
+    text = render_sbatch(SlurmConfig(job_name="j"), "multiworker", tmp_path / "run", PYTHON, 60, container=box)
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    record = tmp_path / "srun-args"
+    env = {"PATH": f"{shim_bin}:{os.environ['PATH']}", "SHIM_RECORD": str(record)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), "an injected command ran"
+    args = record.read_text().split("\0")[1:-1]
+    if engine == "pyxis":
+        assert f"--container-image={image}" in args
+        assert f"--container-mounts={mount.spec()}" in args
+    else:
+        assert args[args.index("--bind") + 1] == mount.spec()
+        assert image in args
+    assert args[-6:] == ["python3", "-u", "-m", "training.main", "--run-dir", str(tmp_path / "run")]
+
+
+def test_a_failed_image_check_is_one_line_naming_the_image(tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    # The check step fails as an image without TensorFlow would; the training step must not start.
+    (folder / "srun").write_text('#!/bin/bash\nfor a; do [ "$a" = -u ] && { touch "$TRAINED"; exit 0; }; done\n'
+                                 'echo "ModuleNotFoundError: No module named \'tensorflow\'" >&2; exit 1\n')
+    (folder / "srun").chmod(0o755)
+    (folder / "python-host").write_text("#!/bin/bash\nexit 0\n")
+    (folder / "python-host").chmod(0o755)
+    text = render_sbatch(SlurmConfig(job_name="j"), "mirrored", tmp_path / "run", str(folder / "python-host"), 60,
+                         container=golden_container("pyxis"))
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    env = {"PATH": f"{folder}:{os.environ['PATH']}", "TRAINED": str(tmp_path / "trained")}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert not (tmp_path / "trained").exists()
+    assert (f"launch: error: image {IMAGES['pyxis']} cannot run the trainer: "
+            "ModuleNotFoundError: No module named 'tensorflow'") in done.stderr.splitlines()
