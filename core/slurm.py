@@ -142,6 +142,13 @@ def max_array_size() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def srun_help() -> str | None:
+    """`srun --help`, where the options of SPANK plugins (Pyxis's --container-image) show; None
+    where srun is missing or does not answer."""
+    done = _query(["srun", "--help"])
+    return done.stdout if done else None
+
+
 @functools.lru_cache(maxsize=8)
 def hostnames(nodelist: str) -> tuple[str, ...]:
     """Expands a nodelist (e.g. `node[1-2]`) with `scontrol show hostnames`, once per nodelist in a

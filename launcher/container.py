@@ -8,8 +8,11 @@ launcher/render.py writes it into the script; launcher/preflight.py checks it be
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
+from core import slurm as slurm_cli
 from core.config import Config, ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,17 +45,17 @@ class Container:
     project: str  # the checkout, mounted at its own path: PYTHONPATH inside, so the trainer imports it
     scratch: str  # node-local folder, mounted; matplotlib's config goes there (the image's root is read-only)
 
-    @property
-    def local_image(self) -> bool:
-        """An image file on disk (Pyxis also takes registry names such as ubuntu:22.04)."""
-        if self.engine == "apptainer":
-            return "://" not in self.image
-        return self.image.startswith(("/", "./"))
-
     def passed_env(self) -> str:
         """The names Apptainer's --cleanenv lets in, as an extended regular expression."""
         names = [f"{prefix}.*" for prefix in PASSED_PREFIXES] + list(PASSED_NAMES) + list(self.env)
         return "^(" + "|".join(names) + ")$"
+
+
+def is_local_image(engine: str, image: str) -> bool:
+    """An image file on disk; Pyxis also takes registry names (ubuntu:22.04), Apptainer docker://."""
+    if engine == "apptainer":
+        return "://" not in image
+    return image.startswith(("/", "./"))  # what Pyxis reads as a file
 
 
 def parse_mount(text: str, where: str = "container.mounts") -> Mount:
@@ -108,3 +111,36 @@ def for_run(cfg: Config, run_dir: Path) -> Container | None:
         raise ConfigError(f"container.workdir {workdir!r} is not an absolute path")
     return Container(engine, section.image, tuple(mounts), workdir, tuple(sorted(set(section.env))),
                      str(PROJECT_ROOT), scratch)
+
+
+def check(cfg: Config, to_slurm: bool, srun_help=slurm_cli.srun_help, which=shutil.which) -> list[str]:
+    """The container section before the queue (launcher/preflight.py): raises ConfigError for what would fail the job,
+    returns warnings for what only the compute nodes can tell (Apptainer installed there only)."""
+    box = cfg.container
+    engine = box.engine or "pyxis"
+    if not box.image:
+        raise ConfigError(f"container.engine is {engine} but container.image is empty; set container.image")
+    if not to_slurm:
+        raise ConfigError("container.image is set but the run would start here, outside SLURM; "
+                          "containers run on SLURM only: drop container.image or set runtime.cluster=slurm")
+    local = is_local_image(engine, box.image)
+    if engine == "pyxis" and not local and Path(box.image).exists():
+        raise ConfigError(f"container.image {box.image!r}: Pyxis reads a relative path as an image name "
+                          f"from a registry; give the image's absolute path ({Path(box.image).resolve()})")
+    if local and not os.access(box.image, os.R_OK):
+        what = "is not readable" if Path(box.image).exists() else "does not exist"
+        raise ConfigError(f"container.image {box.image} {what}; build or copy the image there "
+                          "(a squashfs for Pyxis: enroot import; a .sif for Apptainer: apptainer build)")
+    notes = []
+    if engine == "pyxis":
+        text = srun_help()
+        if text is not None and "--container-image" not in text:
+            raise ConfigError("container.engine pyxis: srun here has no --container-image, so the Pyxis "
+                              "plugin is not installed; ask the site, or use container.engine=apptainer")
+    elif which("apptainer") is None:
+        notes.append("apptainer is not on PATH here; the job needs it on the compute nodes")
+    for text in box.mounts:
+        source = parse_mount(text).source
+        if not Path(source).exists():
+            raise ConfigError(f"container.mounts {text!r}: {source} does not exist; create it or drop the mount")
+    return notes

@@ -115,3 +115,50 @@ def test_a_failed_image_check_is_one_line_naming_the_image(tmp_path):
     assert not (tmp_path / "trained").exists()
     assert (f"launch: error: image {IMAGES['pyxis']} cannot run the trainer: "
             "ModuleNotFoundError: No module named 'tensorflow'") in done.stderr.splitlines()
+
+
+def preflight_config(tmp_path: Path, *overrides: str) -> Config:
+    image = tmp_path / "trainer.sqsh"
+    image.write_bytes(b"hsqs")
+    return load_config(None, [f"container.image={image}", *overrides])
+
+
+PYXIS_HELP = "Usage: srun [OPTIONS...] executable\n      --container-image=[USER@][REGISTRY#]IMAGE[:TAG]|PATH\n"
+
+
+def test_preflight_passes_an_image_srun_can_run(tmp_path):
+    assert container.check(preflight_config(tmp_path), True, srun_help=lambda: PYXIS_HELP) == []
+
+
+def test_preflight_without_pyxis_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^container.engine pyxis: srun here has no --container-image, so the "
+                                          r"Pyxis plugin is not installed; .*apptainer$"):
+        container.check(preflight_config(tmp_path), True, srun_help=lambda: "Usage: srun [OPTIONS...]\n")
+
+
+def test_preflight_refuses_a_missing_image(tmp_path):
+    cfg = load_config(None, [f"container.image={tmp_path}/missing.sqsh"])
+    with pytest.raises(ConfigError, match=r"container.image .*/missing.sqsh does not exist; build or copy"):
+        container.check(cfg, True, srun_help=lambda: PYXIS_HELP)
+
+
+def test_preflight_refuses_a_relative_image_pyxis_would_pull(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "img.sqsh").write_bytes(b"hsqs")
+    with pytest.raises(ConfigError, match="Pyxis reads a relative path as an image name from a registry"):
+        container.check(load_config(None, ["container.image=build/img.sqsh"]), True, srun_help=lambda: PYXIS_HELP)
+
+
+def test_preflight_checks_mount_sources_and_warns_without_apptainer(tmp_path):
+    cfg = preflight_config(tmp_path, f"container.mounts=[{tmp_path}/nowhere:/m]")
+    with pytest.raises(ConfigError, match=r"container.mounts .*nowhere.*does not exist"):
+        container.check(cfg, True, srun_help=lambda: PYXIS_HELP)
+    cfg = preflight_config(tmp_path, "container.engine=apptainer", f"container.mounts=[{tmp_path}:/m]")
+    assert container.check(cfg, True, which=lambda name: None) == [
+        "apptainer is not on PATH here; the job needs it on the compute nodes"]
+
+
+def test_preflight_refuses_a_container_outside_slurm(tmp_path):
+    with pytest.raises(ConfigError, match="containers run on SLURM only"):
+        container.check(preflight_config(tmp_path), False, srun_help=lambda: PYXIS_HELP)
