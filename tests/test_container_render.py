@@ -17,6 +17,7 @@ from core.config import Config, ConfigError, SlurmConfig, load_config
 from launcher import container
 from launcher.container import Container, Mount, parse_mount
 from launcher.render import render_sbatch
+from launcher.resume import absolute_paths
 from tests.test_render import HOSTILE, PYTHON, RUN_DIR, check_golden, golden_slurm, shim_bin  # noqa: F401
 
 IMAGES = {"pyxis": "/shared/images/trainer.sqsh", "apptainer": "/shared/images/trainer.sif"}
@@ -162,3 +163,12 @@ def test_preflight_checks_mount_sources_and_warns_without_apptainer(tmp_path):
 def test_preflight_refuses_a_container_outside_slurm(tmp_path):
     with pytest.raises(ConfigError, match="containers run on SLURM only"):
         container.check(preflight_config(tmp_path), False, srun_help=lambda: PYXIS_HELP)
+
+
+def test_an_image_path_is_made_absolute_where_launch_ran_but_not_a_registry_name(tmp_path):
+    cfg = load_config(None, ["container.image=./img.sqsh"])
+    absolute_paths(cfg, tmp_path)
+    assert cfg.container.image == str(tmp_path / "img.sqsh")
+    cfg = load_config(None, ["container.image=nvcr.io/nvidia/tensorflow:24.01-tf2-py3"])
+    absolute_paths(cfg, tmp_path)
+    assert cfg.container.image == "nvcr.io/nvidia/tensorflow:24.01-tf2-py3"
