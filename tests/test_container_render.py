@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core import slurm
 from core.config import Config, ConfigError, SlurmConfig, load_config
 from launcher import container
 from launcher.container import Container, Mount, parse_mount
@@ -172,3 +173,14 @@ def test_an_image_path_is_made_absolute_where_launch_ran_but_not_a_registry_name
     cfg = load_config(None, ["container.image=nvcr.io/nvidia/tensorflow:24.01-tf2-py3"])
     absolute_paths(cfg, tmp_path)
     assert cfg.container.image == "nvcr.io/nvidia/tensorflow:24.01-tf2-py3"
+
+
+def test_the_trainer_in_an_image_reads_the_hosts_the_script_expanded(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no scontrol, as in an image
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")
+    monkeypatch.setenv(slurm.JOB_HOSTNAMES_ENV, "node1 node2 ")
+    slurm.hostnames.cache_clear()
+    try:
+        assert slurm.hostnames("node[1-2]") == ("node1", "node2")
+    finally:
+        slurm.hostnames.cache_clear()
