@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,15 @@ def test_the_trainer_in_an_image_reads_the_hosts_the_script_expanded(monkeypatch
         assert slurm.hostnames("node[1-2]") == ("node1", "node2")
     finally:
         slurm.hostnames.cache_clear()
+
+
+def test_launch_with_a_missing_image_is_one_line_and_writes_nothing(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", "configs/demo.yaml",
+                           "--run-root", str(tmp_path), "runtime.cluster=slurm",
+                           f"container.image={tmp_path}/missing.sqsh"],
+                          capture_output=True, text=True, timeout=120, cwd=container.PROJECT_ROOT)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"launch: error: container.image {tmp_path}/missing.sqsh does not exist; "
+                                        "build or copy the image there (a squashfs for Pyxis: enroot import; "
+                                        "a .sif for Apptainer: apptainer build)"]
+    assert list(tmp_path.iterdir()) == []
