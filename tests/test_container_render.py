@@ -18,7 +18,7 @@ from core import slurm
 from core.config import Config, ConfigError, SlurmConfig, load_config
 from launcher import container
 from launcher.container import Container, Mount, parse_mount
-from launcher.render import render_sbatch
+from launcher.render import APPTAINER_ENV, render_sbatch
 from launcher.resume import absolute_paths
 from tests.test_render import HOSTILE, PYTHON, RUN_DIR, check_golden, golden_slurm, shim_bin  # noqa: F401
 
@@ -197,3 +197,18 @@ def test_launch_with_a_missing_image_is_one_line_and_writes_nothing(tmp_path):
                                         "build or copy the image there (a squashfs for Pyxis: enroot import; "
                                         "a .sif for Apptainer: apptainer build)"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_apptainer_gets_the_tasks_variables_through_its_clean_environment(tmp_path):
+    fake = tmp_path / "apptainer"
+    fake.write_text('#!/bin/bash\nenv | grep ^APPTAINERENV_ | sort\n')
+    fake.chmod(0o755)
+    box = golden_container("apptainer")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "LAUNCH_CONTAINER_ENV": box.passed_env(), "SLURM_PROCID": "3",
+           "TF_CONFIG": '{"task": 1}', "WANDB_API_KEY": "k", "SECRET_TOKEN": "no", "AWS_PROFILE": "p"}
+    done = subprocess.run(["bash", "-c", APPTAINER_ENV, "apptainer-env", "apptainer", "exec"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["APPTAINERENV_AWS_PROFILE=p", "APPTAINERENV_LAUNCH_CONTAINER_ENV=" +
+                                        box.passed_env(), "APPTAINERENV_SLURM_PROCID=3",
+                                        'APPTAINERENV_TF_CONFIG={"task": 1}', "APPTAINERENV_WANDB_API_KEY=k"]
