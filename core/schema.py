@@ -15,6 +15,7 @@ BACKENDS = registry.BACKENDS
 GPU_STYLES = ("gres", "gpus-per-node", "constraint")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CLUSTERS = ("auto", "slurm", "local")
+CONTAINER_ENGINES = ("", "pyxis", "apptainer")  # "" = none
 SWEEP_SECTION = "sweep"  # a config file's sweep: block, read by launcher/sweep.py, not a run setting
 
 
@@ -214,6 +215,18 @@ class SlurmConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """The image every task of a training job runs in (launcher/container.py). A flat section, not
+    runtime.container: overrides are section.key=value, one level deep."""
+
+    engine: Annotated[str, Choice(CONTAINER_ENGINES)] = ""  # pyxis (srun --container-image) | apptainer; "" = pyxis when an image is set
+    image: str = ""  # pyxis: squashfs path (absolute) or registry image (docker://, user/name:tag); apptainer: .sif path
+    mounts: list[str] = field(default_factory=list)  # extra host folders, each src:dst[:flags]; run dir, data, scratch and the project are mounted already
+    env: list[str] = field(default_factory=list)  # variable names passed into the container besides SLURM_*, TF_CONFIG, HOROVOD_*, AWS_*
+    workdir: str = ""  # working directory inside; "" = the project checkout (mounted at its host path)
+
+
+@dataclass
 class StorageConfig:
     """Object storage (core/storage.py). Credentials are never config: they come from the AWS
     environment or profile chain only."""
@@ -236,6 +249,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

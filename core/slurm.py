@@ -8,11 +8,13 @@ client or a slow controller means for them; these functions only ask.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
 
 QUERY_TIMEOUT_S = 30
+JOB_HOSTNAMES_ENV = "LAUNCH_JOB_HOSTNAMES"  # the job's hosts, space-separated (slurm/job.sbatch.j2, in a container)
 # Where a job state came from, as `launch runs --json` names it.
 FROM_QUEUE, FROM_ACCOUNTING = "squeue", "sacct"
 SCONTROL_TIMEOUT_S = 10
@@ -142,10 +144,21 @@ def max_array_size() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def srun_help() -> str | None:
+    """`srun --help`, where the options of SPANK plugins (Pyxis's --container-image) show; None
+    where srun is missing or does not answer."""
+    done = _query(["srun", "--help"])
+    return done.stdout if done else None
+
+
 @functools.lru_cache(maxsize=8)
 def hostnames(nodelist: str) -> tuple[str, ...]:
     """Expands a nodelist (e.g. `node[1-2]`) with `scontrol show hostnames`, once per nodelist in a
-    process: the backend, the Horovod variables and the writer lock all ask."""
+    process: the backend, the Horovod variables and the writer lock all ask. Inside a container
+    image, which has no scontrol, the job's own list comes expanded from the batch script."""
+    expanded = os.environ.get(JOB_HOSTNAMES_ENV, "").split()
+    if expanded and nodelist in (os.environ.get("SLURM_JOB_NODELIST"), os.environ.get("SLURM_STEP_NODELIST")):
+        return tuple(expanded)
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
                          capture_output=True, text=True).stdout
     return tuple(out.split())

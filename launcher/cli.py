@@ -22,7 +22,7 @@ from pathlib import Path
 from core import fsutil, locks, provenance, rundir, slurm
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UserError, one_line
-from launcher import commands, options, preflight, resume, sweep, sweep_resume
+from launcher import commands, container, options, preflight, resume, sweep, sweep_resume
 from launcher.options import DEFAULT_CONFIG, FLAGS
 from launcher.render import describe_request, render_sbatch, world_size
 from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _render(cfg: Config, run_dir: Path) -> str:
     return render_sbatch(cfg.slurm, cfg.runtime.backend, run_dir, cfg.runtime.python,
-                         cfg.runtime.worker_timeout_s)
+                         cfg.runtime.worker_timeout_s, container=container.for_run(cfg, run_dir))
 
 
 def _write_run_files(run_dir: Path, cfg: Config, script: str) -> None:

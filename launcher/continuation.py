@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core import rundir
 from core.config import ConfigError, load_run_config
+from launcher import container
 from launcher.render import describe_request, render_sbatch
 from launcher.submit import SubmitError, submit_slurm
 
@@ -26,7 +27,7 @@ def continuation_script(run_dir: Path, after_job: str) -> tuple[str, str]:
     """(script, request in sbatch's words) for the job that continues `run_dir` after `after_job`."""
     cfg = load_run_config(run_dir)
     script = render_sbatch(cfg.slurm, cfg.runtime.backend, Path(run_dir), cfg.runtime.python,
-                           cfg.runtime.worker_timeout_s)
+                           cfg.runtime.worker_timeout_s, container=container.for_run(cfg, Path(run_dir)))
     first, _, rest = script.partition("\n")
     return f"{first}\n#SBATCH --dependency=afterany:{after_job}\n{rest}", describe_request(cfg.slurm,
                                                                                               cfg.runtime.backend)

@@ -7,6 +7,8 @@
     cluster   the request fits the partition: nodes, GPUs of the type, CPUs, memory per node, time
               (`scontrol show partition|node`); the error names the largest request that fits
     disk      the run root has room for a run directory
+    container a local image exists and is readable, the engine is there (Pyxis: srun takes
+              --container-image; Apptainer: on PATH, else a warning), the mounts' sources exist
 
 Ranges of single values (lr > 0, dropout in [0, 1), ...) are declared on the config fields and
 checked when the config loads. `launch --no-preflight` skips this module. It never imports
@@ -26,6 +28,7 @@ from core import registry, storage
 from core import slurm as slurm_cli
 from core.config import Config, ConfigError, DataConfig, SlurmConfig, StorageConfig
 from core.layout import LABELS_FILE, shard_prefix
+from launcher.container import check as check_container
 from launcher.preflight_text import check_text
 from launcher.render import tasks_per_node
 
@@ -55,12 +58,13 @@ def run(cfg: Config, to_slurm: bool, dry_run: bool) -> list[str]:
             if not dry_run:
                 raise
             notes.append(f"{err} (launch without --dry-run refuses this)")
+    if cfg.container.image or cfg.container.engine:
+        notes += check_container(cfg, to_slurm)
     if to_slurm:
         notes += check_cluster(cfg.slurm, cfg.runtime.backend)
     if not dry_run:
         check_disk(cfg.runtime.run_root)
     return notes
-
 
 
 def check_mirror(storage_cfg: StorageConfig) -> None:

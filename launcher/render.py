@@ -21,6 +21,7 @@ import jinja2
 from core import rundir
 from core.config import BACKENDS, ConfigError, SlurmConfig
 from launcher import packaged
+from launcher.container import PYTHON, Container
 
 TEMPLATE = "job.sbatch.j2"
 TASK_TEMPLATE = "task.sbatch.j2"
@@ -220,8 +221,25 @@ def _check_plain(**values: str) -> None:
                               "use a plain path")
 
 
+# Run by each task before `apptainer exec`: hands the task's own variables (SLURM_PROCID, ...)
+# that match $LAUNCH_CONTAINER_ENV to Apptainer, whose --cleanenv would drop them.
+APPTAINER_ENV = ('while IFS= read -r name; do export "APPTAINERENV_$name=${!name}"; '
+                 'done < <(compgen -e | grep -E "$LAUNCH_CONTAINER_ENV"); exec "$@"')
+
+
+def container_words(container: Container) -> tuple[list[str], list[str]]:
+    """(srun options, command prefix) that run a task inside the image, each word to be quoted."""
+    mounts = ",".join(mount.spec() for mount in container.mounts)
+    if container.engine == "pyxis":
+        return ([f"--container-image={container.image}", f"--container-mounts={mounts}",
+                 f"--container-workdir={container.workdir}"], [])
+    return [], ["apptainer", "exec", "--nv", "--cleanenv", "--bind", mounts, "--pwd", container.workdir,
+                container.image]
+
+
 def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
-                  worker_timeout_s: int, array: JobArray | None = None) -> str:
+                  worker_timeout_s: int, array: JobArray | None = None,
+                  container: Container | None = None) -> str:
     """Renders the batch script for one run, or for a job array of runs (a sweep).
 
     Args:
@@ -232,6 +250,7 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         worker_timeout_s: seconds srun waits for the other tasks once one has exited.
         array: for a sweep: the tasks, and the file that maps a task id to its run directory;
             `run_dir` is then the sweep directory.
+        container: the image every task runs in (launcher/container.py); `python` is then the image's.
 
     Returns:
         The script text. Raises ConfigError for a value sbatch could not read back.
@@ -240,7 +259,17 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
     _check_plain(run_directory=str(run_dir), python=python,
                  **({"runs_file": str(array.runs_file)} if array else {}))
+    srun_container, exec_prefix = container_words(container) if container else ([], [])
+    if container:
+        _check_plain(container_image=container.image, container_mounts=" ".join(srun_container + exec_prefix))
+    nodes = 1 if backend == "mirrored" else slurm.nodes
     return _template().render(
+        container=container,
+        srun_container=srun_container,
+        exec_prefix=exec_prefix,
+        apptainer_env=APPTAINER_ENV,
+        check_args=[f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={slurm.cpus_per_task}"],
+        host_python=python,
         directives=directives(slurm, backend, Path(run_dir), array),
         array=array,
         backend=backend,
@@ -248,7 +277,7 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         max_requeues=slurm.max_requeues,
         setup=slurm.setup,
         srun_args=srun_args(slurm, backend),
-        python=python,
+        python=PYTHON if container else python,
         worker_timeout_s=worker_timeout_s,
     )
 

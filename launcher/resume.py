@@ -35,6 +35,7 @@ from core import rundir, slurm, storage
 from core.config import Config, ConfigError
 from core.layout import LABELS_FILE
 from core.locks import RunBusy
+from launcher.container import is_local_image
 
 HELD_S = 600  # a resume's job waits this long for launch to write its config.yaml (released at once)
 ACQUIRE_TIMEOUT_S = 30  # contenders breaking a stale lock take turns within this
@@ -137,6 +138,9 @@ def absolute_paths(cfg: Config, cwd: Path) -> None:
         cfg.model.weights = str((cwd / Path(cfg.model.weights).expanduser()).resolve())
     if cfg.text.embeddings_file and "://" not in cfg.text.embeddings_file:
         cfg.text.embeddings_file = str((cwd / Path(cfg.text.embeddings_file).expanduser()).resolve())
+    if cfg.container.image and is_local_image(cfg.container.engine or "pyxis", cfg.container.image):
+        # Pyxis reads ./IMG against the job's working folder, not where launch ran.
+        cfg.container.image = str((cwd / Path(cfg.container.image).expanduser()).resolve())
     cfg.runtime.run_root = str((cwd / Path(cfg.runtime.run_root).expanduser()).resolve())
 
 

@@ -45,7 +45,7 @@ import yaml
 from core import fsutil, rundir, slurm
 from core.config import Config, ConfigError, config_stem, load_config
 from core.storage import is_remote
-from launcher import options, preflight, resume, sweep_arrays
+from launcher import container, options, preflight, resume, sweep_arrays
 from launcher.render import JobArray, describe_request, render_sbatch, world_size
 from launcher.submit import choose_cluster, run_local, submit_slurm
 from launcher.sweep_arrays import SweepArray
@@ -121,7 +121,8 @@ def array_script(planned: list[Planned], sweep_dir: Path, indices: str, max_para
     cfg.slurm.job_name = job_name
     return render_sbatch(cfg.slurm, cfg.runtime.backend, sweep_dir, cfg.runtime.python,
                          cfg.runtime.worker_timeout_s,
-                         JobArray(indices, max_parallel, sweep_dir / RUNS_FILE, offset))
+                         JobArray(indices, max_parallel, sweep_dir / RUNS_FILE, offset),
+                         container=container.for_run(cfg, sweep_dir))
 
 
 def arrays_of(planned: list[Planned], sweep_dir: Path, max_parallel: int, job_name: str,

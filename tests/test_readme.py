@@ -50,6 +50,10 @@ SKIP = {
     "tensorboard ": "a web server that runs until it is stopped",
     "launch --nodes 1 --gpus 4 --gpu-type a100 --config configs/resnet50_imagenet.yaml":
         "needs four GPUs per node and ImageNet shards; the local cluster has two stand-in GPUs per node",
+    "launch --config configs/demo.yaml container.image=./build/containers/test-image.sqsh":
+        "the image is in the checkout, not in this test's scratch folder; "
+        "tests/test_container_train_slurm.py trains the demo in it",
+    "launch --config configs/demo.yaml container.engine=apptainer": "Apptainer is not installed on the local cluster",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 from core import fsutil, rundir
@@ -24,7 +25,8 @@ ENV_KEYS = (
 def env_report(environ: dict[str, str] | None = None) -> dict[str, object]:
     """The report as a dict; `environ` defaults to this process's environment."""
     environ = dict(os.environ if environ is None else environ)
-    report: dict[str, object] = {"hostname": socket.gethostname(), "pid": os.getpid()}
+    # The interpreter tells a task in a container image (its own python3) from one on the host.
+    report: dict[str, object] = {"hostname": socket.gethostname(), "pid": os.getpid(), "python": sys.executable}
     report.update({key: environ.get(key) for key in ENV_KEYS})
     return report
 

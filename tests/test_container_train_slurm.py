@@ -1,0 +1,46 @@
+"""A real training run inside the test image through Pyxis on the local cluster, requeued once.
+
+Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
+``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+
+from core import rundir
+from slurm_jobs import REPO, epochs_done, history_epochs, job_field, launch, listed_state, status, wait, wait_final
+from test_step_checkpoints import tensorboard_steps
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+IMAGE = REPO / "build" / "containers" / "test-image.sqsh"
+EPOCHS = 6
+
+
+def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path):
+    if not IMAGE.is_file():
+        pytest.fail(f"no container image at {IMAGE}; build it with slurm/containers/build_image.sh")
+    # The demo's cache folder, mounted like any data folder (its default, ~/.cache, is the image's).
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"
+    cache.mkdir()
+    job_id, run_dir = launch(tmp_path, f"container.image={IMAGE}", f"data.data_dir={cache}",
+                             f"train.epochs={EPOCHS}", "runtime.cpu_devices=2")
+    wait(lambda: epochs_done(run_dir) >= 2, job_id, 600, "epoch 2")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
+    assert wait_final(job_id, 900) == "COMPLETED"
+
+    # The trainer ran on the image's interpreter, not the host's.
+    env = json.loads((run_dir / "logs" / "env-0.json").read_text())
+    assert env["python"] == "/usr/bin/python3", env
+    assert env["SLURM_RESTART_COUNT"] == "1", env
+    assert listed_state(tmp_path) == "COMPLETED"
+    assert status(run_dir)["state"] == "completed"
+    assert history_epochs(run_dir) == list(range(1, EPOCHS + 1))  # each epoch exactly once
+    with open(run_dir / rundir.HISTORY) as fh:
+        assert float(list(csv.DictReader(fh))[-1]["val_accuracy"]) >= 0.9  # the demo's target
+    assert tensorboard_steps(run_dir / "tensorboard" / "train", "epoch_loss") == list(range(EPOCHS))
