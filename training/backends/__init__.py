@@ -85,7 +85,8 @@ def _use_logical_cpus(count: int) -> None:
 
 
 class MirroredBackend(Backend):
-    """One process, all GPUs of the node (or logical CPU devices when none)."""
+    """One process, all GPUs of the node (or logical CPU devices when none); OneDeviceStrategy
+    when that is a single device."""
 
     name = "mirrored"
 
@@ -98,7 +99,12 @@ class MirroredBackend(Backend):
 
         _use_logical_cpus(runtime.cpu_devices)
         gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        if len(devices) == 1:
+            # Nothing to mirror: MirroredStrategy over one device still runs its replica machinery,
+            # which cost 10 % or more of a small model's steps on 2 CPU cores (bench/README.md).
+            self.strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+        elif gpus:
             self.strategy = tf.distribute.MirroredStrategy()
         else:
             cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
