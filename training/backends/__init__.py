@@ -66,9 +66,15 @@ class Backend:
     def callbacks(self) -> list:
         return []
 
-    def any_worker(self, flag: bool) -> bool:
-        """True on every worker when `flag` is true on at least one (a collective: all must call)."""
-        return flag
+    def any_worker(self, flags: tuple[bool, ...]):
+        """Starts a vote: for each flag, whether it is true on at least one worker.
+
+        A collective where there are several processes: every worker must start it at the same
+        point. Returns a function that gives the answer, a tuple of bools. Read it at the next
+        agreement point rather than at once: by then the collective has long finished, so the
+        read never waits for a step still in flight (a host sync on every check).
+        """
+        return lambda: tuple(bool(flag) for flag in flags)
 
     def all_save(self) -> bool:
         """Whether every worker must take part in saving (reads of synced variables are collective)."""
@@ -132,7 +138,7 @@ class MultiWorkerBackend(Backend):
         self.num_replicas = self.strategy.num_replicas_in_sync
         self._agree = None
 
-    def any_worker(self, flag: bool) -> bool:
+    def any_worker(self, flags: tuple[bool, ...]):
         from training.keras_compat import tf
 
         if self._agree is None:
@@ -143,7 +149,8 @@ class MultiWorkerBackend(Backend):
                 return self.strategy.reduce("SUM", per_replica, axis=None)
 
             self._agree = agree
-        return float(self._agree(tf.constant(1.0 if flag else 0.0))) > 0
+        total = self._agree(tf.constant([1.0 if flag else 0.0 for flag in flags]))
+        return lambda: tuple(bool(value > 0) for value in total.numpy())
 
     def all_save(self) -> bool:
         return True
