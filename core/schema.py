@@ -168,6 +168,9 @@ class TrainConfig:
     precision: Annotated[str, Choice(PRECISIONS)] = "float32"  # bfloat16 / float16: mixed precision
     jit_compile: bool = False  # XLA
     log_every_steps: Annotated[int, COUNT] = 50  # TensorBoard scalar cadence, steps
+    # Steps per compiled call (Keras compile's steps_per_execution): fewer Python round trips for
+    # small models. Stops and step checkpoints then land on multiples of it.
+    steps_per_execution: Annotated[int, COUNT] = 1
     checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0  # 0 = end of each epoch only
     checkpoint_every_minutes: Annotated[float, NON_NEGATIVE] = 0.0  # wall clock, mid-epoch too; 0 = off
     target_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.0  # reported in the summary; 0 = none

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import time
 import warnings
@@ -138,6 +139,61 @@ def test_curves_after_one_epoch_without_lr_csv(tmp_path):
     assert {p.name for p in paths} == {"loss.png", "accuracy.png", "lr.png"}  # lr from history's column
     for path in paths:
         assert_png(path, (800, 500))
+
+
+def test_curves_unchanged_are_not_drawn_again(tmp_path):
+    (tmp_path / rundir.HISTORY).write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
+    (tmp_path / "lr.csv").write_text("step,lr\n1,0.1\n")
+    drawn: dict = {}
+    paths = write_curves(tmp_path, drawn)
+    first = {p.name: p.stat().st_mtime_ns for p in paths}
+    (tmp_path / "lr.csv").write_text("step,lr\n1,0.1\n2,0.09\n")  # only the LR moved on
+    time.sleep(0.01)
+    assert write_curves(tmp_path, drawn) == paths
+    again = {p.name: p.stat().st_mtime_ns for p in paths}
+    assert again["loss.png"] == first["loss.png"] and again["accuracy.png"] == first["accuracy.png"]
+    assert again["lr.png"] != first["lr.png"]
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_live_curves_drawn_by_a_low_priority_helper_then_finally_by_the_chief(tmp_path):
+    """The helper redraws after each update, off the training process; close() ends it and draws
+    the final plots itself, so they show every epoch even if the helper lagged behind."""
+    from training.report.curves import LiveCurves
+
+    history = tmp_path / rundir.HISTORY
+    history.write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
+    live = LiveCurves(tmp_path)
+    live.update()
+    helper = live._helper
+    wait_for(lambda: (tmp_path / "report" / "accuracy.png").is_file())
+    assert os.getpriority(os.PRIO_PROCESS, helper.pid) == 19
+    assert helper.poll() is None  # it waits for the next epoch
+    history.write_text(history.read_text() + "2,1.5,0.4,0.8,1.4,0.45,,0.1,800,30\n")
+    live.update()
+    paths = live.close()
+    assert helper.poll() is not None
+    assert [p.name for p in paths] == ["loss.png", "accuracy.png", "lr.png"]
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_live_curves_without_a_helper_draw_in_the_training_process(tmp_path, monkeypatch):
+    from training.report import curves
+
+    (tmp_path / rundir.HISTORY).write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
+    monkeypatch.setattr(curves.sys, "executable", str(tmp_path / "no-such-python"))
+    lines = []
+    live = curves.LiveCurves(tmp_path, log=lines.append)
+    live.update()
+    assert (tmp_path / "report" / "loss.png").is_file()  # drawn before update() returned
+    assert len(lines) == 1 and "cannot start the curve helper" in lines[0]
+    live.close()
 
 
 @pytest.fixture(scope="module")

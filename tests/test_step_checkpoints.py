@@ -50,21 +50,46 @@ def tiny_model():
     return model
 
 
-def fit_steps(model, callbacks: list, steps: int) -> None:
+def fit_steps(model, callbacks: list, steps: int, epochs: int = 1) -> None:
     import numpy as np
 
     x, y = np.ones((steps * 2, 4), "float32"), np.zeros((steps * 2,), "int32")
-    model.fit(x, y, batch_size=2, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0,
+    model.fit(x, y, batch_size=2, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0,
               callbacks=callbacks)
 
 
-def trigger(backend, checkpoints, run_dir: Path, **kwargs):
-    """A StepCheckpoint for 10 steps per epoch, with a real RunRecorder for the state it saves."""
-    from training.callbacks import RunRecorder, StepCheckpoint
+def trigger(backend, checkpoints, run_dir: Path, steps_per_epoch: int = 10, **kwargs):
+    """A StopAndCheckpoint with a real RunRecorder for the state it saves."""
+    from training.callbacks import RunRecorder, StopAndCheckpoint
 
-    plan = SimpleNamespace(steps_per_epoch=10, global_batch_size=2, epochs=2)
-    return StepCheckpoint(backend, checkpoints, RunRecorder(run_dir, backend, checkpoints, plan, None),
-                          **kwargs)
+    plan = SimpleNamespace(steps_per_epoch=steps_per_epoch, global_batch_size=2, epochs=2)
+    return StopAndCheckpoint(backend, RunRecorder(run_dir, backend, checkpoints, plan, None), **kwargs)
+
+
+class Answers:
+    """A worker's backend whose votes come back as the test says: (stop, checkpoint due) per vote."""
+
+    is_chief = False
+
+    def __init__(self, answers):
+        self.answers = iter(answers)
+        self.votes = []
+
+    def any_worker(self, flags):
+        self.votes.append(flags)
+        answer = next(self.answers)
+        return lambda: answer
+
+
+class SavedSteps:
+    """Checkpoints that only note (epoch, step) of each save."""
+
+    def __init__(self):
+        self.saved = []
+
+    def save_latest(self, model, state, best=False):
+        self.saved.append((state["epoch"], state["step"]))
+        return f"latest-{state['step']:09d}.h5"
 
 
 def test_every_minutes_writes_a_resumable_checkpoint_on_the_chiefs_clock(tmp_path):
@@ -79,64 +104,88 @@ def test_every_minutes_writes_a_resumable_checkpoint_on_the_chiefs_clock(tmp_pat
     clock = FakeClock()
     model = tiny_model()
     every_minute = trigger(backend, checkpoints, tmp_path, every_minutes=1.0, check_every=1, clock=clock)
-    # 25 s a step: a minute has passed at steps 3, 6 and 9; step 10 ends the epoch and is left
-    # to the end-of-epoch checkpoint.
+    # 25 s a step: the vote after step 3 finds a minute gone, and its answer, read after the next
+    # step, saves at step 4; the clock restarts there, so again at step 8. Step 10 ends the epoch
+    # and is left to the end-of-epoch checkpoint.
     fit_steps(model, [advance(clock, 25.0), every_minute], 10)
-    assert every_minute.saved_steps == [3, 6, 9]
+    assert every_minute.saved_steps == [4, 8]
     latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
-    assert latest["partial_epoch"] and latest["epoch"] == 0 and latest["step"] == 9
+    assert latest["partial_epoch"] and latest["epoch"] == 0 and latest["step"] == 8
     assert latest["steps_per_epoch"] == 10
     # It restores: weights and the step counter, which is where the resumed run continues.
     restored = tiny_model()
     checkpoints.restore(restored, checkpoints.load_state())
-    assert int(restored.optimizer.iterations.numpy()) == 9
+    assert int(restored.optimizer.iterations.numpy()) == 8
     for saved, now in zip(keras.models.load_model(tmp_path / "checkpoints" / latest["weights"]).weights,
                           restored.weights):
         assert (saved.numpy() == now.numpy()).all()
 
 
 def test_every_minutes_on_a_worker_follows_the_agreement_not_its_own_clock(tmp_path):
-    """A worker's clock never decides: it votes no and saves exactly when the collective (the
-    chief's vote) says so, at the same step as every other worker."""
+    """A worker's clock never decides: it votes no and saves exactly when the vote (the chief's
+    clock) says so, at the same step as every other worker. A vote is read one check later, and
+    a "due" that a checkpoint has answered since its vote began is dropped."""
     clock = FakeClock()
-    votes, saved = [], []
-    chief_says = iter([False, True, False, False, True])
-
-    class Worker:
-        is_chief = False
-
-        def any_worker(self, flag):
-            votes.append(flag)
-            return next(chief_says)
-
-    class Checkpoints:
-        def save_latest(self, model, state):
-            saved.append(state["step"])
-            return f"latest-{state['step']:09d}.h5"
-
-    worker = trigger(Worker(), Checkpoints(), tmp_path, every_minutes=0.001, check_every=2, clock=clock)
-    fit_steps(tiny_model(), [advance(clock, 3600.0), worker], 13)
-    # Checked every 2 steps but not at step 10, the epoch's end, which every worker skips alike.
-    assert votes == [False] * 5
-    assert saved == [4, 12]
+    # Read after steps 2, 4, ..., 12 (2 epochs of 6 steps): the votes begun at 0, 2, ..., 10.
+    worker = Answers([(False, False), (False, True), (False, True), (False, True), (False, True),
+                      (False, False), (False, False)])
+    checkpoints = SavedSteps()
+    callback = trigger(worker, checkpoints, tmp_path, steps_per_epoch=6, every_minutes=0.001, check_every=2,
+                       clock=clock)
+    fit_steps(tiny_model(), [advance(clock, 3600.0), callback], 6, epochs=2)
+    assert worker.votes == [(False, False)] * 7  # at the start and every 2 steps; never "late"
+    # Step 4: saved. Step 6: due, but the epoch's end saves. Step 8: the vote began at step 6,
+    # before that end-of-epoch checkpoint: dropped. Step 10: saved.
+    assert callback.saved_steps == [4, 10]
+    assert checkpoints.saved[0] == (0, 4) and checkpoints.saved[-1] == (1, 10)
 
 
 def test_every_steps_saves_at_multiples_of_n_and_not_at_an_epoch_end(tmp_path):
-    saved = []
+    checkpoints = SavedSteps()
+    callback = trigger(Answers([(False, False)] * 20), checkpoints, tmp_path, steps_per_epoch=13, every_steps=4)
+    fit_steps(tiny_model(), [callback], 13)
+    assert checkpoints.saved == [(0, 4), (0, 8), (0, 12)]
 
-    class Chief:
-        is_chief = True
 
-        def any_worker(self, flag):
-            raise AssertionError("the step trigger needs no collective")
+def test_a_stop_lands_at_the_check_after_the_signal_and_saves_before_validation(tmp_path):
+    """Votes every 3 steps: a signal after step 4 is in the vote of step 6, read at step 9,
+    where every worker stops and the cut epoch is saved at once."""
+    from training.keras_compat import keras
 
-    class Checkpoints:
-        def save_latest(self, model, state):
-            saved.append((state["epoch"], state["step"]))
-            return "x.h5"
+    checkpoints = SavedSteps()
+    answers = [(False, False)] * 2 + [(True, False)]  # the votes begun at 0, 3 and 6 (signal seen)
+    worker = Answers(answers)
+    callback = trigger(worker, checkpoints, tmp_path, steps_per_epoch=12, check_every=3)
+    seen = []
+    fit_steps(tiny_model(), [callback, keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append(batch + 1))], 12)
+    assert seen[-1] == 9 and callback.stopped_at.step == 9 and not callback.stopped_at.end_of_epoch
+    assert checkpoints.saved == [(0, 9)]
+    assert callback.recorder.stopped_mid_epoch  # so the cut epoch gets no history row
 
-    fit_steps(tiny_model(), [trigger(Chief(), Checkpoints(), tmp_path, every_steps=4)], 13)
-    assert saved == [(0, 4), (0, 8), (0, 12)]
+
+def test_best_is_the_epochs_checkpoint_linked_not_saved_twice(tmp_path):
+    """The best checkpoint is the same file as the resumable one of its epoch, and outlives it
+    when later checkpoints replace that one."""
+    from core.config import RuntimeConfig
+    from training.backends import MirroredBackend
+    from training.checkpoints import CheckpointManager
+    from training.cluster import ClusterSpec
+    from training.keras_compat import keras
+
+    backend = MirroredBackend(ClusterSpec(0, 1, 0, ("localhost",), None, "localhost"), RuntimeConfig())
+    checkpoints = CheckpointManager(tmp_path, backend)
+    model = tiny_model()
+    fit_steps(model, [], 2)
+    name = checkpoints.save_latest(model, {"epoch": 1, "step": 2, "history": []}, best=True)
+    best = checkpoints.best_path
+    assert best.stat().st_ino == (best.parent / name).stat().st_ino
+    expected = [w.numpy() for w in model.weights]
+    fit_steps(model, [], 2)
+    for step in (4, 6):
+        checkpoints.save_latest(model, {"epoch": step // 2, "step": step, "history": []})
+    assert not (best.parent / name).exists()
+    assert all((a == b).all() for a, b in zip(expected, [w.numpy() for w in keras.models.load_model(best).weights]))
 
 
 # --- a hard kill of a real run, then launch --resume --------------------------------------------

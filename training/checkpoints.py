@@ -5,13 +5,16 @@ weights and optimizer state (including the step counter, hence the LR schedule p
 records epoch, step, best metric and the history so far. Files are written to a temporary name
 and renamed, so a kill at any moment leaves the previous checkpoint loadable.
 
-A checkpoint is either at an epoch's end or mid-epoch (`partial_epoch`: a stop request, or
-`train.checkpoint_every_steps` / `train.checkpoint_every_minutes`); `training.loop` resumes a
-mid-epoch one at its step.
+A checkpoint is either at an epoch's end (a stop agreed on an epoch's last step included) or
+mid-epoch (`partial_epoch`: a stop request, or `train.checkpoint_every_steps` /
+`train.checkpoint_every_minutes`); `training.loop` resumes a mid-epoch one at its step. When an
+epoch's checkpoint is also the best so far, `best.h5` is a hard link to it (a copy where the file
+system has none), not a second save of the model.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -26,7 +29,6 @@ from training.keras_compat import keras
 
 # HDF5 is the format this project promises (seed requirement); tf-keras calls it legacy.
 warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
-
 
 
 class CheckpointManager:
@@ -70,15 +72,24 @@ class CheckpointManager:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    def save_latest(self, model: keras.Model, state: dict) -> str:
+    def save_latest(self, model: keras.Model, state: dict, best: bool = False) -> str:
         """Saves a resumable checkpoint; `state` holds epoch, step, best and history.
 
-        Every worker calls it (see `_save_model`); only the chief writes. Returns the file name.
+        Every worker calls it (see `_save_model`); only the chief writes. With `best`, the same
+        file also becomes the best checkpoint, linked rather than written a second time, before
+        `latest.json` commits both. Returns the file name.
         """
         name = rundir.LATEST_WEIGHTS.format(step=state["step"])
         self._save_model(model, self.dir / name)
         if not self.backend.is_chief:
             return name
+        if best:
+            with atomic_path(self.best_path) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(self.dir / name, tmp)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(self.dir / name, tmp)
         committed = self.dir / rundir.LATEST
         previous = json.loads(committed.read_text())["weights"] if committed.is_file() else name
         atomic_write_text(committed, json.dumps({**state, "weights": name}, indent=1))
@@ -89,9 +100,6 @@ class CheckpointManager:
             if old.name not in keep:
                 old.unlink(missing_ok=True)
         return name
-
-    def save_best(self, model: keras.Model) -> None:
-        self._save_model(model, self.best_path)
 
     def save_final(self, model: keras.Model, path: Path) -> None:
         self._save_model(model, path)

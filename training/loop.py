@@ -14,11 +14,11 @@ from core.config import Config, dump
 from core.fsutil import atomic_write_text
 from training import task
 from training.backends import Backend
-from training.callbacks import (RunRecorder, RunTensorBoard, StepCheckpoint, StepLogger, StopOnSignal,
-                                write_history, write_status)
+from training.callbacks import (LrLog, RunRecorder, RunTensorBoard, StopAndCheckpoint, schedule_of, write_history,
+                                write_status)
 from training.checkpoints import CheckpointManager
 from training.keras_compat import keras, tf
-from training.report.curves import write_curves
+from training.report.curves import LiveCurves
 from training.tasks import create_task
 
 
@@ -39,7 +39,7 @@ def _flat_hparams(cfg: Config) -> dict:
     return flat
 
 
-def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSignal) -> list:
+def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, recorder: RunRecorder) -> list:
     """TensorBoard on the chief; under MultiWorkerMirrored the callback itself sends the other
     workers' events to temporary folders, so every worker gets one there."""
     if not (backend.is_chief or backend.all_save()):
@@ -58,7 +58,7 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, stopper: StopOnSi
         with writer.as_default():
             hparams.hparams(_flat_hparams(cfg))
         writer.close()
-    return [RunTensorBoard(stopper, log_dir=str(logdir), update_freq=cfg.train.log_every_steps,
+    return [RunTensorBoard(recorder, log_dir=str(logdir), update_freq=cfg.train.log_every_steps,
                            write_graph=False, profile_batch=0)]
 
 
@@ -80,7 +80,9 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     """Trains to `cfg.train.epochs`, resuming from the run's latest checkpoint if there is one.
 
     Checkpoints come at each epoch's end, and mid-epoch on a stop request and every
-    `train.checkpoint_every_steps` steps / `train.checkpoint_every_minutes` minutes.
+    `train.checkpoint_every_steps` steps / `train.checkpoint_every_minutes` minutes. A stop
+    agreed on an epoch's last step is that epoch's end: the epoch is recorded and saved as
+    usual, and the resumed run starts with the next one.
 
     Resuming a mid-epoch checkpoint continues at its step: the cut epoch runs only its
     remaining steps, so the step count, the LR schedule and the epoch numbering are those of an
@@ -94,7 +96,7 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     changed since the checkpoint is the cut epoch redone from its start with the weights reached.
 
     Returns:
-        A dict with `state` ("completed" or "stopped"), the epoch reached and the step.
+        A dict with `state` ("completed" or "stopped"), the epochs done and, when stopped, the step.
     """
     started = time.time()
     seed = cfg.train.seed + backend.rank  # different shuffles and augmentations per worker
@@ -138,41 +140,44 @@ def train(cfg: Config, run_dir: Path, backend: Backend) -> dict:
     # A resumed stream is shuffled anew rather than replaying the batches the run began with.
     data_seed = seed + (int(model.optimizer.iterations.numpy()) if state is not None else 0)
     train_ds, val_ds = task.datasets(cfg, the_task, plan, backend, data_seed)
-    stopper = StopOnSignal(backend)
-    recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, stopper=stopper,
-                           on_epoch_written=lambda: write_curves(run_dir))
-    # After the stopper (a step where a stop was agreed is saved by the loop), before TensorBoard.
-    step_checkpoints = StepCheckpoint(backend, checkpoints, recorder, cfg.train.checkpoint_every_steps,
-                                      cfg.train.checkpoint_every_minutes, stopper,
-                                      check_every=stopper.check_every, log=lambda line: _log(backend, line))
-    callbacks = [*backend.callbacks(), stopper]
-    if backend.is_chief:
-        # Before the checkpoints: a step logged and then lost to a kill before its checkpoint is
-        # logged again on resume (StepLogger drops what lies past the resumed step), never skipped.
-        callbacks.append(StepLogger(run_dir, cfg.train.log_every_steps))
-    callbacks.append(recorder)
-    if step_checkpoints.active:
-        callbacks.append(step_checkpoints)
-    callbacks += _tensorboard(cfg, run_dir, backend, stopper)
+    lr_log = curves = None
+    if backend.is_chief:  # the only writer of lr.csv and the plots
+        lr_log = LrLog(run_dir, cfg.train.log_every_steps, schedule_of(model.optimizer))
+        lr_log.start(int(model.optimizer.iterations.numpy()))
+        curves = LiveCurves(run_dir, log=lambda line: _log(backend, line))
+    recorder = RunRecorder(run_dir, backend, checkpoints, plan, state, lr_log=lr_log, curves=curves)
+    controls = StopAndCheckpoint(backend, recorder, cfg.train.checkpoint_every_steps,
+                                 cfg.train.checkpoint_every_minutes, cfg.train.steps_per_execution,
+                                 log=lambda line: _log(backend, line))
+    _log(backend, controls.describe())
+    # Before the recorder: a stop on an epoch's last step is known when the epoch is recorded.
+    callbacks = [*backend.callbacks(), controls, recorder, *_tensorboard(cfg, run_dir, backend, recorder)]
 
     def fit(first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
         model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
                   validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks,
                   verbose=2 if backend.is_chief else 0)
 
-    if steps_into_epoch and initial_epoch < plan.epochs:
-        # Keras runs whole epochs of one length: the rest of the cut epoch is a fit of its own.
-        fit(initial_epoch, initial_epoch + 1, plan.steps_per_epoch - steps_into_epoch)
-        initial_epoch += 1
-    if initial_epoch < plan.epochs and stopper.stopped_at is None:
-        fit(initial_epoch, plan.epochs, plan.steps_per_epoch)
+    finished = False
+    try:
+        if steps_into_epoch and initial_epoch < plan.epochs:
+            # Keras runs whole epochs of one length: the rest of the cut epoch is a fit of its own.
+            fit(initial_epoch, initial_epoch + 1, plan.steps_per_epoch - steps_into_epoch)
+            initial_epoch += 1
+        if initial_epoch < plan.epochs and controls.stopped_at is None:
+            fit(initial_epoch, plan.epochs, plan.steps_per_epoch)
+        finished = True
+    finally:
+        if curves is not None:
+            curves.close(draw=finished)  # the final plots, drawn here: they show every epoch
 
-    if stopper.stopped_at is not None:
-        epoch, step = stopper.stopped_at
-        checkpoints.save_latest(model, {**recorder.state(epoch, step, partial=True)})
-        _log(backend, f"stop requested: saved a resumable checkpoint at epoch {epoch + 1}, step {step}")
-        return {"state": "stopped", "epoch": epoch, "step": step, "plan": plan, "model": model,
-                "signal": stopper.signal_name}
+    stop = controls.stopped_at
+    if stop is not None:
+        where = (f"at the end of epoch {stop.epoch + 1}" if stop.end_of_epoch
+                 else f"in epoch {stop.epoch + 1}")
+        _log(backend, f"stop requested: saved a resumable checkpoint {where}, step {stop.step}")
+        return {"state": "stopped", "epoch": stop.epochs_done, "step": stop.step, "plan": plan,
+                "model": model, "signal": controls.signal_name}
 
     checkpoints.save_final(model, rundir.RunDir(run_dir).final_model)
     _write_rank_report(the_task, run_dir, backend, model)

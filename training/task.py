@@ -78,7 +78,8 @@ def build_compiled_model(cfg: Config, the_task, plan: Plan, backend: Backend, se
         schedule = build_schedule(cfg.schedule, plan.peak_lr, plan.steps_per_epoch, plan.epochs)
         optimizer = backend.wrap_optimizer(build_optimizer(cfg.optimizer, schedule))
         loss, metrics = loss_and_metrics(cfg)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=cfg.train.jit_compile)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=cfg.train.jit_compile,
+                      steps_per_execution=cfg.train.steps_per_execution)
     return model
 
 

@@ -25,7 +25,8 @@ def _use_logical_cpus(count: int) -> None:
 
 
 class MirroredBackend(Backend):
-    """One process, all GPUs of the node (or logical CPU devices when none)."""
+    """One process, all GPUs of the node (or logical CPU devices when none); OneDeviceStrategy
+    when that is a single device."""
 
     name = "mirrored"
 
@@ -38,7 +39,12 @@ class MirroredBackend(Backend):
 
         _use_logical_cpus(runtime.cpu_devices)
         gpus = tf.config.list_logical_devices("GPU")
-        if gpus:
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        if len(devices) == 1:
+            # Nothing to mirror: MirroredStrategy over one device still runs its replica machinery,
+            # which cost 10 % or more of a small model's steps on 2 CPU cores (bench/README.md).
+            self.strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+        elif gpus:
             self.strategy = tf.distribute.MirroredStrategy()
         else:
             cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -65,7 +71,7 @@ class MultiWorkerBackend(Backend):
         self.num_replicas = self.strategy.num_replicas_in_sync
         self._agree = None
 
-    def any_worker(self, flag: bool) -> bool:
+    def any_worker(self, flags: tuple[bool, ...]):
         from training.keras_compat import tf  # defers TensorFlow
 
         if self._agree is None:
@@ -76,7 +82,8 @@ class MultiWorkerBackend(Backend):
                 return self.strategy.reduce("SUM", per_replica, axis=None)
 
             self._agree = agree
-        return float(self._agree(tf.constant(1.0 if flag else 0.0))) > 0
+        total = self._agree(tf.constant([1.0 if flag else 0.0 for flag in flags]))
+        return lambda: tuple(bool(value > 0) for value in total.numpy())
 
     def all_save(self) -> bool:
         return True

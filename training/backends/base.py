@@ -59,9 +59,15 @@ class Backend:
     def callbacks(self) -> list:
         return []
 
-    def any_worker(self, flag: bool) -> bool:
-        """True on every worker when `flag` is true on at least one (a collective: all must call)."""
-        return flag
+    def any_worker(self, flags: tuple[bool, ...]):
+        """Starts a vote: for each flag, whether it is true on at least one worker.
+
+        A collective where there are several processes: every worker must start it at the same
+        point. Returns a function that gives the answer, a tuple of bools. Read it at the next
+        agreement point rather than at once: by then the collective has long finished, so the
+        read never waits for a step still in flight (a host sync on every check).
+        """
+        return lambda: tuple(bool(flag) for flag in flags)
 
     def all_save(self) -> bool:
         """Whether every worker must take part in saving (reads of synced variables are collective)."""

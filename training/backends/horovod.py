@@ -49,8 +49,8 @@ class HorovodBackend(Backend):
         return [self.hvd.callbacks.BroadcastGlobalVariablesCallback(0),
                 self.hvd.callbacks.MetricAverageCallback()]
 
-    def any_worker(self, flag: bool) -> bool:
+    def any_worker(self, flags: tuple[bool, ...]):
         from training.keras_compat import tf  # defers TensorFlow
 
-        total = self.hvd.allreduce(tf.constant(1.0 if flag else 0.0), op=self.hvd.Sum)
-        return float(total) > 0
+        total = self.hvd.allreduce(tf.constant([1.0 if flag else 0.0 for flag in flags]), op=self.hvd.Sum)
+        return lambda: tuple(bool(value > 0) for value in total.numpy())

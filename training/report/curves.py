@@ -1,14 +1,22 @@
-"""Training curves from history.csv and lr.csv, redrawn by the chief after every epoch.
+"""Training curves from history.csv and lr.csv, redrawn after every epoch.
 
-The figures are built with the object-oriented `Figure` API rather than pyplot: pyplot keeps
-every figure in a global registry, which leaks memory in a training process that redraws
-the same plots for hundreds of epochs. matplotlib is imported on first use so that the CSV
-readers here (used by summary.py and the run listing) stay cheap to import.
+While training runs, the chief's `LiveCurves` has a helper process redraw them (`python -m
+training.report.curves --follow RUN_DIR`) at the lowest CPU priority, so drawing never takes
+time from the training steps; the chief draws them once more itself when training ends. The
+figures are built with the object-oriented `Figure` API rather than pyplot: pyplot keeps every
+figure in a global registry, which leaks memory in a process that redraws the same plots for
+hundreds of epochs. matplotlib is imported on first use so that the CSV readers here (used by
+summary.py and the run listing) stay cheap to import.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from core import rundir
@@ -87,11 +95,20 @@ def save_figure(fig, path: Path) -> Path:
 
 def _line_plot(path: Path, title: str, xlabel: str, ylabel: str,
                lines: list[tuple[str, list[float], list[float], str]],
-               ylim: tuple[float, float] | None = None) -> Path | None:
-    """Draws each non-empty (label, x, y, style) line; None when there is nothing to draw."""
+               ylim: tuple[float, float] | None = None, drawn: dict | None = None) -> Path | None:
+    """Draws each non-empty (label, x, y, style) line; None when there is nothing to draw.
+
+    `drawn` maps a path to what was last drawn there; a plot whose data did not change since is
+    not drawn again.
+    """
     lines = [line for line in lines if line[1]]
     if not lines:
         return None
+    content = (title, xlabel, ylabel, repr(lines), ylim)
+    if drawn is not None:
+        if drawn.get(path) == content and path.is_file():
+            return path
+        drawn[path] = content
     fig = new_figure()
     ax = fig.add_subplot()
     for label, xs, ys, style in lines:
@@ -114,14 +131,15 @@ def _line_plot(path: Path, title: str, xlabel: str, ylabel: str,
     return save_figure(fig, path)
 
 
-def write_curves(run_dir: str | Path) -> list[Path]:
+def write_curves(run_dir: str | Path, drawn: dict | None = None) -> list[Path]:
     """Rewrites report/loss.png, report/accuracy.png and report/lr.png from the run's CSVs.
 
-    Only the chief calls this. A plot with no data yet (e.g. lr.csv not written) is skipped;
-    when lr.csv is absent the per-epoch lr column of history.csv is drawn instead.
+    Only the chief (or its helper process) calls this. A plot with no data yet (e.g. lr.csv not
+    written) is skipped; when lr.csv is absent the per-epoch lr column of history.csv is drawn
+    instead. With `drawn` (kept between calls), a plot whose data did not change is left as is.
 
     Returns:
-        The paths written, in the order loss, accuracy, lr.
+        The paths of the plots, in the order loss, accuracy, lr.
     """
     run_dir = Path(run_dir)
     report = run_dir / rundir.REPORT
@@ -130,19 +148,118 @@ def write_curves(run_dir: str | Path) -> list[Path]:
         _line_plot(report / "loss.png", "Loss", "epoch", "loss", [
             ("train", *_series(history, "loss"), "-"),
             ("validation", *_series(history, "val_loss"), "-"),
-        ]),
+        ], drawn=drawn),
         _line_plot(report / "accuracy.png", "Accuracy", "epoch", "accuracy", [
             ("train top-1", *_series(history, "accuracy"), "-"),
             ("validation top-1", *_series(history, "val_accuracy"), "-"),
             ("train top-5", *_series(history, "top5"), "--"),
             ("validation top-5", *_series(history, "val_top5"), "--"),
-        ], ylim=(0.0, 1.02)),  # fixed, so plots of different runs compare at a glance
+        ], ylim=(0.0, 1.02), drawn=drawn),  # fixed, so plots of different runs compare at a glance
     ]
     steps, lrs = read_lr(run_dir)
     if steps:
         written.append(_line_plot(report / "lr.png", "Learning rate", "step", "learning rate",
-                                  [("lr", steps, lrs, "-")]))
+                                  [("lr", steps, lrs, "-")], drawn=drawn))
     else:
         written.append(_line_plot(report / "lr.png", "Learning rate (per epoch)", "epoch",
-                                  "learning rate", [("lr", *_series(history, "lr"), "-")]))
+                                  "learning rate", [("lr", *_series(history, "lr"), "-")], drawn=drawn))
     return [path for path in written if path is not None]
+
+
+class LiveCurves:
+    """The chief's live curves: `update()` after each epoch's CSV rows, `close()` at the end.
+
+    A helper process redraws the plots at the lowest CPU priority (nice 19), so on a node whose
+    cores the training steps keep busy it draws only with time nothing else wants: the plots may
+    lag an epoch or more behind, never the steps. Requests that come while it draws are answered
+    by one drawing of the files as they are then. `close()` ends the helper and draws the final
+    plots in this process, so they always show every finished epoch.
+
+    Args:
+        log: called with one line when the helper cannot run (the plots are then drawn here,
+            after each epoch, as before).
+    """
+
+    MAX_STARTS = 3  # a helper that keeps dying is given up for in-process drawing
+
+    def __init__(self, run_dir: str | Path, log=None):
+        self.run_dir = Path(run_dir)
+        self.log = log or (lambda line: None)
+        self._helper: subprocess.Popen | None = None
+        self._starts = 0
+        self._in_process = False
+
+    def _start(self) -> subprocess.Popen | None:
+        if self._starts >= self.MAX_STARTS:
+            self.log(f"the curve helper stopped {self._starts} times; the curves are drawn in the training "
+                     "process from now on")
+            self._in_process = True
+            return None
+        self._starts += 1
+        package_root = str(Path(__file__).resolve().parents[2])  # where `training` is importable from
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                                          os.environ.get("PYTHONPATH")]))}
+        try:
+            return subprocess.Popen([sys.executable, "-m", "training.report.curves", "--follow",
+                                     str(self.run_dir)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    env=env, close_fds=True)
+        except OSError as err:
+            self.log(f"cannot start the curve helper ({err}); the curves are drawn in the training process")
+            self._in_process = True
+            return None
+
+    def update(self) -> None:
+        """Asks for the plots to be redrawn from the CSV files as they are now; returns at once."""
+        if self._in_process:
+            write_curves(self.run_dir)
+            return
+        if self._helper is None or self._helper.poll() is not None:
+            self._helper = self._start()
+            if self._helper is None:
+                write_curves(self.run_dir)
+                return
+        try:
+            os.write(self._helper.stdin.fileno(), b"\n")
+        except OSError:  # it died between the check and the write: the next update starts another
+            self._helper = None
+
+    def close(self, draw: bool = True) -> list[Path]:
+        """Ends the helper; with `draw`, draws the final plots here. Returns the plots written."""
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.kill()  # not SIGTERM: at nice 19 on a busy node it could take seconds to act on it
+            helper.wait()
+            helper.stdin.close()
+            # A plot it was writing when killed leaves its temporary file behind.
+            for name in PLOTS:
+                for stale in (self.run_dir / rundir.REPORT).glob(f".{name}.*.tmp*"):
+                    stale.unlink(missing_ok=True)
+        return write_curves(self.run_dir) if draw else []
+
+
+def follow(run_dir: Path) -> int:
+    """The helper's loop: one drawing per batch of requests read from stdin, until stdin ends."""
+    os.nice(19)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # SLURM's time-limit warning is the trainer's business
+    drawn: dict = {}
+    while os.read(sys.stdin.fileno(), 4096):  # every request already waiting is answered by this drawing
+        write_curves(run_dir, drawn)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.report.curves",
+                                     description="Draws a run's training curves into its report folder.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--follow", action="store_true",
+                        help="redraw for each line read on stdin, until it ends (the trainer's helper)")
+    args = parser.parse_args(argv)
+    if args.follow:
+        return follow(args.run_dir)
+    for path in write_curves(args.run_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
