@@ -5,9 +5,9 @@
 #
 #   tests/other_pythons.sh [VERSION ...]     # default: 3.12 3.13 (the suite itself runs on 3.11)
 #
-# The venvs live outside the checkout ($OTHER_PYTHONS_VENVS, default ~/.cache/slurm-keras-train/
-# venvs), so a fresh clone (CI) reuses them: the first run downloads TensorFlow for each version
-# (about 600 MB) and takes minutes per version, a later one only points the venv at this checkout.
+# The venvs live in the checkout's build/ folder ($OTHER_PYTHONS_VENVS, default build/venvs), so
+# nothing is kept outside it: a fresh clone (CI) installs TensorFlow for each version (about 600 MB,
+# minutes per version); a second run in the same checkout only checks the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (($#)) || set -- 3.12 3.13
@@ -18,7 +18,7 @@ for version in "$@"; do
     [[ -n "$python" ]] ||
         { echo "other_pythons: no Python $version in pyenv; install it with: pyenv install $version" >&2; exit 1; }
     full=$("$python" -c 'import platform; print(platform.python_version())')
-    venv="${OTHER_PYTHONS_VENVS:-$HOME/.cache/slurm-keras-train/venvs}/py$version"
+    venv="${OTHER_PYTHONS_VENVS:-$PWD/build/venvs}/py$version"
     echo "== Python $full: venv $venv"
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
     start=$SECONDS
