@@ -55,7 +55,7 @@ def _fail(message: str, code: int = EXIT_CODE) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = options.LaunchParser(prog="launch", description="Train a Keras image classifier on SLURM (or locally).",
+    p = options.LaunchParser(prog="launch", description="Train Keras image and text classifiers on SLURM (or locally).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_run_flags(p)
     p.add_argument("--version", action=options.PrintVersion)
