@@ -147,8 +147,8 @@ def test_values_out_of_range(refused, override, says):
     (["slurm.mem=100G"],
      "slurm.mem=100G asks for 102400 MB per node but the largest node of partition debug that fits "
      "the rest has 8000 MB: use slurm.mem=8000M"),
-    (["--nodes", "3", "--backend", "multiworker"],
-     "slurm.nodes=3 asks for 3 nodes but partition debug has 2: use --nodes 2"),
+    (["--nodes", "4", "--backend", "multiworker"],  # 4: the demo's batch of 64 divides over 4 replicas
+     "slurm.nodes=4 asks for 4 nodes but partition debug has 2: use --nodes 2"),
     (["--partition", "nosuch"], "slurm.partition 'nosuch': no such partition; this cluster has debug"),
 ])
 def test_requests_the_cluster_cannot_meet_name_what_fits(refused, args, says):
