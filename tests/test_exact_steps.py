@@ -126,6 +126,14 @@ def lr_steps(run_dir: Path) -> list[int]:
     return [int(line.split(",")[0]) for line in (run_dir / "lr.csv").read_text().splitlines()[1:]]
 
 
+def tensorboard_points(run_dir: Path) -> dict[str, list[int]]:
+    """Steps of the batch-level and epoch-level training loss points, duplicates kept."""
+    from test_step_checkpoints import tensorboard_steps
+
+    folder = run_dir / "tensorboard" / "train"
+    return {tag: tensorboard_steps(folder, tag) for tag in ("batch_loss", "epoch_loss")}
+
+
 def stop_chain(cfg, run_dir: Path, stops: list[int], every: int) -> list[int]:
     """Stops at each step of `stops` in turn, each resumed from the one before, then finishes.
     A stop at s + `every` (the first callback of a run resumed at s) is asked for before its
@@ -160,6 +168,8 @@ def test_a_stop_at_any_step_resumes_without_redoing_a_finished_step(tmp_path, fi
     assert trained == list(range(1, TOTAL + 1))  # each step exactly once
     assert history_epochs(tmp_path) == [1, 2, 3]
     assert lr_steps(tmp_path) == list(range(1, TOTAL + 1))
+    # TensorBoard too: a point per step (log_every_steps 1) and per epoch, each once.
+    assert tensorboard_points(tmp_path) == {"batch_loss": list(range(1, TOTAL + 1)), "epoch_loss": [0, 1, 2]}
     out = capsys.readouterr().out
     assert "restarts from its beginning" not in out
     # A stop on an epoch's last step is that epoch's end: the next run starts the next epoch.
@@ -177,6 +187,8 @@ def test_steps_per_execution_stops_at_an_agreed_multiple_and_resumes_exactly(tmp
     assert trained == list(range(1, TOTAL + 1))
     assert history_epochs(tmp_path) == [1, 2, 3]
     assert lr_steps(tmp_path) == list(range(1, TOTAL + 1))
+    # Batch-level points where Keras calls back, every 2 steps.
+    assert tensorboard_points(tmp_path) == {"batch_loss": list(range(2, TOTAL + 1, 2)), "epoch_loss": [0, 1, 2]}
     assert "stop requests checked every 2 steps" in capsys.readouterr().out
 
 

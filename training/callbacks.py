@@ -324,11 +324,36 @@ class RunTensorBoard(keras.callbacks.TensorBoard):
     continues the curves without a duplicate point at that epoch. Each epoch's points are
     flushed at once: after a hard kill the resumed run continues from the last checkpoint, and
     curves with points still in the writer's queue (flushed every 2 minutes by default) would
-    have a gap."""
+    have a gap.
+
+    Batch-level points (`batch_loss`, ...) come every `update_freq` optimizer steps, decided by
+    the step count in Python: the base class runs its record condition as TensorFlow ops for
+    every metric on every step, and counts steps from 0 again in each `fit` call, so a resumed
+    run wrote its points over the earlier steps. With `steps_per_execution` N they come at the
+    first call at or after each multiple. (The loop turns off graph writing and profiling, the
+    base hook's other work.)
+    """
 
     def __init__(self, recorder: RunRecorder, **kwargs):
         super().__init__(**kwargs)
         self.recorder = recorder
+        self._first_step = self._step = 0
+
+    def _implements_train_batch_hooks(self):  # tf-keras private: whether Keras calls the batch hooks
+        return self.update_freq != "epoch"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._first_step = self._step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._first_step + batch + 1
+        previous, self._step = self._step, step
+        if self.update_freq == "epoch" or step // self.update_freq == previous // self.update_freq:
+            return
+        with tf.summary.record_if(True), self._train_writer.as_default():
+            for name, value in (logs or {}).items():
+                tf.summary.scalar("batch_" + name, value, step=step)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.recorder.stopped_mid_epoch:
