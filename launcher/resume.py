@@ -1,19 +1,5 @@
-"""Safe resume: one writer per run directory, and overrides the checkpoint can take.
-
-Two guards keep a second writer out of a run directory:
-    launch   `launch --resume RUN` asks squeue about every job the run knows of (rundir.job_ids,
-             and any job whose log goes to RUN/logs, which catches a hand-run sbatch still
-             pending) and refuses, naming the job, while one is queued or running.
-    job      the chief takes RUN/.writer.lock before it reads or writes anything; a job that
-             finds it held by a live job exits at start with one line.
-
-Why a lock file and not fcntl.flock: the run directory is on shared storage and the writers sit
-on different nodes; flock over NFS is local to one client on some kernels and emulated on
-others, and a lock held by a lost node is never released. The lock here is a file made with
-os.link (atomic on NFS, the classic lockfile recipe) that names its holder: SLURM job id, host,
-pid. A holder is stale when SLURM no longer has its job active, or, for a local run, when its
-pid is gone on this host. A stale lock is broken by one contender at a time, and only while it
-still names the stale holder, so two starters that both saw it stale still leave one holder.
+"""Safe resume: overrides the checkpoint can take, paths as the user meant them, and a run
+copied back from its mirror. One writer per run directory is core/locks.py's.
 
 Checks of overrides against the checkpoint (`check_changes`): keys that shape the model or the
 optimizer's slots are refused, since the saved weights cannot load into another model. A changed
@@ -22,7 +8,7 @@ saved optimizer step fixes the schedule's position, and converting it through ep
 need the data order of the cut epoch, which no checkpoint records. A completed run continues
 only with more train.epochs than it has done.
 
-TF-free: launch imports it on login nodes and the trainer before TensorFlow loads.
+TF-free: launch imports it on login nodes.
 """
 from __future__ import annotations
 
