@@ -19,13 +19,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import fsutil, locks, provenance, rundir, slurm
+from core import fsutil, locks, provenance, rundir
 from core.config import Config, ConfigError, config_stem, dump, load_config
 from core.errors import EXIT_CODE, UserError, one_line
 from launcher import commands, container, options, preflight, resume, sweep, sweep_resume
 from launcher.options import DEFAULT_CONFIG, FLAGS
 from launcher.render import describe_request, render_sbatch, world_size
-from launcher.submit import SubmitError, choose_cluster, run_local, submit_slurm
+from launcher.submit import SubmitError, Target, run_local, submit_slurm
 
 _one_line = one_line
 
@@ -116,28 +116,23 @@ def _load(args: argparse.Namespace, notes: list[str]) -> tuple[Config, Path | No
 def _launch(args: argparse.Namespace) -> int:
     notes: list[str] = []
     cfg, reused, name = _load(args, notes)
-    cluster, why = choose_cluster(cfg.runtime.cluster)
+    target = Target.choose(cfg.runtime.cluster, dry_run=args.dry_run, emit=args.emit_sbatch)
     run_dir = reused or rundir.planned_run_dir(cfg.runtime.run_root, name)
     script = _render(options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd()), run_dir)  # validation by rendering, before any write
-    warnings = [] if args.no_preflight else preflight.run(
-        cfg, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+    warnings = [] if args.no_preflight else preflight.run(cfg, to_slurm=target.for_slurm, dry_run=args.dry_run)
     for note in notes:
         print(f"launch: note: {_one_line(note)}", file=sys.stderr)
     for warning in warnings:
         print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(script)
-        if cluster == "local":
-            print(f"launch: note: without --dry-run this would run locally ({why})", file=sys.stderr)
+        if note := target.dry_run_note("this would run locally"):
+            print(f"launch: note: {note}", file=sys.stderr)
         return 0
-    submitting = not args.emit_sbatch and cluster == "slurm"
-    if submitting and not slurm.available():
-        raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
-                          "login node, or pass --cluster local")
     if reused is not None:
         with locks.launch_lock(reused):  # two resumes at once: the second sees the first's job
             locks.check_idle(reused)
-            return _resume(args, cfg, reused, cluster, why)
+            return _resume(cfg, reused, target)
     root = Path(cfg.runtime.run_root).expanduser().resolve()
     before = set(os.listdir(root)) if root.is_dir() else set()
     try:
@@ -156,10 +151,10 @@ def _launch(args: argparse.Namespace) -> int:
         where = f"the run directory {run_dir}" if inside else err.filename  # not a temp file's name
         raise UserError(f"cannot write {where}: {err.strerror or err}; free space there or pass "
                         "--run-root elsewhere") from None
-    if args.emit_sbatch:
-        return _emit(args.emit_sbatch, script, run_dir, lambda: shutil.rmtree(run_dir, ignore_errors=True))
-    if cluster == "local":
-        return _run_here(cfg, run_dir, why)
+    if target.emit:
+        return _emit(target.emit, script, run_dir, lambda: shutil.rmtree(run_dir, ignore_errors=True))
+    if target.runs_here:
+        return _run_here(cfg, run_dir, target.why)
     job_id = submit_slurm(script, run_dir, describe_request(cfg.slurm, cfg.runtime.backend), fresh=True)
     with contextlib.suppress(OSError):  # submitit's copy of the script records the id as well
         rundir.record_job(run_dir, job_id)
@@ -192,7 +187,7 @@ def _run_here(cfg: Config, run_dir: Path, why: str) -> int:
     return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
 
 
-def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, why: str) -> int:
+def _resume(cfg: Config, run_dir: Path, target: Target) -> int:
     """Continues `run_dir`; its config.yaml and job.sbatch change only once the job is accepted.
 
     The job is submitted to start later (resume.held), its id recorded, the files written, and
@@ -202,17 +197,17 @@ def _resume(args: argparse.Namespace, cfg: Config, run_dir: Path, cluster: str, 
     cfg = options.for_job(copy.deepcopy(cfg), run_dir, Path.cwd())
     script = _render(cfg, run_dir)
     earlier = {p: p.read_text() for p in (run_dir / rundir.CONFIG, run_dir / rundir.SBATCH) if p.is_file()}
-    if args.emit_sbatch or cluster == "local":
+    if not target.submits:
         _write_run_files(run_dir, cfg, script)
 
         def restore() -> None:
             for path, text in earlier.items():
                 fsutil.atomic_write_text(path, text)
 
-        if args.emit_sbatch:
-            return _emit(args.emit_sbatch, script, run_dir, restore)
+        if target.emit:
+            return _emit(target.emit, script, run_dir, restore)
         try:  # rank 0 takes the run's writer lock as it starts
-            return _run_here(cfg, run_dir, why)
+            return _run_here(cfg, run_dir, target.why)
         except SubmitError:
             restore()
             raise

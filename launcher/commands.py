@@ -21,7 +21,7 @@ from launcher.cancel import cancel_run
 from launcher.jobs import Request, log_lines, start, task_slurm
 from launcher.options import DEFAULT_CONFIG, FLAGS, REPO, SITE_FLAGS
 from launcher.render import TaskJob
-from launcher.submit import choose_cluster
+from launcher.submit import Target
 
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
 GPUCHECK_TIME_MIN = 10
@@ -214,7 +214,8 @@ def cmd_gpucheck(argv: list[str]) -> int:
     job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg), every_node=True)
     request = Request(nodes=nodes, gpus_per_node=gpus, cpus_per_task=1,
                       time_min=args.time or GPUCHECK_TIME_MIN)
-    if not args.no_preflight and choose_cluster(cfg.runtime.cluster)[0] == "slurm":  # as launch --nodes N
+    on_slurm = Target.choose(cfg.runtime.cluster, dry_run=args.dry_run).on_slurm
+    if on_slurm and not args.no_preflight:  # as launch --nodes N
         for note in preflight.check_cluster(task_slurm(cfg, job, request), "multiworker"):  # one task a node
             print(f"launch: warning: {note}", file=sys.stderr)
     outcome = start(cfg, job, request, dry_run=args.dry_run, wait=True)
@@ -263,7 +264,7 @@ def cmd_convert(argv: list[str]) -> int:
     command = [_python(cfg), "-u", "-m", "training.data.convert", str(src), str(out)]
     array = ""
     if args.array_tasks is not None:
-        if choose_cluster(cfg.runtime.cluster)[0] == "slurm":
+        if Target.choose(cfg.runtime.cluster, dry_run=args.dry_run).on_slurm:
             array = f"0-{args.array_tasks - 1}"
             command += ["--array-tasks", str(args.array_tasks)]  # each task: $SLURM_ARRAY_TASK_ID
         else:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import UserError
-from core import slurm as slurm_cli
 from core.slurm import ACTIVE, job_state
 from launcher.render import TaskJob, describe_request, render_task_sbatch
-from launcher.submit import choose_cluster, submit_job
+from launcher.submit import Target, submit_job
 
 POLL_S = 2.0
 
@@ -76,17 +75,14 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
     """
     slurm = task_slurm(cfg, job, request)
     script = render_task_sbatch(slurm, job)  # validation by rendering, before anything happens
-    cluster, why = choose_cluster(cfg.runtime.cluster)
+    target = Target.choose(cfg.runtime.cluster, dry_run=dry_run)
     if dry_run:
         sys.stdout.write(script)
-        if cluster == "local":
-            print(f"launch: note: without --dry-run this would run here ({why})", file=sys.stderr)
+        if note := target.dry_run_note("this would run here"):
+            print(f"launch: note: {note}", file=sys.stderr)
         return Outcome(0)
-    if cluster == "local":
-        return Outcome(run_here(job, why))
-    if not slurm_cli.available():  # `slurm` here is the job's request
-        raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
-                        "login node, or pass --cluster local")
+    if target.runs_here:
+        return Outcome(run_here(job, target.why))
     try:
         job.log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:

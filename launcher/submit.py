@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,13 +27,56 @@ class SubmitError(UserError):
     """The job could not be started; the message is one line for the user."""
 
 
-def choose_cluster(setting: str) -> tuple[str, str]:
-    """Returns ("slurm" | "local", why) for runtime.cluster auto | slurm | local."""
-    if setting == "local":
-        return "local", "runtime.cluster is local"
-    if setting == "slurm" or slurm.available():
-        return "slurm", f"runtime.cluster is {setting}"
-    return "local", "no sbatch on PATH and runtime.cluster is auto"
+@dataclass(frozen=True)
+class Target:
+    """Where a launch's job goes, decided once from runtime.cluster and the flags: every command
+    asks it rather than comparing "local" and "slurm" itself.
+
+    on_slurm: the job is for SLURM (runtime.cluster slurm, or auto with sbatch on PATH).
+    why: what decided it, for the user's note.
+    dry_run: only print what would run.
+    emit: --emit-sbatch FILE: write the script there for a hand-run sbatch.
+    """
+    on_slurm: bool
+    why: str
+    dry_run: bool = False
+    emit: Path | None = None
+
+    @classmethod
+    def choose(cls, setting: str, *, dry_run: bool = False, emit: str | Path | None = None) -> Target:
+        """The target for runtime.cluster `setting` (auto | slurm | local).
+
+        Raises:
+            UserError: the job would be submitted but sbatch is not on PATH.
+        """
+        if setting == "local":
+            on_slurm, why = False, "runtime.cluster is local"
+        elif setting == "slurm" or slurm.available():
+            on_slurm, why = True, f"runtime.cluster is {setting}"
+        else:
+            on_slurm, why = False, "no sbatch on PATH and runtime.cluster is auto"
+        target = cls(on_slurm, why, dry_run, Path(emit) if emit else None)
+        if target.submits and not slurm.available():
+            raise UserError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
+                            "login node, or pass --cluster local")
+        return target
+
+    @property
+    def for_slurm(self) -> bool:
+        """The script is for sbatch (submitted, emitted, or would be): check it against the cluster."""
+        return self.on_slurm or self.emit is not None
+
+    @property
+    def submits(self) -> bool:
+        return self.on_slurm and not self.dry_run and self.emit is None
+
+    @property
+    def runs_here(self) -> bool:
+        return not self.on_slurm and not self.dry_run and self.emit is None
+
+    def dry_run_note(self, what: str) -> str | None:
+        """The note a dry run prints when the real launch would not go to SLURM."""
+        return None if self.on_slurm else f"without --dry-run {what} ({self.why})"
 
 
 def slurm_refusal(output: str, asked: str) -> str:

@@ -42,12 +42,12 @@ from typing import Any, Callable
 
 import yaml
 
-from core import fsutil, rundir, slurm
+from core import fsutil, rundir
 from core.config import Config, ConfigError, config_stem, load_config
 from core.storage import is_remote
 from launcher import container, options, preflight, resume, sweep_arrays
 from launcher.render import JobArray, describe_request, render_sbatch, world_size
-from launcher.submit import choose_cluster, run_local, submit_slurm
+from launcher.submit import Target, run_local, submit_slurm
 from launcher.sweep_arrays import SweepArray
 from launcher.sweep_points import (  # noqa: F401
     Point,
@@ -135,9 +135,9 @@ def arrays_of(planned: list[Planned], sweep_dir: Path, max_parallel: int, job_na
     return arrays
 
 
-def array_limit(cluster: str, emit: bool) -> int | None:
+def array_limit(target: Target) -> int | None:
     """MaxArraySize where the sweep goes to SLURM; None when the points run here."""
-    return sweep_arrays.max_array_size() if cluster == "slurm" or emit else None
+    return sweep_arrays.max_array_size() if target.for_slurm else None
 
 
 def print_scripts(arrays: list[SweepArray]) -> None:
@@ -145,7 +145,7 @@ def print_scripts(arrays: list[SweepArray]) -> None:
     sys.stdout.write("\n".join(array.script for array in arrays))
 
 
-def _preflight(planned: list[Planned], to_slurm: bool, dry_run: bool) -> None:
+def preflight_points(planned: list[Planned], to_slurm: bool, dry_run: bool) -> None:
     """The single launch's checks, once per distinct data/request (1,000 points of one data set
     ask SLURM once); a problem names the first point that has it."""
     seen = set()
@@ -221,18 +221,18 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
             point_configs.append(making.of(point))
         except ConfigError as err:
             raise ConfigError(f"sweep point {point.index} ({point.label()}): {err}") from None
-    cluster, why = choose_cluster(base.runtime.cluster)
+    target = Target.choose(base.runtime.cluster, dry_run=args.dry_run, emit=args.emit_sbatch)
     sweep_dir = rundir.planned_run_dir(base.runtime.run_root, name)
     job_name = base.slurm.job_name or name
     planned = plan(points, point_configs, sweep_dir, job_name)
-    limit = array_limit(cluster, bool(args.emit_sbatch))
+    limit = array_limit(target)
     arrays = arrays_of(planned, sweep_dir, max_parallel, job_name, limit)
     if len(arrays) > 1 and args.emit_sbatch:
         raise ConfigError(f"a sweep of {len(points)} points needs {len(arrays)} job arrays on this cluster "
                           f"(MaxArraySize {limit}) and --emit-sbatch writes one script; submit it with "
                           "launch (without --emit-sbatch), which splits it")
     if not args.no_preflight:
-        _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+        preflight_points(planned, to_slurm=target.for_slurm, dry_run=args.dry_run)
     sweep_arrays.say_split(arrays, limit)
     if args.dry_run:
         print_scripts(arrays)
@@ -241,13 +241,9 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
                                                           f"{a.offset}" for a in arrays) + ")")
         print(f"launch: sweep of {len(points)} points as {shape}:\n"
               f"{point_table(planned)}", file=sys.stderr)
-        if cluster == "local":
-            print(f"launch: note: without --dry-run the points would run here one after another ({why})",
-                  file=sys.stderr)
+        if note := target.dry_run_note("the points would run here one after another"):
+            print(f"launch: note: {note}", file=sys.stderr)
         return 0
-    if not args.emit_sbatch and cluster == "slurm" and not slurm.available():
-        raise ConfigError("runtime.cluster is slurm but sbatch is not on PATH; run launch on a SLURM "
-                          "login node, or pass --cluster local")
     sweep_dir = rundir.new_run_dir(base.runtime.run_root, name)
     try:
         planned = plan(points, point_configs, sweep_dir, job_name)
@@ -258,11 +254,11 @@ def launch(args: argparse.Namespace, flags: dict[str, Any], default_config: Path
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise ConfigError(f"cannot write the sweep directory {sweep_dir}: {err.strerror or err}; free space "
                           "there or pass --run-root elsewhere") from None
-    return start(args, planned, sweep_dir, arrays, cluster, why, fresh=True)
+    return start(target, planned, sweep_dir, arrays, fresh=True)
 
 
 def script_array(script: str) -> str:
-    found = re.search(r"^#SBATCH --array=(\S+)$", script, re.M)
+    found = re.search(r"^#SBATCH --array=(\S+)$", script, re.MULTILINE)
     return found.group(1) if found else "?"
 
 
@@ -281,21 +277,21 @@ def write_scripts(sweep_dir: Path, arrays: list[SweepArray]) -> None:
         fsutil.atomic_write_text(sweep_dir / name, array.script)
 
 
-def start(args: argparse.Namespace, planned: list[Planned], sweep_dir: Path, arrays: list[SweepArray],
-          cluster: str, why: str, fresh: bool, before_release: Callable[[], None] | None = None) -> int:
+def start(target: Target, planned: list[Planned], sweep_dir: Path, arrays: list[SweepArray], fresh: bool,
+          before_release: Callable[[], None] | None = None) -> int:
     """Emits, runs here one point after another, or submits the array(s).
 
     fresh: the sweep directory was made for this launch (removed if sbatch refuses). Otherwise
     (a resume), and whenever there are several arrays, the arrays are submitted held,
     `before_release` writes the points' files, and only then may they start; if sbatch refuses
     one of them or that write fails, every array already submitted is cancelled."""
-    if args.emit_sbatch:
-        fsutil.atomic_write_text(Path(args.emit_sbatch), arrays[0].script)
-        print(f"sweep dir: {sweep_dir}\nwrote {args.emit_sbatch} (also {sweep_dir / rundir.SBATCH}); "
-              f"submit it with:\n  sbatch {shlex.quote(str(args.emit_sbatch))}")
+    if target.emit:
+        fsutil.atomic_write_text(target.emit, arrays[0].script)
+        print(f"sweep dir: {sweep_dir}\nwrote {target.emit} (also {sweep_dir / rundir.SBATCH}); "
+              f"submit it with:\n  sbatch {shlex.quote(str(target.emit))}")
         return 0
-    if cluster == "local":
-        return run_here(planned, why)
+    if target.runs_here:
+        return run_here(planned, target.why)
     cfg = planned[0].cfg
     asked = describe_request(cfg.slurm, cfg.runtime.backend)
     ids = sweep_arrays.submit_all(arrays, lambda text: submit_slurm(text, sweep_dir, asked, fresh=fresh),

@@ -21,9 +21,9 @@ import yaml
 from core import fsutil, locks, rundir, runstatus
 from core.config import ConfigError, dump, load_config
 from launcher import options, resume, sweep_arrays
-from launcher.submit import choose_cluster
-from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, _preflight, array_limit, arrays_of,
-                            point_table, print_scripts, script_array, start, write_scripts)
+from launcher.submit import Target
+from launcher.sweep import (RUNS_FILE, SWEEP_FILE, Planned, Point, array_limit, arrays_of, point_table,
+                            preflight_points, print_scripts, script_array, start, write_scripts)
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -78,15 +78,15 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if len(requests) > 1:
         raise ConfigError(f"{sweep_dir}: the points' config.yaml ask for different resources (slurm.*), "
                           "which one job array cannot; resume them one by one with launch --resume RUN_DIR")
-    cluster, why = choose_cluster(planned[0].cfg.runtime.cluster)
+    target = Target.choose(planned[0].cfg.runtime.cluster, dry_run=args.dry_run, emit=args.emit_sbatch)
     max_parallel = args.max_parallel if args.max_parallel is not None else int(record.get("max_parallel") or 0)
-    limit = array_limit(cluster, bool(args.emit_sbatch))
+    limit = array_limit(target)
     arrays = arrays_of(planned, sweep_dir, max_parallel, record.get("job_name") or sweep_dir.name, limit)
     if len(arrays) > 1 and args.emit_sbatch:
         raise ConfigError(f"resuming {len(planned)} points needs {len(arrays)} job arrays on this cluster "
                           f"(MaxArraySize {limit}) and --emit-sbatch writes one script; resume without it")
     if not args.no_preflight:
-        _preflight(planned, to_slurm=cluster == "slurm" or bool(args.emit_sbatch), dry_run=args.dry_run)
+        preflight_points(planned, to_slurm=target.for_slurm, dry_run=args.dry_run)
     sweep_arrays.say_split(arrays, limit)
     print(f"launch: resuming {len(planned)} of {len(everything)} points of {sweep_dir.name} (the others "
           f"completed): " + ", ".join(f"--array={script_array(a.script)}" for a in arrays), flush=True)
@@ -98,10 +98,10 @@ def resume_sweep(args: argparse.Namespace, flags: dict[str, Any]) -> int:
         locks.check_idle(sweep_dir)
         for item in planned:
             locks.check_idle(item.run_dir)
-        if cluster == "local" or args.emit_sbatch:
+        if not target.submits:
             _write_resumed(sweep_dir, planned, arrays)
-            return start(args, planned, sweep_dir, arrays, cluster, why, fresh=True)
-        return start(args, planned, sweep_dir, arrays, cluster, why, fresh=False,
+            return start(target, planned, sweep_dir, arrays, fresh=True)
+        return start(target, planned, sweep_dir, arrays, fresh=False,
                      before_release=lambda: _write_resumed(sweep_dir, planned, arrays))
 
 

@@ -161,12 +161,11 @@ TWO_NODES = ("PartitionName=debug Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMIT
                                   ["gpucheck", "--nodes", "3"]])
 def test_gpucheck_is_checked_against_the_partition_like_a_training_run(monkeypatch, capsys, tmp_path, argv):
     from core import slurm
-    from launcher import cli, commands
+    from launcher import cli
 
     monkeypatch.setattr(slurm, "can_query", lambda: True)
     monkeypatch.setattr(slurm, "show", lambda what: TWO_NODES[what == "node"])
-    for module in (cli, commands):
-        monkeypatch.setattr(module, "choose_cluster", lambda wanted: ("slurm", "test"))
+    monkeypatch.setattr(slurm, "available", lambda: True)  # runtime.cluster auto: to SLURM
     assert cli.main([*argv, "--run-root", str(tmp_path / "runs"), "--dry-run"]) == EXIT_CODE
     out, err = capsys.readouterr()
     assert err == "launch: error: slurm.nodes=3 asks for 3 nodes but partition debug has 2: use --nodes 2\n"
