@@ -165,6 +165,29 @@ def test_mirror_uploads_files_then_the_pointer_and_lists_what_failed(s3, tmp_pat
     assert state["pending"] == pending and state["error"]
 
 
+def test_two_runs_publishing_at_once_both_end_in_runs_json(s3, tmp_path, monkeypatch):
+    """Run A lists the index, then run B publishes whole, then A writes runs.json: A's listing
+    lacked B, and a single write would drop B from runs.json."""
+    from training.mirror import Mirror
+
+    real_read = storage.read_index
+    calls = []
+
+    def read_then_b_publishes(*args):
+        seen = real_read(*args)
+        calls.append(len(seen))
+        if len(calls) == 1:
+            monkeypatch.setattr(storage, "read_index", real_read)  # B reads the store as it is
+            Mirror(tmp_path / "b", f"{s3}/race", log=lambda line: None).publish({"run": "b", "created": "2"})
+            monkeypatch.setattr(storage, "read_index", read_then_b_publishes)
+        return seen
+
+    monkeypatch.setattr(storage, "read_index", read_then_b_publishes)
+    Mirror(tmp_path / "a", f"{s3}/race", log=lambda line: None).publish({"run": "a", "created": "1"})
+    assert calls[0] == 1  # A's first listing had only its own entry
+    assert [e["run"] for e in json.loads(storage.read_bytes(f"{s3}/race/runs.json"))] == ["a", "b"]
+
+
 def test_launch_runs_lists_a_mirror_from_its_index(s3, launch_cli):
     from training.mirror import Mirror
 

@@ -25,6 +25,7 @@ from core.fsutil import atomic_write_text
 
 POLL_S = 5.0
 RETRIES = 4  # per file and sync; waits 1, 2, 4, 8 s between tries
+MERGE_TRIES = 5  # rewrites of runs.json while other runs keep adding entries
 STATE = "mirror.json"  # in the run directory: where the mirror is, what is not uploaded yet
 INDEX, RUNS_JSON = storage.INDEX, storage.RUNS_JSON
 # Never mirrored: locks and files being written under a temporary name.
@@ -151,12 +152,23 @@ class Mirror:
             self.log(f"mirror: the results index entry of {name} was not written ({self.error})")
             return
         try:
-            merged = storage.read_index(self.mirror, self.endpoint_url)
-            storage.write_bytes(storage.join(self.mirror, RUNS_JSON),
-                                json.dumps(merged, indent=1, sort_keys=True).encode(), self.endpoint_url)
+            self._merge_runs_json()
         except Exception as err:  # the per-run entry is the record; runs.json is rebuilt by the next run
             self.log(f"mirror: {RUNS_JSON} not rewritten ({type(err).__name__}: {err}); the index "
                      f"entry {INDEX}/{name}.json is in place")
+
+    def _merge_runs_json(self) -> None:
+        """Rewrites runs.json from every index entry until a listing after the write shows no entry
+        it lacks. Two runs finishing together then both end in it: whichever wrote last had listed
+        after the other's entry was in place (an object store is consistent on read after write)."""
+        written = None
+        for _ in range(MERGE_TRIES):
+            merged = storage.read_index(self.mirror, self.endpoint_url)
+            if merged == written:
+                return
+            storage.write_bytes(storage.join(self.mirror, RUNS_JSON),
+                                json.dumps(merged, indent=1, sort_keys=True).encode(), self.endpoint_url)
+            written = merged
 
 
 def index_entry(run_dir: Path, url: str) -> dict:
