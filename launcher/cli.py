@@ -211,7 +211,7 @@ def _resume(cfg: Config, run_dir: Path, target: Target) -> int:
         except SubmitError:
             restore()
             raise
-    job_id = submit_slurm(resume.held(script), run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
+    job_id = submit_slurm(resume.held(script, run_dir), run_dir, describe_request(cfg.slurm, cfg.runtime.backend),
                           fresh=False)
     try:
         rundir.record_job(run_dir, job_id)
@@ -223,7 +223,7 @@ def _resume(cfg: Config, run_dir: Path, target: Target) -> int:
                 fsutil.atomic_write_text(path, text)
         raise UserError(f"cannot write {err.filename or run_dir}: {err.strerror or err}; cancelled job "
                         f"{job_id}, the run is as it was; free space there and resume again") from None
-    resume.release(job_id)
+    resume.release(job_id, run_dir)
     _print_submitted(job_id, cfg, run_dir)
     if warning := preflight.job_warning(job_id):
         print(f"launch: warning: {_one_line(warning)}", file=sys.stderr)

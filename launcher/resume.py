@@ -13,6 +13,7 @@ TF-free: launch imports it on login nodes.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -130,16 +131,36 @@ def absolute_paths(cfg: Config, cwd: Path) -> None:
     cfg.runtime.run_root = str((cwd / Path(cfg.runtime.run_root).expanduser()).resolve())
 
 
-def held(script: str) -> str:
+def held(script: str, folder: Path) -> str:
     """The script with a start time HELD_S away, after its first line: a resume's job waits until
     its config.yaml is written, then `release` lets it start. Not `--hold`: sbatch accepts a held
-    job without checking that any node can run it, and a refusal must come now."""
-    first, _, rest = script.partition("\n")
-    return f"{first}\n#SBATCH --begin=now+{HELD_S}\n{rest}"
+    job without checking that any node can run it, and a refusal must come now.
+
+    Should launch die before `release`, SLURM would still start the job after HELD_S, on files
+    half written; so the job first looks for its id in FOLDER/.released, which only `release`
+    writes, and otherwise stops in one line without touching the run."""
+    lines = script.split("\n")
+    last_directive = max(i for i, line in enumerate(lines) if line.startswith("#SBATCH ") or i == 0)
+    check = ["# Submitted held by launch, which lets it start once the run's files are written (launcher/resume.py).",
+             f"released={shlex.quote(str(folder / rundir.RELEASED))}",
+             'job="${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
+             'grep -qx "$job" "$released" 2>/dev/null || { echo "launch: error: job $job was submitted held by a '
+             'launch that ended before writing ${released%/*}; the run is as it was: launch --resume it again" >&2; '
+             'exit 1; }']
+    return "\n".join([lines[0], f"#SBATCH --begin=now+{HELD_S}", *lines[1:last_directive + 1], *check,
+                      *lines[last_directive + 1:]])
 
 
-def release(job_id: str) -> None:
-    """Lets a job submitted by `held` start now."""
+def release(job_id: str, folder: Path) -> None:
+    """Lets a job submitted by `held` start now: its id goes to FOLDER/.released, then SLURM
+    moves its start time."""
+    try:
+        with open(folder / rundir.RELEASED, "a") as fh:
+            fh.write(f"{job_id}\n")
+    except OSError as err:
+        cancel(job_id)
+        raise RunBusy(f"cannot write {folder / rundir.RELEASED}: {err.strerror or err}; cancelled job {job_id}, "
+                      "which would not have started without it; free space there and launch again") from None
     done = slurm.start_now(job_id)
     if done.returncode:
         raise RunBusy(f"job {job_id} was submitted to start in {HELD_S} s and could not be moved to now "

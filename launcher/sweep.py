@@ -295,7 +295,7 @@ def start(target: Target, planned: list[Planned], sweep_dir: Path, arrays: list[
     cfg = planned[0].cfg
     asked = describe_request(cfg.slurm, cfg.runtime.backend)
     ids = sweep_arrays.submit_all(arrays, lambda text: submit_slurm(text, sweep_dir, asked, fresh=fresh),
-                                  held=not fresh)
+                                  held=not fresh, sweep_dir=sweep_dir)
     for job_id, array in zip(ids, arrays):
         record_jobs(sweep_dir, array, job_id)
     if not fresh or len(arrays) > 1:
@@ -307,7 +307,7 @@ def start(target: Target, planned: list[Planned], sweep_dir: Path, arrays: list[
                 resume.cancel(job_id)
             raise ConfigError(f"cannot write {err.filename or sweep_dir}: {err.strerror or err}; cancelled "
                               f"job array(s) {', '.join(ids)}; free space there and resume again") from None
-        sweep_arrays.release_all(ids)
+        sweep_arrays.release_all(ids, sweep_dir)
     for job_id, array in zip(ids, arrays):
         print(f"submitted job array {job_id} (--array={script_array(array.script)}): {len(array.planned)} "
               f"point(s) ({array.points()}), {cfg.runtime.backend} on {cfg.slurm.nodes} node(s) each")

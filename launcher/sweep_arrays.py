@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from core import slurm
 from launcher import resume
@@ -61,7 +62,7 @@ def say_split(arrays: list[SweepArray], limit: int | None) -> None:
               f"{len(arrays)} job arrays: {ranges}", file=sys.stderr, flush=True)
 
 
-def submit_all(arrays: list[SweepArray], submit, held: bool) -> list[str]:
+def submit_all(arrays: list[SweepArray], submit, held: bool, sweep_dir: Path) -> list[str]:
     """Submits every array (`submit(script)` returns its id). With several arrays each is
     submitted held, so that a refusal of a later one cancels the earlier ones before any task
     ran; the caller releases them (`release_all`) once the ids are recorded."""
@@ -69,7 +70,7 @@ def submit_all(arrays: list[SweepArray], submit, held: bool) -> list[str]:
     hold = held or len(arrays) > 1
     try:
         for array in arrays:
-            ids.append(submit(resume.held(array.script) if hold else array.script))
+            ids.append(submit(resume.held(array.script, sweep_dir) if hold else array.script))
     except Exception:
         for job_id in ids:
             resume.cancel(job_id)
@@ -77,6 +78,6 @@ def submit_all(arrays: list[SweepArray], submit, held: bool) -> list[str]:
     return ids
 
 
-def release_all(ids: list[str]) -> None:
+def release_all(ids: list[str], sweep_dir: Path) -> None:
     for job_id in ids:
-        resume.release(job_id)
+        resume.release(job_id, sweep_dir)
