@@ -43,6 +43,7 @@ SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: the points, their values and r
 RUNS_FILE = "runs.txt"  # in a sweep's folder: run directory of array task i on line i + 1
 SKIPPED = "skipped.txt"  # inputs left out, `path<TAB>reason` a line (a run reading texts directly; converters)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
+COPIED_LOGS = "before-copy"  # under LOGS: a run copied from its mirror keeps the earlier jobs' records here
 RELEASED = ".released"  # job ids a launch let start once it had written the run's files (launcher/resume.py)
 
 # Job ids in file names: submitit's logs/submitit/<id>_submission.sh, SLURM's logs/slurm-<id>.out.

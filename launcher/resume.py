@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from core import rundir, slurm, storage
+from core import rundir, runstatus, slurm, storage
 from core.config import Config, ConfigError
 from core.layout import LABELS_FILE
 from core.locks import RunBusy
@@ -190,8 +190,29 @@ def from_mirror(url: str, run_root: str | None) -> Path:
         if not rundir.is_run_dir(partial):
             raise ConfigError(f"{url} is not a mirrored run (no {rundir.CONFIG}); pass the URL of one "
                               "run under storage.mirror")
+        _forget_jobs(partial, url)
         os.replace(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     print(f"launch: copied {count} files of {url} to {target}", file=sys.stderr)
     return target
+
+
+def _forget_jobs(run_dir: Path, url: str) -> None:
+    """The copy may continue on another cluster, where the job ids its files name (jobs.txt,
+    status.json, the logs' names) are other people's jobs: those records move to
+    logs/before-copy/, and status.json keeps no job id, so `launch runs`, `launch cancel` and the
+    busy check ask SLURM only about jobs submitted for the copy."""
+    earlier = run_dir / rundir.LOGS / rundir.COPIED_LOGS
+    earlier.mkdir(parents=True, exist_ok=True)
+    moved = [run_dir / rundir.JOBS, run_dir / rundir.LOGS / "submitit"]
+    moved += [p for p in (run_dir / rundir.LOGS).iterdir() if rundir.JOB_FILE.match(p.name)]
+    for path in moved:
+        if path.exists():
+            os.replace(path, earlier / path.name)
+    status = runstatus.read_status(run_dir)
+    if status:
+        fields = {"job_id": None}
+        if status.get("state") in runstatus.LIVE_STATES:  # mirrored mid-run: that job is not here
+            fields.update(state="stopped", message=f"copied from {url} while it ran; not running here")
+        runstatus.write_status(run_dir, **fields)

@@ -120,7 +120,7 @@ def decide_state(status_state: str | None, job_id: str | None, queue: str | None
             return f"LOST (last status {status_state})", "status.json"
         return word, "status.json"
     # Unconfirmed: finished states stand on their own, live ones cannot be checked.
-    return (word if status_state in ("completed", "failed", "killed") else word + "?"), "status.json"
+    return (word if status_state in FINISHED | {"killed"} else word + "?"), "status.json"
 
 
 def settle_dead_run(run: Path, status: dict, job_id: str | None, scheduler: str | None,
