@@ -104,6 +104,10 @@ def decide_state(status_state: str | None, job_id: str | None, queue: str | None
         # A sweep is ended by cancelling its array: a point whose task had already said how it
         # ended (its end report or checkpoint written) shows that, not the cancel.
         return status_state.upper(), "status.json"
+    if scheduler == "FAILED" and status_job == job_id and status_state == "stopped":
+        # The trainer stopped with a checkpoint (SIGTERM) and its job exits non-zero to say it
+        # did not finish: stopped, and resumable, is the news.
+        return "STOPPED", "status.json"
     if scheduler:
         if status_state == "requeued" and scheduler in ACTIVE and scheduler != "RUNNING":
             return f"REQUEUED ({scheduler})", source

@@ -60,6 +60,9 @@ CASES = [
     ("dry", None, None, {}, None, "NO JOB", "none"),
     ("local", status("running", None), None, {}, None, "RUNNING?", "status.json"),
     ("just-ended", status("running", "21"), None, {"21": "CANCELLED"}, None, "CANCELLED", "squeue"),
+    # Stopped with a checkpoint by a SIGTERM that was no cancel: its job exits non-zero, FAILED in SLURM.
+    ("stopped", status("stopped", "30"), None, {}, {"30": "FAILED"}, "STOPPED", "status.json"),
+    ("stopped-other-job", status("stopped", "31"), "32", {}, {"32": "FAILED"}, "FAILED", "sacct"),
 ]
 
 
