@@ -70,3 +70,14 @@ def launch_cli():
                               timeout=timeout)
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked chaos take nodes down: they run only when selected by their marker
+    (`-m chaos`), never beside other tests."""
+    if "chaos" in (config.getoption("markexpr") or ""):
+        return
+    chaos = [item for item in items if "chaos" in item.keywords]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if "chaos" not in item.keywords]

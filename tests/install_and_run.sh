@@ -36,4 +36,11 @@ slurm/containers/build_image.sh
 echo "== test suite"
 # Two tests at a time: most of a real-job test is waiting on SLURM. A module whose tests share
 # one expensive fixture stays on one worker (pytest.mark.xdist_group).
-exec python3 -m pytest -ra -n 2 --dist loadgroup "$@"
+python3 -m pytest -ra -n 2 --dist loadgroup "$@"
+
+# The chaos test takes a node down, so it runs alone, after the rest (tests/test_chaos.py); only
+# for the whole suite, not for a selection passed as arguments.
+if (($# == 0)); then
+    echo "== chaos: a two-node run under random faults"
+    python3 -m pytest -ra -s -m chaos
+fi
