@@ -69,7 +69,7 @@ class Run:
     message: str
 
 
-def job_id_of(run: Path, status: dict) -> str | None:
+def job_id_of(run: Path, status: dict, present: set[str] | None = None) -> str | None:
     """The run's job: the newest of those launch submitted for it (jobs.txt, submitit's record),
     the one holding its writer lock and the one status.json names.
 
@@ -77,19 +77,24 @@ def job_id_of(run: Path, status: dict) -> str | None:
     until the new chief starts. Not SLURM's log names: a job submitted by hand while the run's
     job trains writes its log there too, is refused the writer lock and never touches the run, so
     it must not stand for the run. A hand-run job that does write the run takes the lock first.
+
+    `present`: the names in the run's folder, when the caller listed it (no open of a file that
+    is not there: `launch runs` over 10,000 runs).
     """
     ids = {str(status["job_id"])} if status.get("job_id") else set()
-    if holder := rundir.writer(run).get("job_id"):
+    if (present is None or rundir.WRITER_LOCK in present) and (holder := rundir.writer(run).get("job_id")):
         ids.add(str(holder))
-    try:
-        ids.update((run / rundir.JOBS).read_text().split())
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    try:
-        with os.scandir(run / rundir.LOGS / "submitit") as entries:  # one directory read, no stat per file
-            ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    if present is None or rundir.JOBS in present:
+        try:
+            ids.update((run / rundir.JOBS).read_text().split())
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    if present is None or rundir.LOGS in present:
+        try:
+            with os.scandir(os.path.join(run, rundir.LOGS, "submitit")) as entries:  # no stat per file
+                ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
     return max(ids, key=job_order) if ids else None
 
@@ -192,8 +197,13 @@ def list_runs(run_root: str | Path, squeue: StateQuery = squeue_states,
     """All runs under `run_root` and whether squeue answered (False: states are unconfirmed)."""
     found = []
     for run in find_run_dirs(Path(run_root)):
-        status = _read_json(run / rundir.STATUS)
-        found.append((run, status, job_id_of(run, status)))
+        try:  # one directory read per run: what is there is read, nothing else is tried
+            with os.scandir(run) as entries:
+                present = {entry.name for entry in entries}
+        except OSError:
+            present = set()
+        status = _read_json(run / rundir.STATUS) if rundir.STATUS in present else {}
+        found.append((run, status, job_id_of(run, status, present)))
     ids = sorted({job for _, _, job in found if job})
     queue = squeue(ids)
     squeue_ok = queue is not None
