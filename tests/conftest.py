@@ -74,10 +74,19 @@ def launch_cli():
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked chaos take nodes down: they run only when selected by their marker
-    (`-m chaos`), never beside other tests."""
-    if "chaos" in (config.getoption("markexpr") or ""):
-        return
-    chaos = [item for item in items if "chaos" in item.keywords]
-    if chaos:
-        config.hook.pytest_deselected(items=chaos)
-        items[:] = [item for item in items if "chaos" not in item.keywords]
+    (`-m chaos`), never beside other tests.
+
+    Modules that train or run real jobs go first, whole (a module fixture is set up once): with
+    two workers, the long tests start early and the short ones fill the gaps at the end."""
+    if "chaos" not in (config.getoption("markexpr") or ""):
+        chaos = [item for item in items if "chaos" in item.keywords]
+        if chaos:
+            config.hook.pytest_deselected(items=chaos)
+            items[:] = [item for item in items if "chaos" not in item.keywords]
+
+    def weight(module: str) -> int:
+        return 0 if module in training else 1 if module in jobs else 2
+
+    training = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    jobs = {item.module.__name__ for item in items if item.get_closest_marker("slurm")}
+    items.sort(key=lambda item: weight(item.module.__name__))

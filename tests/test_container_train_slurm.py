@@ -1,4 +1,5 @@
-"""A real training run inside the test image through Pyxis on the local cluster, requeued once.
+"""Real training runs inside the test image through Pyxis on the local cluster, on one node and
+on two (MultiWorkerMirrored), each requeued once.
 
 Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
 ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
@@ -21,23 +22,29 @@ IMAGE = REPO / "build" / "containers" / "test-image.sqsh"
 EPOCHS = 6
 
 
-def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path):
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path, nodes):
     if not IMAGE.is_file():
         pytest.fail(f"no container image at {IMAGE}; build it with slurm/containers/build_image.sh")
     # The demo's cache folder, mounted like any data folder (its default, ~/.cache, is the image's).
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
     cache.mkdir()
+    shape = (("runtime.cpu_devices=2",) if nodes == 1 else  # one process, two replicas
+             ("--nodes", "2", "--backend", "multiworker", "slurm.cpus_per_task=1"))  # a process a node
     job_id, run_dir = launch(tmp_path, f"container.image={IMAGE}", f"data.data_dir={cache}",
-                             f"train.epochs={EPOCHS}", "runtime.cpu_devices=2")
+                             f"train.epochs={EPOCHS}", *shape)
     wait(lambda: epochs_done(run_dir) >= 2, job_id, 600, "epoch 2")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 900) == "COMPLETED"
 
-    # The trainer ran on the image's interpreter, not the host's.
-    env = json.loads((run_dir / "logs" / "env-0.json").read_text())
-    assert env["python"] == "/usr/bin/python3", env
-    assert env["SLURM_RESTART_COUNT"] == "1", env
+    # Every rank ran on the image's interpreter, not the host's; on two nodes, one rank on each.
+    envs = [json.loads((run_dir / "logs" / f"env-{rank}.json").read_text()) for rank in range(nodes)]
+    for env in envs:
+        assert env["python"] == "/usr/bin/python3", env
+        assert env["SLURM_RESTART_COUNT"] == "1", env
+    if nodes == 2:
+        assert sorted(env["SLURMD_NODENAME"] for env in envs) == ["node1", "node2"], envs
     assert listed_state(tmp_path) == "COMPLETED"
     assert status(run_dir)["state"] == "completed"
     assert history_epochs(run_dir) == list(range(1, EPOCHS + 1))  # each epoch exactly once

@@ -266,13 +266,19 @@ def listed(run_root: Path) -> dict:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, slurm_cluster):
-    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=6)  # long enough for a refusal
+    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=2)
     # `sbatch RUN/job.sbatch` by hand while the run's job trains: refused at start, it must not
-    # settle the run it never wrote, nor stand for it in `launch runs`.
-    second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
-                            text=True, check=True).stdout.strip().split(";")[0]
-    assert wait_final(second, 300) == "FAILED"
-    assert job_field(first, "JobState") == "RUNNING", "the run ended before the second job started"
+    # settle the run it never wrote, nor stand for it in `launch runs`. The first job's trainer is
+    # held (SIGSTOP) meanwhile, so the run is still going when the second job starts, at any speed.
+    trainer = json.loads((run_dir / rundir.LOGS / "env-0.json").read_text())["pid"]
+    os.kill(trainer, signal.SIGSTOP)
+    try:
+        second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
+                                text=True, check=True).stdout.strip().split(";")[0]
+        assert wait_final(second, 300) == "FAILED"
+    finally:
+        os.kill(trainer, signal.SIGCONT)
+    assert job_field(first, "JobState") == "RUNNING"
     written = status(run_dir)
     assert (written["state"], str(written["job_id"])) == ("running", first), written
     run = listed(tmp_path)

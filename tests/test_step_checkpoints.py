@@ -3,12 +3,9 @@ resumes at the step of its last checkpoint, with history and TensorBoard continu
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,70 +199,6 @@ def tensorboard_steps(folder: Path, tag: str) -> list[int]:
     return sorted(steps)
 
 
-def launch_until_step_checkpoint(run_root: Path, epoch: int, *args: str) -> tuple[subprocess.Popen, Path, str]:
-    """Starts a local demo run and reads its output until a step checkpoint in `epoch` (1-based)."""
-    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--cluster", "local",
-           "--run-root", str(run_root), f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
-           *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    watchdog = threading.Timer(600, proc.kill)
-    watchdog.start()
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            found = SAVED.search(line)
-            if found and int(found.group(2)) == epoch:
-                (run_dir,) = list(run_root.iterdir())
-                return proc, run_dir, "".join(seen)
-    finally:
-        watchdog.cancel()
-    pytest.fail(f"no step checkpoint in epoch {epoch}; output:\n" + "".join(seen)[-3000:])
-
-
-@pytest.mark.slow
-def test_sigkill_after_a_step_checkpoint_resumes_at_that_step(tmp_path):
-    run_root = tmp_path / "runs"
-    proc, run_dir, _ = launch_until_step_checkpoint(run_root, 2, f"train.checkpoint_every_steps={EVERY_STEPS}",
-                                                    "train.log_every_steps=10")
-    # Kill the trainer's whole session at once, as a lost node would: no handler runs.
-    trainer = json.loads((run_dir / "logs" / "env-0.json").read_text())["pid"]
-    os.killpg(trainer, signal.SIGKILL)
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-    step = latest["step"]
-    assert latest["partial_epoch"] and latest["epoch"] == 1, latest
-    assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH and step % EVERY_STEPS == 0
-    assert latest["weights"] == f"latest-{step:09d}.h5"
-    assert [row["epoch"] for row in latest["history"]] == [1]
-
-    log = run_dir / "logs" / "local-0.out"
-    before = len(log.read_text())
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir), "--cluster", "local"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    resumed = log.read_text()[before:]
-    assert (f"resumed from latest-{step:09d}.h5: 1 epochs done, step {step}; epoch 2 continues at step "
-            f"{step} ({step - STEPS_PER_EPOCH} of its {STEPS_PER_EPOCH} steps done)") in resumed
-    # Only the rest of the cut epoch was run, then whole epochs: no finished step done twice.
-    rest = 2 * STEPS_PER_EPOCH - step
-    assert re.search(rf"^{rest}/{rest} - ", resumed, re.M), resumed[-3000:]
-    assert re.search(rf"^{STEPS_PER_EPOCH}/{STEPS_PER_EPOCH} - ", resumed, re.M)
-    final = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-    assert final["step"] == EPOCHS * STEPS_PER_EPOCH and not final["partial_epoch"]
-
-    with open(run_dir / "history.csv") as fh:
-        assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2, 3]
-    for sub in ("train", "validation"):
-        assert tensorboard_steps(run_dir / "tensorboard" / sub, "epoch_loss") == [0, 1, 2], sub
-    # The LR log has each step once: what the killed run logged past its checkpoint is dropped.
-    lr_steps = [int(line.split(",")[0]) for line in (run_dir / "lr.csv").read_text().splitlines()[1:]]
-    assert lr_steps == list(range(10, EPOCHS * STEPS_PER_EPOCH + 1, 10))
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
-
-
 @pytest.mark.slow
 def test_two_workers_agree_on_time_checkpoints_and_only_the_chief_writes(tmp_path):
     """MultiWorkerMirrored saves collectively: a worker that saved at another step than the chief
@@ -293,7 +226,7 @@ def test_trainer_killed_under_slurm_resumes_at_its_step_checkpoint(tmp_path, slu
     from slurm_jobs import launch, wait, wait_final
 
     job_id, run_dir = launch(tmp_path, f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
-                             f"train.checkpoint_every_steps={EVERY_STEPS}")
+                             f"train.checkpoint_every_steps={EVERY_STEPS}", "train.log_every_steps=10")
     out = run_dir / "logs" / f"slurm-{job_id}.out"
 
     def saved_in_epoch_2() -> bool:
@@ -308,6 +241,8 @@ def test_trainer_killed_under_slurm_resumes_at_its_step_checkpoint(tmp_path, slu
     step = latest["step"]
     assert latest["partial_epoch"] and latest["epoch"] == 1, latest
     assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH and step % EVERY_STEPS == 0
+    assert latest["weights"] == f"latest-{step:09d}.h5"
+    assert [row["epoch"] for row in latest["history"]] == [1]
 
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir)],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -315,7 +250,17 @@ def test_trainer_killed_under_slurm_resumes_at_its_step_checkpoint(tmp_path, slu
     resumed = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
     assert wait_final(resumed, 900) == "COMPLETED"
     log = (run_dir / "logs" / f"slurm-{resumed}.out").read_text()
-    assert f"resumed from latest-{step:09d}.h5: 1 epochs done, step {step}; epoch 2 continues at step {step}" in log
+    assert (f"resumed from latest-{step:09d}.h5: 1 epochs done, step {step}; epoch 2 continues at step "
+            f"{step} ({step - STEPS_PER_EPOCH} of its {STEPS_PER_EPOCH} steps done)") in log
+    # Only the rest of the cut epoch was run, then whole epochs: no finished step done twice.
+    rest = 2 * STEPS_PER_EPOCH - step
+    assert re.search(rf"^{rest}/{rest} - ", log, re.M), log[-3000:]
+    assert re.search(rf"^{STEPS_PER_EPOCH}/{STEPS_PER_EPOCH} - ", log, re.M)
+    final = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    assert final["step"] == EPOCHS * STEPS_PER_EPOCH and not final["partial_epoch"]
+    # The LR log has each step once: what the killed run logged past its checkpoint is dropped.
+    lr_steps = [int(line.split(",")[0]) for line in (run_dir / "lr.csv").read_text().splitlines()[1:]]
+    assert lr_steps == list(range(10, EPOCHS * STEPS_PER_EPOCH + 1, 10))
     with open(run_dir / "history.csv") as fh:
         assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2, 3]
     for sub in ("train", "validation"):

@@ -89,6 +89,27 @@ def test_grid_sweep_is_one_array_and_a_requeued_task_resumes_alone(slurm_cluster
     assert (sweep_dir / "compare.png").stat().st_size > 0
 
 
+def test_a_cancelled_sweep_shows_each_point_as_it_ended(slurm_cluster, tmp_path):
+    # One point at a time: point 0 (one epoch) completes, then the array is cancelled while point 1
+    # trains. The completed point stays COMPLETED, and the cancelled one is not left "running".
+    array = submitted_array(launch("--config", DEMO, "--run-root", str(tmp_path), "--sweep", "train.epochs=1,20",
+                                   "--max-parallel", "1", *TINY))
+    (sweep_dir,) = tmp_path.iterdir()
+    runs = run_dirs(sweep_dir)
+    wait(lambda: epochs_done(runs[1]) >= 1, f"{array}_1", 600, "point 1's first epoch")
+    subprocess.run(["scancel", array], check=True)
+    assert wait_final(f"{array}_1", 300) == "CANCELLED"
+    assert status(runs[0])["state"] == "completed"
+    assert status(runs[1])["state"] in ("stopped", "killed"), status(runs[1])
+
+    done = launch("runs", "--sweep", str(sweep_dir))
+    assert done.returncode == 0, done.stderr
+    with open(sweep_dir / "compare.csv") as fh:
+        shown = {r["point"]: r["state"] for r in csv.DictReader(fh)}
+    assert shown["0"] == "COMPLETED", shown
+    assert shown["1"] in ("STOPPED", "KILLED", "CANCELLED"), shown
+
+
 def test_resume_resubmits_only_the_unfinished_points(slurm_cluster, tmp_path):
     emitted = tmp_path / "array.sbatch"
     root = tmp_path / "runs"
