@@ -183,9 +183,14 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
         until(lambda: node_up(node), f"{node} back")
         return job_id
     if fault == "duplicate":  # a user runs the run's script by hand while its job runs
-        other = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        log.append(f"  duplicate job {other}: {wait_final(other, WAIT_S)}")  # it must leave the run alone
+        # The run's worker is held meanwhile, so the run is still there when the duplicate starts.
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            other = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+            log.append(f"  duplicate job {other}: {wait_final(other, WAIT_S)}")  # it must leave the run alone
+        finally:
+            os.kill(victim["pid"], signal.SIGCONT)
         return job_id
     raise AssertionError(fault)
 
@@ -202,9 +207,7 @@ def test_a_run_survives_random_faults(seed, undisturbed, tmp_path):
         (run_dir,) = tmp_path.iterdir()
         for fault in faults:
             after = committed_step(run_dir) + rng.randint(1, 8)
-            if after >= EPOCHS * STEPS_PER_EPOCH:
-                log.append(f"{fault}: skipped, the run is nearly done")
-                continue
+            assert after < EPOCHS * STEPS_PER_EPOCH, f"the run was nearly done before its {fault} fault"
             until(lambda: committed_step(run_dir) >= after, f"step {after}", job_id)
             log.append(f"{fault} at step {committed_step(run_dir)} of job {job_id}")
             continuing = strike(fault, rng, run_dir, job_id, log)
