@@ -99,15 +99,17 @@ def test_a_cancelled_sweep_shows_each_point_as_it_ended(slurm_cluster, tmp_path)
     wait(lambda: epochs_done(runs[1]) >= 1, f"{array}_1", 600, "point 1's first epoch")
     subprocess.run(["scancel", array], check=True)
     assert wait_final(f"{array}_1", 300) == "CANCELLED"
-    assert status(runs[0])["state"] == "completed"
-    assert status(runs[1])["state"] in ("stopped", "killed"), status(runs[1])
 
     done = launch("runs", "--sweep", str(sweep_dir))
     assert done.returncode == 0, done.stderr
     with open(sweep_dir / "compare.csv") as fh:
         shown = {r["point"]: r["state"] for r in csv.DictReader(fh)}
     assert shown["0"] == "COMPLETED", shown
-    assert shown["1"] in ("STOPPED", "KILLED", "CANCELLED"), shown
+    assert shown["1"] in ("STOPPED", "CANCELLED"), shown
+    assert status(runs[0])["state"] == "completed"
+    # Stopped by the trainer, or, where SLURM's KillWait ended it before it could save (5 s on
+    # the local cluster), settled by the batch shell or by the listing once SLURM said CANCELLED.
+    assert status(runs[1])["state"] in ("stopped", "killed"), status(runs[1])
 
 
 def test_resume_resubmits_only_the_unfinished_points(slurm_cluster, tmp_path):
