@@ -65,6 +65,7 @@ class MultiWorkerBackend(Backend):
         os.environ["TF_CONFIG"] = tf_config(spec, runtime.port)
         from training.keras_compat import tf  # defers TensorFlow
 
+        _heartbeat_timeout(spec.world_size, runtime.worker_timeout_s)
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
@@ -87,6 +88,21 @@ class MultiWorkerBackend(Backend):
 
     def all_save(self) -> bool:
         return True
+
+
+def _heartbeat_timeout(workers: int, timeout_s: int) -> None:
+    """TensorFlow's coordination service, which MultiWorkerMirroredStrategy starts, ends every
+    worker when one misses its heartbeats for 10 s: a worker stalled that long (a slow shared file
+    system, swapping, a stopped process) would fail the run. This sets the service up as the
+    strategy would, with runtime.worker_timeout_s as that bound, the one srun --wait uses for a
+    lost worker. No public API sets it."""
+    from tensorflow.core.protobuf import coordination_config_pb2  # defers TensorFlow
+    from tensorflow.python.eager import context  # defers TensorFlow
+
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=workers)],
+        heartbeat_timeout_in_ms=timeout_s * 1000)
 
 
 def _horovod(spec: ClusterSpec, runtime: RuntimeConfig) -> Backend:
