@@ -96,7 +96,9 @@ def _heartbeat_timeout(workers: int, timeout_s: int) -> None:
     system, swapping, a stopped process) would fail the run. This sets the service up as the
     strategy would, with runtime.worker_timeout_s as that bound, the one srun --wait uses for a
     lost worker. No public API sets it."""
-    from tensorflow.core.protobuf import coordination_config_pb2  # defers TensorFlow
+    from tensorflow.python.distribute.collective_all_reduce_strategy import (  # defers TensorFlow
+        coordination_config_pb2,  # the message module the strategy itself uses, wherever TF keeps it
+    )
     from tensorflow.python.eager import context  # defers TensorFlow
 
     context.context().configure_coordination_service(
