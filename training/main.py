@@ -22,7 +22,7 @@ from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
 from training.data import DataError, as_data_error
 from training.data.stage import stage, stage_file
-from training.envreport import write_env_report
+from training.envreport import rank_of, write_env_report
 from training.gpucheck import NoGPUError, check_start, hide_gpus
 from training.mirror import mirrored
 from training.report.summary import write_summary
@@ -116,7 +116,8 @@ def run(run_dir: Path) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
     os.environ.update(tensorflow_env(cfg, os.environ))  # before TensorFlow loads
-    write_env_report(run_dir)
+    if rank_of(dict(os.environ)) == "0":  # the chief, which holds the run's writer lock
+        write_env_report(run_dir)
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
     stage_inputs(cfg)
@@ -124,6 +125,8 @@ def run(run_dir: Path) -> int:
     backend = create_backend(cfg.runtime)
     if backend.is_chief:
         provenance.record(cfg, run_dir, backend)
+    else:  # only now: a rank whose chief was refused the run (a duplicate job) never gets here
+        write_env_report(run_dir)
     with mirrored(cfg.storage, run_dir, backend.is_chief, log=lambda line: print(f"[train] {line}", flush=True)):
         code, summary = _train_and_report(cfg, run_dir, backend)
     if summary is not None:  # the chief of a completed run: its last line, after the mirror's
