@@ -43,6 +43,7 @@ SWEEP_FILE = "sweep.yaml"  # in a sweep's folder: the points, their values and r
 RUNS_FILE = "runs.txt"  # in a sweep's folder: run directory of array task i on line i + 1
 SKIPPED = "skipped.txt"  # inputs left out, `path<TAB>reason` a line (a run reading texts directly; converters)
 LAUNCH_LOCK = ".launch.lock"  # held by a `launch --resume` between its checks and its submission
+SUBMITIT = "submitit"  # under LOGS: submitit's copy of each submitted script, named by job id
 COPIED_LOGS = "before-copy"  # under LOGS: a run copied from its mirror keeps the earlier jobs' records here
 RELEASED = ".released"  # job ids a launch let start once it had written the run's files (launcher/resume.py)
 
@@ -137,7 +138,7 @@ def job_ids(run_dir: Path) -> list[str]:
         status = {}  # a damaged status.json hides one id at most; the other records remain
     if status.get("job_id"):
         ids.add(str(status["job_id"]))
-    for folder in (run_dir / LOGS, run_dir / LOGS / "submitit"):
+    for folder in (run_dir / LOGS, run_dir / LOGS / SUBMITIT):
         if folder.is_dir():
             ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
     ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}

@@ -205,7 +205,7 @@ def _forget_jobs(run_dir: Path, url: str) -> None:
     busy check ask SLURM only about jobs submitted for the copy."""
     earlier = run_dir / rundir.LOGS / rundir.COPIED_LOGS
     earlier.mkdir(parents=True, exist_ok=True)
-    moved = [run_dir / rundir.JOBS, run_dir / rundir.LOGS / "submitit"]
+    moved = [run_dir / rundir.JOBS, run_dir / rundir.LOGS / rundir.SUBMITIT]
     moved += [p for p in (run_dir / rundir.LOGS).iterdir() if rundir.JOB_FILE.match(p.name)]
     for path in moved:
         if path.exists():

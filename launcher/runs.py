@@ -91,7 +91,7 @@ def job_id_of(run: Path, status: dict, present: set[str] | None = None) -> str |
             pass
     if present is None or rundir.LOGS in present:
         try:
-            with os.scandir(os.path.join(run, rundir.LOGS, "submitit")) as entries:  # no stat per file
+            with os.scandir(os.path.join(run, rundir.LOGS, rundir.SUBMITIT)) as entries:  # no stat per file
                 ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
         except (FileNotFoundError, NotADirectoryError):
             pass

@@ -102,7 +102,7 @@ def submit_slurm(script: str, run_dir: Path, asked: str, fresh: bool) -> str:
         SubmitError: sbatch refused the job or could not be run.
     """
     try:
-        return submit_job(script, run_dir / rundir.LOGS / "submitit", asked)
+        return submit_job(script, run_dir / rundir.LOGS / rundir.SUBMITIT, asked)
     except SubmitError:
         if fresh:
             shutil.rmtree(run_dir, ignore_errors=True)

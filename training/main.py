@@ -22,7 +22,7 @@ from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
 from training.data import DataError, as_data_error
 from training.data.stage import stage, stage_file
-from training.envreport import rank_of, write_env_report
+from training.envreport import write_env_report
 from training.gpucheck import NoGPUError, check_start, hide_gpus
 from training.mirror import mirrored
 from training.report.summary import write_summary
@@ -112,11 +112,11 @@ def stage_inputs(cfg: Config) -> None:
         cfg.text.embeddings_file = str(stage_file(cfg.text.embeddings_file, cfg.storage))
 
 
-def run(run_dir: Path) -> int:
+def run(run_dir: Path, is_chief: bool) -> int:
     signals.install()  # before TensorFlow loads: a stop signal during start-up must not kill the job
     cfg = load_run_config(run_dir)
     os.environ.update(tensorflow_env(cfg, os.environ))  # before TensorFlow loads
-    if rank_of(dict(os.environ)) == "0":  # the chief, which holds the run's writer lock
+    if is_chief:  # it holds the run's writer lock (main)
         write_env_report(run_dir)
 
     check_start(cfg.runtime.allow_cpu)  # before the backend: never train on the CPU by accident
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = cluster_from_env(os.environ)  # the chief holds the run's writer lock for the job
         with writer_lock(args.run_dir.resolve(), spec.job_id, spec.is_chief):
-            return run(args.run_dir.resolve())
+            return run(args.run_dir.resolve(), spec.is_chief)
     except user_errors() as err:
         # Problems a user can fix get one line; anything else keeps its traceback.
         print(f"training: error: {err}", file=sys.stderr, flush=True)
