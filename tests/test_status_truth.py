@@ -3,6 +3,7 @@ an end state, and `launch runs` when the batch shell died too. Unit tests, the r
 with a stand-in srun, and real demo jobs killed on the local SLURM cluster."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -167,10 +168,10 @@ def test_rendered_script_repeats_the_trainers_stop(tmp_path):
 
 # --- real jobs on the local cluster --------------------------------------------------------------
 
-def launch_and_wait_for_a_step(run_root: Path, epochs: int = 20) -> tuple[str, Path]:
+def launch_and_wait_for_a_step(run_root: Path, epochs: int = 20, minutes: int = 10) -> tuple[str, Path]:
     """A tiny demo run, waited on until the chief says running and has logged a training step."""
     job_id, run_dir = launch(run_root, f"train.epochs={epochs}", "train.log_every_steps=1",
-                             "slurm.cpus_per_task=1", "--time", "10")
+                             "slurm.cpus_per_task=1", "--time", str(minutes))
     lr_log = run_dir / "lr.csv"
     wait(lambda: (run_dir / rundir.STATUS).is_file() and status(run_dir).get("state") == "running"
          and lr_log.is_file() and len(lr_log.read_text().splitlines()) > 1, job_id, 400,
@@ -266,7 +267,9 @@ def listed(run_root: Path) -> dict:
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, slurm_cluster):
-    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=2)
+    # The first job's time limit outlasts any queue: the second job may wait for a node while other
+    # tests' jobs hold the cluster, and the first must still be running when it starts.
+    first, run_dir = launch_and_wait_for_a_step(tmp_path, epochs=2, minutes=60)
     # `sbatch RUN/job.sbatch` by hand while the run's job trains: refused at start, it must not
     # settle the run it never wrote, nor stand for it in `launch runs`. The first job's trainer is
     # held (SIGSTOP) meanwhile, so the run is still going when the second job starts, at any speed.
@@ -275,9 +278,10 @@ def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, sl
     try:
         second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
                                 text=True, check=True).stdout.strip().split(";")[0]
-        assert wait_final(second, 300) == "FAILED"
+        assert wait_final(second, 1800) == "FAILED"
     finally:
-        os.kill(trainer, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # a trainer that died is reported below
+            os.kill(trainer, signal.SIGCONT)
     assert job_field(first, "JobState") == "RUNNING"
     written = status(run_dir)
     assert (written["state"], str(written["job_id"])) == ("running", first), written
