@@ -124,25 +124,48 @@ def record_job(run_dir: Path, job_id: str) -> None:
         fh.write(f"{job_id}\n")
 
 
+def _job_file_ids(folder: str | Path) -> set[str]:
+    """Job ids in the names of a folder's job files (slurm-N.out, N_submission.sh, ...); one
+    listing, no stat per file (`launch runs` over 10,000 runs)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {m.group(1) for e in entries if (m := JOB_FILE.match(e.name))}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def launched_job_ids(run_dir: str | Path, present: set[str] | None = None) -> set[str]:
+    """The jobs launch submitted for the run: jobs.txt and submitit's copies of the script.
+    `present`: the names in the run's folder, when the caller listed it (no open of a file that
+    is not there)."""
+    ids: set[str] = set()
+    if present is None or JOBS in present:
+        try:
+            ids.update((Path(run_dir) / JOBS).read_text().split())
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    if present is None or LOGS in present:
+        ids |= _job_file_ids(os.path.join(run_dir, LOGS, SUBMITIT))
+    return ids
+
+
+def valid_job_ids(ids: set[str]) -> set[str]:
+    """The ids that look like SLURM's (N or N_T): a hand-edited jobs.txt cannot inject others."""
+    return {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
+
+
 def job_ids(run_dir: Path) -> list[str]:
-    """Every SLURM job id the run directory knows of, oldest first: jobs.txt, status.json,
-    submitit's copies of the script and SLURM's log names (a hand-run sbatch shows up there once
-    it starts)."""
+    """Every SLURM job id the run directory knows of, oldest first: the launched ones,
+    status.json's and SLURM's log names (a hand-run sbatch shows up there once it starts)."""
     run_dir = Path(run_dir)
-    ids = set()
-    if (run_dir / JOBS).is_file():
-        ids.update((run_dir / JOBS).read_text().split())
+    ids = launched_job_ids(run_dir) | _job_file_ids(run_dir / LOGS)
     try:
         status = read_json(run_dir / STATUS)
     except ValueError:
         status = {}  # a damaged status.json hides one id at most; the other records remain
     if status.get("job_id"):
         ids.add(str(status["job_id"]))
-    for folder in (run_dir / LOGS, run_dir / LOGS / SUBMITIT):
-        if folder.is_dir():
-            ids.update(m.group(1) for p in folder.iterdir() if (m := JOB_FILE.match(p.name)))
-    ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
-    return sorted(ids, key=slurm.job_order)
+    return sorted(valid_job_ids(ids), key=slurm.job_order)
 
 
 class RunDir:

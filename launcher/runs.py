@@ -33,7 +33,6 @@ import csv
 import datetime
 import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from core.slurm import ACTIVE, job_order, FROM_ACCOUNTING, FROM_QUEUE, sacct_sta
 
 # The trainer's own end states, which an array task may write before its array is cancelled.
 FINISHED = frozenset({"completed", "stopped", "failed"})
-JOB_FILE = rundir.JOB_FILE
 
 StateQuery = Callable[[list[str]], "dict[str, str] | None"]
 
@@ -81,21 +79,12 @@ def job_id_of(run: Path, status: dict, present: set[str] | None = None) -> str |
     `present`: the names in the run's folder, when the caller listed it (no open of a file that
     is not there: `launch runs` over 10,000 runs).
     """
-    ids = {str(status["job_id"])} if status.get("job_id") else set()
+    ids = rundir.launched_job_ids(run, present)
+    if status.get("job_id"):
+        ids.add(str(status["job_id"]))
     if (present is None or rundir.WRITER_LOCK in present) and (holder := rundir.writer(run).get("job_id")):
         ids.add(str(holder))
-    if present is None or rundir.JOBS in present:
-        try:
-            ids.update((run / rundir.JOBS).read_text().split())
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-    if present is None or rundir.LOGS in present:
-        try:
-            with os.scandir(os.path.join(run, rundir.LOGS, rundir.SUBMITIT)) as entries:  # no stat per file
-                ids.update(m.group(1) for e in entries if (m := JOB_FILE.match(e.name)))
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-    ids = {i for i in ids if re.fullmatch(r"\d+(_\d+)?", i)}
+    ids = rundir.valid_job_ids(ids)
     return max(ids, key=job_order) if ids else None
 
 
