@@ -97,19 +97,9 @@ def check_idle(run_dir: Path) -> None:
         raise RunBusy(f"{run_dir} still has job {listed} in the queue; a second job would write the "
                       f"same checkpoints. Wait for it to end (squeue -j {first}) or scancel {first}, "
                       "then resume")
-    holder = _read_holder(Path(run_dir) / rundir.WRITER_LOCK)
+    holder = rundir.read_lock(Path(run_dir) / rundir.WRITER_LOCK)
     if holder and (why := _alive(holder, None)):
         raise RunBusy(f"{run_dir} is being written by {why}; wait for it to end, then resume")
-
-
-def _read_holder(path: Path) -> dict | None:
-    try:
-        holder = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # half-written by a killed holder: nobody can be named, so it is stale
-    return holder if isinstance(holder, dict) else {}
 
 
 def _describe(holder: dict) -> str:
@@ -167,7 +157,7 @@ class RunLock:
             while time.monotonic() < deadline:
                 if self._link(mine, self.path):
                     return
-                holder = _read_holder(self.path)
+                holder = rundir.read_lock(self.path)
                 if holder is None:
                     continue  # released meanwhile
                 if why := _alive(holder, self.job_id, self.max_age_s):
@@ -186,7 +176,7 @@ class RunLock:
             return True
         except FileExistsError:
             # NFS may answer EEXIST to a retried link that in fact succeeded: the content says.
-            return (_read_holder(target) or {}).get("token") == self.me["token"]
+            return (rundir.read_lock(target) or {}).get("token") == self.me["token"]
 
     def _break(self, stale: dict, mine: Path) -> None:
         """Removes a stale lock. One breaker at a time (RUN/.writer.lock.break), and only if the
@@ -199,14 +189,14 @@ class RunLock:
             time.sleep(0.05)
             return
         try:
-            if _read_holder(self.path) == stale:
+            if rundir.read_lock(self.path) == stale:
                 self.path.unlink(missing_ok=True)
         finally:
             breaker.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Removes the lock if this process still holds it."""
-        if (_read_holder(self.path) or {}).get("token") == self.me["token"]:
+        if (rundir.read_lock(self.path) or {}).get("token") == self.me["token"]:
             self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "RunLock":

@@ -108,14 +108,22 @@ def epochs_done(run_dir: Path) -> tuple[int, dict | None]:
     return int(state.get("epoch", 0)), (state or None)
 
 
-def writer(run_dir: str | Path) -> dict:
-    """The holder RUN/.writer.lock names (job_id, host, pid, token; core/locks.py takes it),
-    or {} when the lock is free or half-written."""
+def read_lock(path: str | Path) -> dict | None:
+    """A lock file's holder (job_id, host, pid, token; core/locks.py writes it): None when there
+    is no lock, {} when it is half-written by a killed holder (nobody can be named)."""
     try:
-        holder = json.loads((Path(run_dir) / WRITER_LOCK).read_text())
+        holder = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
         return {}
-    return holder if isinstance(holder, dict) and holder.get("token") else {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def writer(run_dir: str | Path) -> dict:
+    """The holder RUN/.writer.lock names, or {} when the lock is free or half-written."""
+    holder = read_lock(Path(run_dir) / WRITER_LOCK) or {}
+    return holder if holder.get("token") else {}
 
 
 def record_job(run_dir: Path, job_id: str) -> None:
