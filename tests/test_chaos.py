@@ -40,10 +40,13 @@ EPOCHS = 5
 STEPS_PER_EPOCH = 22  # the demo's 1,437 training images in global batches of 64
 LOG_EVERY = 2  # lr.csv gets a row every LOG_EVERY steps: a step trained twice shows up there
 RUN = ("--nodes", "2", "--backend", "multiworker", f"train.epochs={EPOCHS}", "train.checkpoint_every_steps=4",
-       f"train.log_every_steps={LOG_EVERY}", "slurm.max_requeues=40", "runtime.worker_timeout_s=20",
+       f"train.log_every_steps={LOG_EVERY}", "slurm.max_requeues=40", "runtime.worker_timeout_s=300",
        "slurm.cpus_per_task=1")  # one CPU of each node's two: a duplicate job starts beside the run
+# runtime.worker_timeout_s: a stalled worker must outlast a duplicate job's life (see strike); a
+# killed one still ends the job at once (srun --kill-on-bad-exit).
 ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
 WAIT_S = 600  # for any one event; a loaded machine is slow, a stuck run is stuck
+DONE = "completed"  # strike's answer when the run ended normally before the fault took effect
 
 
 class Log(list):
@@ -120,10 +123,14 @@ def listed(run_root: Path) -> dict:
 
 
 def observe(run_root: Path, run_dir: Path, job_id: str, log: list[str]) -> None:
-    """status.json and `launch runs` agree with SLURM about the run's job right now."""
-    slurm_state = job_field(job_id, "JobState")
-    status = json.loads((run_dir / rundir.STATUS).read_text())
-    run = listed(run_root)
+    """status.json and `launch runs` agree with SLURM about the run's job right now: read while
+    SLURM's state held still (a job may end between two reads; then they are read again)."""
+    while True:
+        slurm_state = job_field(job_id, "JobState")
+        status = json.loads((run_dir / rundir.STATUS).read_text())
+        run = listed(run_root)
+        if job_field(job_id, "JobState") == slurm_state:
+            break
     log.append(f"observed: SLURM {slurm_state}, status.json {status.get('state')} (job {status.get('job_id')}), "
                f"launch runs {run['state']} (job {run['job_id']})")
     assert run["job_id"] == job_id, log[-1]  # never a refused duplicate's job
@@ -149,8 +156,8 @@ def undisturbed(slurm_cluster, tmp_path_factory) -> float:
 
 
 def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list[str]) -> str | None:
-    """Does `fault` to the running job; returns the job id that continues the run, or None when the
-    run stopped and needs `launch --resume`."""
+    """Does `fault` to the running job; returns the job id that continues the run, None when the
+    run stopped and needs `launch --resume`, or DONE when it completed meanwhile."""
     workers = until(lambda: trainers(run_dir, job_id), "trainers of the job", job_id)
     victim = rng.choice(workers)
     before = job_field(job_id, "Restarts")
@@ -159,7 +166,14 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
         until(lambda: job_field(job_id, "JobState") not in ALIVE or job_field(job_id, "Restarts") != before,
               "the job's end or requeue")
         # A step killed soon after a requeue is requeued by the job itself (core/recovery.py).
-        return job_id if job_field(job_id, "Restarts") != before else None
+        if job_field(job_id, "Restarts") != before:
+            return job_id
+        if job_field(job_id, "JobState") == "COMPLETED":
+            # A stop is acted on up to two votes after the signal; one that lands on the last
+            # step of the last epoch is the run's normal end.
+            log.append("  the run reached its end before the stop: completed")
+            return DONE
+        return None
     if fault == "stop":  # a worker stalled: swapping, a debugger, a hung file system
         pause = rng.uniform(2, 8)
         os.kill(victim["pid"], signal.SIGSTOP)
@@ -184,6 +198,10 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
         return job_id
     if fault == "duplicate":  # a user runs the run's script by hand while its job runs
         # The run's worker is held meanwhile, so the run is still there when the duplicate starts.
+        # The run's worker is held meanwhile, so the run is still there, at the same step, when the
+        # duplicate starts and ends (the run trains its 110 steps in about a minute; the duplicate
+        # lives some 20 s). Held well within runtime.worker_timeout_s: a worker stalled longer
+        # ends the run by design, which is not the fault under test.
         os.kill(victim["pid"], signal.SIGSTOP)
         try:
             other = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
@@ -212,6 +230,8 @@ def test_a_run_survives_random_faults(seed, undisturbed, tmp_path):
             log.append(f"{fault} at step {committed_step(run_dir)} of job {job_id}")
             continuing = strike(fault, rng, run_dir, job_id, log)
             observe(tmp_path, run_dir, job_id, log)
+            if continuing is DONE:
+                break
             if continuing is None:  # stopped: the user resumes it
                 job_id = submitted(cli("--resume", str(run_dir)))
                 log.append(f"  resumed as job {job_id}")
