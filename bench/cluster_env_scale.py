@@ -37,7 +37,7 @@ def env(per_node):
             "SLURMD_NODENAME": "gpu1024"}}
 start = time.perf_counter()
 spec = cluster.cluster_from_env(env(1))
-config = cluster.tf_config(spec, 29500)
+config = cluster.tf_config(spec, 0)
 multiworker = time.perf_counter() - start
 slurm.hostnames.cache_clear()
 start = time.perf_counter()

@@ -185,7 +185,10 @@ class RuntimeConfig:
     run_root: str = rundir.DEFAULT_RUN_ROOT  # shared folder that holds one sub-folder per run
     run_name: str = ""  # "" = <config name>-<timestamp>
     python: str = ""  # interpreter on the compute nodes; "" = the one running launch
-    port: Annotated[int, Range(ge=1, le=65535)] = 29500  # first worker port; rank r listens on port + r
+    # first worker port (multiworker); 0 = chosen per job: from the SLURM job id, or free ones when
+    # local. Set one where a site opens only certain ports: rank r then listens on port + r locally,
+    # on port + r % PORTS_PER_JOB under SLURM (training/cluster.py)
+    port: Annotated[int, Range(ge=0, le=65535)] = 0
     cpu_devices: Annotated[int, NON_NEGATIVE] = 0  # split the CPU into N logical devices when no GPU is present (tests)
     worker_timeout_s: Annotated[int, COUNT] = 120  # a lost worker ends the job within this many seconds
     allow_cpu: bool = False  # train even when the job got GPUs that TensorFlow cannot see

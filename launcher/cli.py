@@ -184,7 +184,7 @@ def _run_here(cfg: Config, run_dir: Path, why: str) -> int:
     n = world_size(cfg.slurm, cfg.runtime.backend)
     print(f"launch: running locally ({why}): {n} process{'es' if n > 1 else ''} of backend "
           f"{cfg.runtime.backend}; run dir {run_dir}", flush=True)
-    return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s)
+    return run_local(run_dir, cfg.runtime.python, n, cfg.runtime.worker_timeout_s, cfg.runtime.port)
 
 
 def _resume(cfg: Config, run_dir: Path, target: Target) -> int:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -171,12 +172,43 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_local(run_dir: Path, python: str, world_size: int, worker_timeout_s: int) -> int:
+def free_ports(count: int, tries: int = 20) -> int:
+    """The first of `count` consecutive TCP ports that are free on this host now.
+
+    The kernel picks the first (binding port 0) from its ephemeral range, clear of the blocks
+    SLURM jobs take (training/cluster.py). The ports are free only when asked: a rare other
+    process may bind one before the ranks do.
+
+    Raises:
+        SubmitError: no such run of ports was found.
+    """
+    for _ in range(tries):
+        with contextlib.ExitStack() as held:
+            first = socket.socket()
+            held.enter_context(first)
+            first.bind(("", 0))
+            port = first.getsockname()[1]
+            try:
+                for other in range(port + 1, port + count):
+                    held.enter_context(socket.socket()).bind(("", other))
+            except (OSError, OverflowError):
+                continue
+            return port
+    raise SubmitError(f"found no {count} free ports in a row on this host; set runtime.port to the "
+                      f"first of {count} ports that are")
+
+
+def run_local(run_dir: Path, python: str, world_size: int, worker_timeout_s: int, port: int) -> int:
     """Runs the job's ranks as processes on this machine and waits for them.
 
     Rank 0 streams to the terminal and to RUN_DIR/logs/local-0.out; rank i writes only
     logs/local-<i>.out. When one rank fails, the others get worker_timeout_s to finish before
     they are terminated, as srun --wait does on the cluster.
+
+    Args:
+        port: runtime.port. When 0, every rank gets LAUNCH_PORT, the first of world_size ports
+            free on this host, so that local runs at once, or beside a test cluster's jobs on
+            this host, do not share ports.
 
     Returns:
         0 when every rank succeeded, else the exit code of the first rank that failed.
@@ -185,6 +217,8 @@ def run_local(run_dir: Path, python: str, world_size: int, worker_timeout_s: int
     logs.mkdir(parents=True, exist_ok=True)
     # SLURM variables of an enclosing allocation would make the trainer think it is a job step.
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    if not port:
+        base_env["LAUNCH_PORT"] = str(free_ports(world_size))
     command = [python, "-u", "-m", "training.main", "--run-dir", str(run_dir)]
     procs: list[subprocess.Popen] = []
     files: list[BinaryIO] = []

@@ -338,7 +338,7 @@ def run_here(planned: list[Planned], why: str) -> int:
               f"run dir {item.run_dir}", flush=True)
 
         code = run_local(item.run_dir, cfg.runtime.python, world_size(cfg.slurm, cfg.runtime.backend),
-                         cfg.runtime.worker_timeout_s)
+                         cfg.runtime.worker_timeout_s, cfg.runtime.port)
         if code == 128 + 2:  # interrupted: stop the sweep, not just this point
             return code
         if code:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,41 @@ def test_local_mode_reports_the_failed_rank_and_stops_the_others(launch_cli, run
     assert done.returncode == 3
     assert "launch: rank 1 failed with exit code 3" in done.stderr
     assert "stopped rank(s) 0" in done.stderr  # rank 0 would otherwise sleep for a minute
+
+
+@pytest.fixture
+def port_python(tmp_path: Path) -> Path:
+    """Stands in for the interpreter: each rank writes the LAUNCH_PORT it was given to its log."""
+    shim = tmp_path / "port-python"
+    shim.write_text('#!/bin/bash\necho "rank $LAUNCH_RANK port ${LAUNCH_PORT:-none}"\n')
+    shim.chmod(0o755)
+    return shim
+
+
+def told_ports(run_dir: Path) -> list[str]:
+    return [(run_dir / "logs" / f"local-{rank}.out").read_text().split()[-1] for rank in (0, 1)]
+
+
+def test_local_ranks_are_told_the_same_free_ports_and_a_fixed_port_is_left_to_the_config(
+        launch_cli, run_root, port_python, tmp_path):
+    from training.cluster import cluster_from_env, worker_addresses
+
+    assert run_local(launch_cli, run_root, port_python).returncode == 0
+    (run_dir,) = run_root.iterdir()
+    told = told_ports(run_dir)
+    assert told[0] == told[1] != "none"
+    # What each rank makes of it: two workers on free ports that every rank lists alike.
+    specs = [cluster_from_env({"LAUNCH_RANK": str(r), "LAUNCH_WORLD_SIZE": "2", "LAUNCH_PORT": told[0]})
+             for r in (0, 1)]
+    addresses = worker_addresses(specs[0], 0)
+    assert addresses == worker_addresses(specs[1], 0) and len(set(addresses)) == 2
+    with socket.socket() as first, socket.socket() as second:  # nothing else holds them
+        first.bind(("", int(told[0])))
+        second.bind(("", int(told[0]) + 1))
+
+    fixed_root = tmp_path / "fixed"
+    assert run_local(launch_cli, fixed_root, port_python, "runtime.port=41000").returncode == 0
+    assert told_ports(next(fixed_root.iterdir())) == ["none", "none"]
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30", 2), ("1:00:00", 60), ("0:1:01", 2),

@@ -1,8 +1,10 @@
 """SLURM / local-launcher environment -> process layout and TF_CONFIG (pure functions)."""
 import json
 
+import pytest
+
 from core import slurm
-from training.cluster import cluster_from_env, tf_config
+from training.cluster import END_JOB_PORT, FIRST_JOB_PORT, PORTS_PER_JOB, cluster_from_env, tf_config
 
 
 def fake_hostnames(nodelist):
@@ -63,6 +65,58 @@ def test_an_array_task_is_named_by_array_and_task_id_so_a_requeue_touches_only_i
     assert cluster_from_env(env, fake_hostnames).job_id == "228_3"
 
 
+def workers(env, port=0, hostnames=fake_hostnames):
+    return json.loads(tf_config(cluster_from_env(env, hostnames), port))["cluster"]["worker"]
+
+
+def ports(addresses):
+    return [int(address.rpartition(":")[2]) for address in addresses]
+
+
+def test_jobs_with_nearby_ids_listen_on_separate_port_blocks_below_the_ephemeral_range():
+    blocks = {}
+    for job_id in range(1000, 1400):
+        env = slurm_env(0, ntasks=PORTS_PER_JOB, SLURM_JOB_ID=str(job_id))
+        blocks[job_id] = set(ports(workers(env, hostnames=lambda _: ["node1"])))
+        assert len(blocks[job_id]) == PORTS_PER_JOB  # a job's ranks on one host: one port each
+        assert FIRST_JOB_PORT <= min(blocks[job_id]) and max(blocks[job_id]) < min(END_JOB_PORT, 32768)
+    taken = [port for block in blocks.values() for port in block]
+    assert len(taken) == len(set(taken))  # no port of one job is another's
+
+
+def test_every_rank_and_every_restart_of_a_job_computes_the_same_workers():
+    seen = {json.dumps(workers(slurm_env(rank, node=f"node{rank + 1}", SLURM_RESTART_COUNT=str(restart))))
+            for rank in (0, 1) for restart in (0, 3)}
+    assert len(seen) == 1
+
+
+def test_an_array_task_listens_on_its_own_job_ids_block_not_the_arrays():
+    first = workers(slurm_env(0, SLURM_JOB_ID="228", SLURM_ARRAY_JOB_ID="228", SLURM_ARRAY_TASK_ID="0"))
+    other = workers(slurm_env(0, SLURM_JOB_ID="231", SLURM_ARRAY_JOB_ID="228", SLURM_ARRAY_TASK_ID="3"))
+    assert not set(ports(first)) & set(ports(other))
+
+
+def test_nodes_that_are_one_machine_give_their_workers_distinct_ports():
+    # The local test cluster: node1 and node2 are names of this host.
+    assert len(set(ports(workers(slurm_env(0))))) == 2
+
+
+def test_a_fixed_runtime_port_is_used_as_given():
+    assert workers(slurm_env(1, node="node2"), port=41000) == ["node1:41000", "node2:41001"]
+    assert workers({"LAUNCH_RANK": "0", "LAUNCH_WORLD_SIZE": "2", "LAUNCH_PORT": "50001"}, port=41000) == \
+        ["localhost:41000", "localhost:41001"]
+
+
+def test_local_ranks_listen_on_the_ports_launch_chose():
+    env = {"LAUNCH_RANK": "1", "LAUNCH_WORLD_SIZE": "10", "LAUNCH_PORT": "50001"}
+    assert ports(workers(env)) == list(range(50001, 50011))  # launch found ten free in a row
+
+
+def test_no_port_from_anywhere_is_an_error_not_a_guess():
+    with pytest.raises(ValueError, match="neither SLURM nor launch chose"):
+        workers({"LAUNCH_RANK": "0", "LAUNCH_WORLD_SIZE": "2"})
+
+
 # A 1,024-node x 8-GPU job as SLURM describes it to each task (scontrol expands the nodelist).
 NODES, GPUS, BASE_PORT = 1024, 8, 29500
 
@@ -83,7 +137,7 @@ def test_a_1024_node_multiworker_job_has_one_worker_per_node_and_expands_the_nod
         workers = json.loads(tf_config(spec, BASE_PORT))["cluster"]["worker"]
         assert spec.rank == rank and spec.node_name == f"gpu{rank + 1:04d}"
     assert len(workers) == NODES
-    assert (workers[0], workers[-1]) == ("gpu0001:29500", f"gpu1024:{BASE_PORT + NODES - 1}")
+    assert (workers[0], workers[-1]) == ("gpu0001:29500", f"gpu1024:{BASE_PORT + (NODES - 1) % PORTS_PER_JOB}")
     assert json.loads(tf_config(spec, BASE_PORT))["task"] == {"type": "worker", "index": NODES - 1}
     assert slurm.hostnames.cache_info().misses == 1  # one `scontrol show hostnames` for every rank
 

@@ -178,6 +178,7 @@ def test_xla_with_horovod_is_refused_in_one_line():
     ("model.head_units=[64, 0]", "model.head_units in override 'model.head_units=[64, 0]': 0 is below the minimum 1"),
     ("model.std=[1, 0, 1]", "model.std in override 'model.std=[1, 0, 1]': 0.0 must be above 0"),
     ("runtime.port=70000", "70000 is above the maximum 65535"),
+    ("runtime.port=-1", "runtime.port in override 'runtime.port=-1': -1 is below the minimum 0"),
 ])
 def test_out_of_range_values_name_the_key_and_the_bound(override, says):
     with pytest.raises(ConfigError) as err:

@@ -207,7 +207,6 @@ def test_two_workers_agree_on_time_checkpoints_and_only_the_chief_writes(tmp_pat
     run_root = tmp_path / "runs"
     cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--cluster", "local", "--run-root",
            str(run_root), "--nodes", "2", "--backend", "multiworker", "train.epochs=2",
-           "runtime.port=29700",  # not the default, which a two-node test job on this host may hold
            "train.checkpoint_every_minutes=0.0001", "runtime.worker_timeout_s=30"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -62,7 +62,10 @@ class MultiWorkerBackend(Backend):
     def __init__(self, spec: ClusterSpec, runtime: RuntimeConfig):
         super().__init__(spec, runtime)
 
-        os.environ["TF_CONFIG"] = tf_config(spec, runtime.port)
+        try:
+            os.environ["TF_CONFIG"] = tf_config(spec, runtime.port)
+        except ValueError as err:
+            raise BackendError(f"{err}: start the run with launch, or set runtime.port") from None
         from training.keras_compat import tf  # defers TensorFlow
 
         _heartbeat_timeout(spec.world_size, runtime.worker_timeout_s)
