@@ -163,6 +163,7 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
     before = job_field(job_id, "Restarts")
     if fault in ("kill", "term"):  # the OOM killer or a crash; someone's kill or a node's shutdown
         os.kill(victim["pid"], signal.SIGKILL if fault == "kill" else signal.SIGTERM)
+        log.append(f"  sent to rank {victim['SLURM_PROCID']} (pid {victim['pid']}) at {time.strftime('%H:%M:%S')}")
         until(lambda: job_field(job_id, "JobState") not in ALIVE or job_field(job_id, "Restarts") != before,
               "the job's end or requeue")
         # A step killed soon after a requeue is requeued by the job itself (core/recovery.py).

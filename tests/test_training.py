@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,8 +152,30 @@ def test_tensorboard_has_train_and_validation_curves(mirrored_run):
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 
-def test_multiworker_two_processes_reach_the_bar(tmp_path):
-    run_dir = launch_local(tmp_path, "--nodes", "2", "--backend", "multiworker")
+def test_multiworker_two_processes_stop_on_a_workers_sigterm_then_reach_the_bar(tmp_path):
+    # SIGTERM to the second worker as soon as it reports, right after its strategy started, when
+    # TensorFlow's coordination service used to have swallowed it: both stop at their vote, save,
+    # and the resumed run reaches the bar.
+    import signal
+
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"), "--cluster",
+           "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}", "--nodes", "2", "--backend", "multiworker"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (reports := list(tmp_path.glob("*/logs/env-1.json"))):
+        assert time.monotonic() < deadline and proc.poll() is None, "the second worker never reported"
+        time.sleep(0.05)
+    os.kill(json.loads(reports[0].read_text())["pid"], signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, output[-3000:]
+    run_dir = reports[0].parent.parent
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["state"], status["message"]) == (
+        "stopped", "stopped by a stop signal to another worker; checkpoint saved"), status
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir), "--cluster", "local"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
     rows = history(run_dir)
     assert len(rows) == EPOCHS
     assert float(rows[-1]["val_accuracy"]) >= ACCURACY_BAR, rows[-1]

@@ -149,7 +149,8 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> tuple[int, dict | 
                 message = requeue(spec.job_id, spec.restart_count,
                                   int(os.environ.get("LAUNCH_MAX_REQUEUES", cfg.slurm.max_requeues)), run_dir)
             else:  # preemption, scancel or an outside requeue: SLURM decides what comes next
-                message = f"stopped by {result['signal']}; checkpoint saved"
+                by = result["signal"] or "a stop signal to another worker"  # the vote tells that one came, not which
+                message = f"stopped by {by}; checkpoint saved"
             requeued = message.startswith("requeued")
             write_status(run_dir, state="requeued" if requeued else "stopped", epoch=result["epoch"],
                          message=message)

@@ -11,6 +11,7 @@ import os
 
 from core.config import RuntimeConfig
 from training.backends.base import Backend, BackendError
+from training import signals
 from training.backends.horovod import HorovodBackend
 from training.cluster import ClusterSpec, cluster_from_env, tf_config
 
@@ -68,10 +69,13 @@ class MultiWorkerBackend(Backend):
             raise BackendError(f"{err}: start the run with launch, or set runtime.port") from None
         from training.keras_compat import tf  # defers TensorFlow
 
-        _heartbeat_timeout(spec.world_size, runtime.worker_timeout_s)
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # Its coordination service takes SIGTERM for itself as it starts: a preemption or scancel
+        # would be swallowed (training/signals.py).
+        with signals.kept_through():
+            _heartbeat_timeout(spec.world_size, runtime.worker_timeout_s)
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         self.num_replicas = self.strategy.num_replicas_in_sync
         self._agree = None
 
