@@ -23,7 +23,7 @@ def _folder(inside: str, checkout: str) -> Path:
 
 
 def template_folder() -> Path:
-    """The folder of base.sbatch.j2, job.sbatch.j2 and task.sbatch.j2."""
+    """The folder of base.sbatch.j2, job.sbatch.j2, task.sbatch.j2 and container.sbatch.j2."""
     return _folder("templates", "slurm")
 
 

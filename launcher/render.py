@@ -2,7 +2,9 @@
 
 One template family in slurm/ (inside the package once installed: launcher/packaged.py):
 base.sbatch.j2 (directives, slurm.setup) extended by job.sbatch.j2 (a training run) and
-task.sbatch.j2 (one command per node: eval, predict, gpucheck, convert). Both kinds get their directives, GPU request style, partition, account and QoS from the same code here.
+task.sbatch.j2 (one command per node: eval, predict, gpucheck, convert), which both take the
+steps that run inside a container image from container.sbatch.j2. Both kinds get their
+directives, GPU request style, partition, account and QoS from the same code here.
 
 CPUs: `slurm.cpus_per_task` is per task for every backend, exactly as sbatch reads it. Horovod runs
 one task per GPU, so a node then needs gpus_per_node * cpus_per_task cores; lower cpus_per_task
@@ -237,6 +239,17 @@ def container_words(container: Container) -> tuple[list[str], list[str]]:
                 container.image]
 
 
+def _container_values(container: Container | None, nodes: int, cpus_per_task: int) -> dict[str, object]:
+    """What slurm/container.sbatch.j2 reads: the words that put a step inside the image, and the
+    image check's step (one task a node)."""
+    srun_container, exec_prefix = container_words(container) if container else ([], [])
+    if container:
+        _check_plain(container_image=container.image, container_mounts=" ".join(srun_container + exec_prefix))
+    return {"container": container, "srun_container": srun_container, "exec_prefix": exec_prefix,
+            "apptainer_env": APPTAINER_ENV,
+            "check_args": [f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus_per_task}"]}
+
+
 def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
                   worker_timeout_s: int, array: JobArray | None = None,
                   container: Container | None = None) -> str:
@@ -259,16 +272,9 @@ def render_sbatch(slurm: SlurmConfig, backend: str, run_dir: Path, python: str,
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the run name")
     _check_plain(run_directory=str(run_dir), python=python,
                  **({"runs_file": str(array.runs_file)} if array else {}))
-    srun_container, exec_prefix = container_words(container) if container else ([], [])
-    if container:
-        _check_plain(container_image=container.image, container_mounts=" ".join(srun_container + exec_prefix))
     nodes = 1 if backend == "mirrored" else slurm.nodes
     return _template().render(
-        container=container,
-        srun_container=srun_container,
-        exec_prefix=exec_prefix,
-        apptainer_env=APPTAINER_ENV,
-        check_args=[f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={slurm.cpus_per_task}"],
+        **_container_values(container, nodes, slurm.cpus_per_task),
         host_python=python,
         directives=directives(slurm, backend, Path(run_dir), array),
         array=array,
