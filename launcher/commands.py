@@ -21,6 +21,7 @@ from launcher.cancel import cancel_run
 from launcher.jobs import Request, log_lines, start, task_slurm
 from launcher.options import DEFAULT_CONFIG, FLAGS, REPO, SITE_FLAGS
 from launcher.render import TaskJob
+from launcher.resume import absolute_paths
 from launcher.submit import Target
 
 EVAL_TIME_MIN = 60  # eval and predict ask for at most this, unless --time says otherwise
@@ -63,11 +64,15 @@ def _run(text: str) -> RunDir:
 
 
 def _run_config(run: RunDir, args: argparse.Namespace) -> Config:
-    return load_config(run.config, args.overrides, _flags(args))
+    cfg = load_config(run.config, args.overrides, _flags(args))
+    absolute_paths(cfg, Path.cwd())  # an override's ./path (container.image=./img.sqsh) as the user meant
+    return cfg
 
 
 def _site_config(args: argparse.Namespace) -> Config:
-    return load_config(options.given_config(args.config) or DEFAULT_CONFIG, args.overrides, _flags(args))
+    cfg = load_config(options.given_config(args.config) or DEFAULT_CONFIG, args.overrides, _flags(args))
+    absolute_paths(cfg, Path.cwd())
+    return cfg
 
 
 def _python(cfg: Config) -> str:
@@ -109,12 +114,12 @@ def cmd_eval(argv: list[str]) -> int:
     args = p.parse_intermixed_args(argv)
     run = _run(args.run)
     cfg = _run_config(run, args)
+    checkpoint = _checkpoint(run, args.checkpoint)
     command = [_python(cfg), "-u", "-m", "training.evaluate", "eval", "--run-dir", str(run.path),
-               "--checkpoint", _checkpoint(run, args.checkpoint), "--split", args.split,
-               "--batch-size", str(args.batch_size)]
+               "--checkpoint", checkpoint, "--split", args.split, "--batch-size", str(args.batch_size)]
     if args.max_batches is not None:
         command += ["--max-batches", str(args.max_batches)]
-    job = TaskJob("eval", tuple(command), run.logs)
+    job = TaskJob("eval", tuple(command), run.logs, run_dir=run.path, folders=tuple(_checkpoint_folder(checkpoint)))
     request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
                       time_min=args.time or min(cfg.slurm.time_min, EVAL_TIME_MIN))
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
@@ -125,6 +130,11 @@ def _checkpoint(run: RunDir, name: str) -> str:
     checkpoint is one line now rather than a failed job later."""
     path = run.checkpoint(name)
     return name if name in RunDir.NAMED_CHECKPOINTS else str(path.resolve())
+
+
+def _checkpoint_folder(checkpoint: str) -> list[tuple[str, str]]:
+    """A --checkpoint PATH's folder, mounted in a container; a named checkpoint is in the run."""
+    return [] if checkpoint in RunDir.NAMED_CHECKPOINTS else [(str(Path(checkpoint).parent), "--checkpoint's folder")]
 
 
 def cmd_predict(argv: list[str]) -> int:
@@ -150,9 +160,16 @@ def cmd_predict(argv: list[str]) -> int:
         command = _predict_texts(run, args, out)
     else:
         command = _predict_images(run, args, out)
-    command = [_python(cfg), "-u", *command, "--run-dir", str(run.path), "--checkpoint",
-               _checkpoint(run, args.checkpoint)]
-    job = TaskJob("predict", tuple(command), run.logs)
+    checkpoint = _checkpoint(run, args.checkpoint)
+    command = [_python(cfg), "-u", *command, "--run-dir", str(run.path), "--checkpoint", checkpoint]
+    folders = _checkpoint_folder(checkpoint)  # what the job reads and writes, mounted in a container
+    if args.images:
+        folders.append((str(Path(args.images).expanduser().resolve()), "--images"))
+    if args.file:
+        folders.append((str(Path(args.file).expanduser().resolve().parent), "--file's folder"))
+    if out:
+        folders.append((str(out.parent), "--out's folder"))
+    job = TaskJob("predict", tuple(command), run.logs, run_dir=run.path, folders=tuple(folders))
     request = Request(gpus_per_node=1 if cfg.slurm.gpus_per_node else 0,
                       time_min=args.time or min(cfg.slurm.time_min, EVAL_TIME_MIN))
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
@@ -211,7 +228,8 @@ def cmd_gpucheck(argv: list[str]) -> int:
     command = [_python(cfg), "-m", "training.gpucheck"]
     command += ["--run-dir", str(run.path)] if run else []
     command += ["--expect-gpus", "0"] if gpus == 0 else []  # SLURM then sets no GPU variables
-    job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg), every_node=True)
+    job = TaskJob("gpucheck", tuple(command), run.logs if run else _log_root(args, cfg), every_node=True,
+                  run_dir=run.path if run else None)
     request = Request(nodes=nodes, gpus_per_node=gpus, cpus_per_task=1,
                       time_min=args.time or GPUCHECK_TIME_MIN)
     on_slurm = Target.choose(cfg.runtime.cluster, dry_run=args.dry_run).on_slurm
@@ -274,7 +292,9 @@ def cmd_convert(argv: list[str]) -> int:
                  "jpeg_quality"):
         if getattr(args, dest) is not None:
             command += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
-    job = TaskJob("convert", tuple(command), _log_root(args, cfg), array)
+    # In a container OUT is mounted, or its folder while OUT does not exist yet (the job creates it).
+    written = (str(out), "OUT") if out.is_dir() else (str(out.parent), "OUT's folder")
+    job = TaskJob("convert", tuple(command), _log_root(args, cfg), array, folders=((str(src), "SRC"), written))
     request = Request(cpus_per_task=args.cpus, time_min=args.time)
     return _finish(start(cfg, job, request, dry_run=args.dry_run, wait=args.wait), args.wait)
 

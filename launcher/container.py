@@ -1,9 +1,11 @@
-"""How a training job runs inside a container image (the config's `container` section).
+"""How a job runs inside a container image (the config's `container` section): a training run,
+and the task jobs (eval, predict, gpucheck, convert) alike.
 
 `for_run` turns the section into a `Container`: the engine, the image, and every folder the
-job needs mounted at its own path (run directory, data folder, node-local scratch, the project
-checkout, then the user's mounts), so the paths in the run's config mean the same inside.
-launcher/render.py writes it into the script; launcher/preflight.py checks it before the queue.
+job needs mounted at its own path (run directory, the project checkout, node-local scratch, the
+data folder, a task's own folders, then the user's mounts), so the paths in the run's config
+mean the same inside. launcher/render.py writes it into the script; `check` tests it before
+the queue (launcher/preflight.py for training, launcher/jobs.py for task jobs).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from core import slurm as slurm_cli
 from core.config import Config, ConfigError
@@ -79,12 +82,14 @@ def _own_mount(path: str, what: str) -> Mount:
     return Mount(path, path)
 
 
-def for_run(cfg: Config, run_dir: Path) -> Container | None:
+def for_run(cfg: Config, run_dir: Path | None, also: Sequence[tuple[str, str]] = ()) -> Container | None:
     """The job's container, or None when the config names no image.
 
     Args:
         cfg: the resolved config (paths absolute).
-        run_dir: the run directory, or a sweep's directory (its runs are inside it).
+        run_dir: the run directory, or a sweep's directory (its runs are inside it); None for a
+            task job of no run (gpucheck, convert), which then gets no data folder either.
+        also: further (host folder, what it is) a task job reads or writes (launcher/jobs.py).
     """
     section = cfg.container
     if not section.image:
@@ -94,10 +99,12 @@ def for_run(cfg: Config, run_dir: Path) -> Container | None:
         return None
     engine = section.engine or "pyxis"
     scratch = cfg.storage.scratch or "/tmp"
-    own = [(str(run_dir), "run directory"), (str(PROJECT_ROOT), "project checkout"), (scratch, "storage.scratch")]
-    if cfg.data.data_dir and "://" not in cfg.data.data_dir:
+    own = [(str(run_dir), "run directory")] if run_dir else []
+    own += [(str(PROJECT_ROOT), "project checkout"), (scratch, "storage.scratch")]
+    if run_dir and cfg.data.data_dir and "://" not in cfg.data.data_dir:
         data = Path(cfg.data.data_dir)
         own.append((str(data if data.is_dir() or not data.exists() else data.parent), "data.data_dir"))
+    own += also
     mounts: list[Mount] = []
     for path, what in own:
         if all(path != m.source for m in mounts):
@@ -113,9 +120,11 @@ def for_run(cfg: Config, run_dir: Path) -> Container | None:
                      str(PROJECT_ROOT), scratch)
 
 
-def check(cfg: Config, to_slurm: bool, srun_help=slurm_cli.srun_help, which=shutil.which) -> list[str]:
-    """The container section before the queue (launcher/preflight.py): raises ConfigError for what would fail the job,
-    returns warnings for what only the compute nodes can tell (Apptainer installed there only)."""
+def check(cfg: Config, to_slurm: bool, srun_help=slurm_cli.srun_help, which=shutil.which,
+          folders: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """The container section before the queue (launcher/preflight.py, launcher/jobs.py): raises ConfigError for
+    what would fail the job, returns warnings for what only the compute nodes can tell (Apptainer installed there
+    only). `folders`: a task job's own (host folder, what it is), which must exist to be mounted."""
     box = cfg.container
     engine = box.engine or "pyxis"
     if not box.image:
@@ -143,4 +152,7 @@ def check(cfg: Config, to_slurm: bool, srun_help=slurm_cli.srun_help, which=shut
         source = parse_mount(text).source
         if not Path(source).exists():
             raise ConfigError(f"container.mounts {text!r}: {source} does not exist; create it or drop the mount")
+    for path, what in folders:
+        if not Path(path).is_dir():
+            raise ConfigError(f"{what} {path} does not exist, so the container cannot mount it; create it first")
     return notes

@@ -4,6 +4,8 @@ The same path as a training run: the slurm section of a config (the run's config
 --config with overrides and flags) gives the site's partition, account, QoS, GPU style and setup
 lines; launcher/render.py renders the script from slurm/task.sbatch.j2; launcher/submit.py
 submits it. Without SLURM (no sbatch on PATH, or --cluster local) the command runs here instead.
+With the config's container.image set, the job runs inside that image as a training job does,
+checked before the queue as launch's preflight checks a training run's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from core.config import Config
 from core.errors import UserError
 from core.slurm import ACTIVE, job_state
+from launcher import container
+from launcher.container import Container
 from launcher.render import TaskJob, describe_request, render_task_sbatch
 from launcher.submit import Target, submit_job
 
@@ -44,9 +48,14 @@ def task_slurm(cfg: Config, job: TaskJob, request: Request):
         job_name=slurm.job_name or job.kind)
 
 
+def job_container(cfg: Config, job: TaskJob) -> Container | None:
+    """The image the job runs in (the config's container section), with the job's folders mounted."""
+    return container.for_run(cfg, job.run_dir, job.folders)
+
+
 def render(cfg: Config, job: TaskJob, request: Request) -> str:
     """The batch script of a task job (pure; raises ConfigError for values sbatch cannot take)."""
-    return render_task_sbatch(task_slurm(cfg, job, request), job)
+    return render_task_sbatch(task_slurm(cfg, job, request), job, job_container(cfg, job))
 
 
 @dataclasses.dataclass
@@ -74,8 +83,12 @@ def start(cfg: Config, job: TaskJob, request: Request, *, dry_run: bool = False,
         UserError: the request cannot be rendered, or sbatch refused it (nothing submitted).
     """
     slurm = task_slurm(cfg, job, request)
-    script = render_task_sbatch(slurm, job)  # validation by rendering, before anything happens
+    box = job_container(cfg, job)
+    script = render_task_sbatch(slurm, job, box)  # validation by rendering, before anything happens
     target = Target.choose(cfg.runtime.cluster, dry_run=dry_run)
+    if box:  # as launch's preflight does for a training run: refused here, not in the queue
+        for note in container.check(cfg, target.on_slurm, folders=job.folders):
+            print(f"launch: warning: {note}", file=sys.stderr)
     if dry_run:
         sys.stdout.write(script)
         if note := target.dry_run_note("this would run here"):

@@ -300,6 +300,10 @@ class TaskJob:
             (with $SLURM_ARRAY_TASK_ID set); empty for one job. Logs are then KIND-<array>_<task>.out.
         every_node: each node's command runs to its end even when another node's fails (a check
             that must hear from every node); otherwise the first failure ends them all.
+        run_dir: the run the command reads or writes, if any; in a container it is mounted, and
+            the data folder of its config with it (launcher/container.py for_run).
+        folders: further (host folder, what it is) the command reads or writes, mounted at their
+            own path in a container: --images, the folder of --out, SRC, ...
     """
 
     kind: str
@@ -307,17 +311,22 @@ class TaskJob:
     log_dir: Path
     array: str = ""
     every_node: bool = False
+    run_dir: Path | None = None
+    folders: tuple[tuple[str, str], ...] = ()
 
 
-def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
+def render_task_sbatch(slurm: SlurmConfig, job: TaskJob, container: Container | None = None) -> str:
     """Renders the batch script of a task job on `slurm.nodes` nodes, one task each.
 
     `slurm` carries the whole request: nodes, gpus_per_node (0 for none), cpus_per_task, time,
-    job name and the site's partition, account, QoS, GPU style and setup lines.
+    job name and the site's partition, account, QoS, GPU style and setup lines. With `container`
+    the step runs inside the image as a training job's does, on the image's interpreter in place
+    of the command's first word (the host's).
     """
     if not slurm.job_name:
         raise ConfigError("slurm.job_name is empty; the launcher fills it with the job's kind")
     _check_plain(log_folder=str(job.log_dir), **{f"argument {i}": a for i, a in enumerate(job.command)})
+    command = [PYTHON, *job.command[1:]] if container else list(job.command)
     values = _site_values(slurm, slurm.nodes, 1, job.log_dir, job.kind, job="%A_%a" if job.array else "%j")
     if job.array:
         values["array"] = job.array
@@ -328,5 +337,7 @@ def render_task_sbatch(slurm: SlurmConfig, job: TaskJob) -> str:
         every_node=job.every_node,
         setup=slurm.setup,
         srun_args=srun_args(slurm, "multiworker"),
-        command=list(job.command),
+        command=command,
+        python=PYTHON,
+        **_container_values(container, slurm.nodes, slurm.cpus_per_task),
     )
