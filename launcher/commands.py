@@ -243,6 +243,10 @@ def cmd_gpucheck(argv: list[str]) -> int:
     for line in lines:
         print(line)
     text, ok = allocation_verdict(lines, nodes)
+    if not ok:  # the job's own one-line errors say why a node did not report (an image that cannot run)
+        for line in log_lines(outcome.log.with_suffix(".err")):
+            if line.startswith("launch: error: "):
+                print(line, file=sys.stderr)
     print(f"gpucheck job {outcome.job_id} on {nodes} node(s), {gpus} GPU(s) each: {text} "
           f"(log: {outcome.log})")
     return 0 if ok else 1

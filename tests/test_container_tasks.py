@@ -171,3 +171,17 @@ def test_convert_into_a_folder_that_is_not_there_is_refused_in_a_container(tmp_p
     assert cli.main(argv) == 0 and len(to_slurm) == 1
     assert f"--bind {PROJECT_ROOT}:{PROJECT_ROOT},/tmp:/tmp,{tmp_path}/photos:{tmp_path}/photos," \
            f"{tmp_path}/a:{tmp_path}/a " in to_slurm[0][0]
+
+
+def test_gpucheck_names_the_image_that_could_not_run(tmp_path, monkeypatch, capsys):
+    from launcher import commands
+
+    log = tmp_path / "gpucheck-7.out"
+    log.write_text("")
+    error = f"launch: error: image {IMAGES['pyxis']} cannot run the trainer: No module named 'tensorflow'"
+    log.with_suffix(".err").write_text(f"srun: error: node1: task 0: Exited with exit code 1\n{error}\n")
+    monkeypatch.setattr(commands, "start", lambda *args, **kw: jobs.Outcome(1, "7", log, "FAILED"))
+    assert cli.main(["gpucheck", "--run-root", str(tmp_path), "--no-preflight"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [error]
+    assert out.startswith("gpucheck job 7 on 1 node(s), ") and "MISSING: 0 of 1 node(s) reported" in out

@@ -1,4 +1,5 @@
-"""Job steps run inside the test image through Pyxis on the local cluster.
+"""Job steps run inside the test image through Pyxis on the local cluster: a hand-written step,
+and `launch gpucheck` with container.image.
 
 Needs ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh`` (both run by
 ``tests/install_and_run.sh``) and the cluster started: ``slurm/local_cluster.sh start``.
@@ -6,12 +7,15 @@ Needs ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh`
 
 import importlib.metadata
 import json
+import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from core.config import Config, dump
 from slurm_jobs import wait_final
 
 pytestmark = pytest.mark.slurm
@@ -69,3 +73,23 @@ def test_two_node_step_runs_in_the_image_and_writes_through_a_mount(image, tmp_p
         assert facts["python"] == "/usr/bin/python3", facts
         assert facts["tensorflow"] == importlib.metadata.version("tensorflow"), facts
         assert facts["host_input"] == "written on the host", facts
+
+
+def test_launch_gpucheck_runs_inside_the_image(image, tmp_path, launch_cli):
+    cfg = Config()
+    cfg.slurm.cpus_per_task = 1
+    (tmp_path / "config.yaml").write_text(dump(cfg))
+    done = launch_cli("gpucheck", "--gpus", "0", "--run-dir", tmp_path, f"container.image={image}", timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    submitted, _, line, verdict = done.stdout.splitlines()
+    job_id = re.match(r"submitted job (\d+): gpucheck on 1 node\(s\)", submitted).group(1)
+    assert re.match(r"gpucheck node[12] rank 0 \| .*\| verdict OK: ", line), said
+    assert verdict.startswith(f"gpucheck job {job_id} on 1 node(s), 0 GPU(s) each: OK on all 1 node(s)"), said
+    assert wait_final(job_id, timeout_s=60) == "COMPLETED", said
+    # The image's interpreter ran the check: on the host, the job would run launch's own (sys.executable).
+    (report,) = (tmp_path / "logs").glob("gpucheck-*.json")
+    facts = json.loads(report.read_text())
+    assert sys.executable != "/usr/bin/python3", "the host's interpreter must differ from the image's"
+    assert facts["python"] == "/usr/bin/python3", facts
+    assert facts["tensorflow"] == importlib.metadata.version("tensorflow"), facts

@@ -112,7 +112,9 @@ def test_local_check_prints_one_line_and_writes_json(tmp_path):
     for part in ("tf ", "tf-keras ", "horovod ", "nccl ", "built for ", "driver ", "wheels "):
         assert f"| {part}" in lines[0]
     (report,) = (tmp_path / "logs").glob("gpucheck-*.json")
-    assert json.loads(report.read_text())["verdict"] == word
+    facts = json.loads(report.read_text())
+    assert facts["verdict"] == word
+    assert facts["python"] == sys.executable  # in a container, the image's interpreter instead
 
 
 @pytest.mark.slurm

@@ -205,6 +205,7 @@ def collect(environ: Mapping[str, str] | None = None, expect: int | None = None,
     return {
         "host": environ.get("SLURMD_NODENAME") or socket.gethostname(),
         "rank": environ.get("SLURM_PROCID") or environ.get("LAUNCH_RANK") or "0",
+        "python": sys.executable,  # which interpreter ran the check: in a container, the image's
         "gpus": gpus, "driver_gpus": driver, "driver_version": driver_version, "cuda": cuda,
         "cudnn": build.get("cudnn_version") if cuda_build else None, "cuda_wheels": wheels,
         "tensorflow": tf.__version__,
