@@ -222,8 +222,9 @@ class SlurmConfig:
 
 @dataclass
 class ContainerConfig:
-    """The image every task of a training job runs in (launcher/container.py). A flat section, not
-    runtime.container: overrides are section.key=value, one level deep."""
+    """The image every task of a job runs in: training, eval, predict, gpucheck and convert
+    (launcher/container.py). A flat section, not runtime.container: overrides are section.key=value,
+    one level deep."""
 
     engine: Annotated[str, Choice(CONTAINER_ENGINES)] = ""  # pyxis (srun --container-image) | apptainer; "" = pyxis when an image is set
     image: str = ""  # pyxis: squashfs path (absolute) or registry image (docker://, user/name:tag); apptainer: .sif path

@@ -54,6 +54,8 @@ SKIP = {
         "the image is in the checkout, not in this test's scratch folder; "
         "tests/test_container_train_slurm.py trains the demo in it",
     "launch --config configs/demo.yaml container.engine=apptainer": "Apptainer is not installed on the local cluster",
+    "launch gpucheck --gpus 1 container.image=/shared/images/trainer.sqsh":
+        "names a site's image; tests/test_containers_slurm.py runs launch gpucheck in the test image",
 }
 
 
