@@ -62,13 +62,13 @@ def test_sentiment_demo_trains_predicts_and_resumes_with_the_same_vocabulary(tmp
                "a wonderful, moving film with brilliant performances": "pos", "funny, touching and beautifully made": "pos"}
     args = [a for text in obvious for a in ("--text", text)]
     done = subprocess.run([sys.executable, "-m", "training.predict_text", "--run-dir", str(run_dir), *args],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr
     labels = {row["text"]: row["predicted_class"] for row in csv.DictReader(io.StringIO(done.stdout))}
     assert labels == obvious
 
     done = subprocess.run([sys.executable, "-m", "training.evaluate", "eval", "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr
     record = json.loads((run_dir / "report" / "eval-val.json").read_text())
     assert record["accuracy"] >= BAR and record["examples"] == 1835
