@@ -73,29 +73,41 @@ def test_the_trainer_runs_the_images_python_and_the_host_settles():
     assert f"{PYTHON} -m core.runstatus settle" in text
 
 
-@pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
-@pytest.mark.parametrize("pattern", HOSTILE)
-def test_hostile_image_and_mounts_stay_inert(tmp_path, shim_bin, pattern, engine):  # noqa: F811
-    marker = tmp_path / "pwned"
-    value = pattern.format(marker=shlex.quote(str(marker)))
-    image = f"/images/{value}.sqsh"
-    mount = parse_mount(f"/src {value}:/dst {value}")
-    box = Container(engine, image, (mount,), f"/work {value}", (), f"/project {value}", f"/tmp {value}")
-    text = render_sbatch(SlurmConfig(job_name="j"), "multiworker", tmp_path / "run", PYTHON, 60, container=box)
-    script = tmp_path / "job.sbatch"
-    script.write_text(text)
+def hostile_container(engine: str, pattern: str, tmp_path: Path) -> tuple[str, Container]:
+    """A container whose image, mount, workdir, project and scratch paths all carry `pattern`
+    (which would create tmp_path/pwned if it ever ran), and the pattern's text."""
+    value = pattern.format(marker=shlex.quote(str(tmp_path / "pwned")))
+    return value, Container(engine, f"/images/{value}.sqsh", (parse_mount(f"/src {value}:/dst {value}"),),
+                            f"/work {value}", (), f"/project {value}", f"/tmp {value}")
+
+
+def last_step_inside(script_text: str, box: Container, tmp_path: Path, shim_bin: Path) -> list[str]:
+    """Runs a rendered script with srun shimmed: it must end cleanly, run nothing injected, and
+    put its last step inside the image with its mount. Returns that srun's arguments."""
+    script = tmp_path / "script.sbatch"
+    script.write_text(script_text)
     record = tmp_path / "srun-args"
     env = {"PATH": f"{shim_bin}:{os.environ['PATH']}", "SHIM_RECORD": str(record)}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert not marker.exists(), "an injected command ran"
-    args = record.read_text().split("\0")[1:-1]
-    if engine == "pyxis":
-        assert f"--container-image={image}" in args
+    assert not (tmp_path / "pwned").exists(), "an injected command ran"
+    args = record.read_text().split("\0")[1:-1]  # the last srun: the job's step
+    (mount,) = box.mounts
+    if box.engine == "pyxis":
+        assert f"--container-image={box.image}" in args
         assert f"--container-mounts={mount.spec()}" in args
     else:
         assert args[args.index("--bind") + 1] == mount.spec()
-        assert image in args
+        assert box.image in args
+    return args
+
+
+@pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_hostile_image_and_mounts_stay_inert(tmp_path, shim_bin, pattern, engine):  # noqa: F811
+    _, box = hostile_container(engine, pattern, tmp_path)
+    text = render_sbatch(SlurmConfig(job_name="j"), "multiworker", tmp_path / "run", PYTHON, 60, container=box)
+    args = last_step_inside(text, box, tmp_path, shim_bin)
     assert args[-6:] == ["python3", "-u", "-m", "training.main", "--run-dir", str(tmp_path / "run")]
 
 

@@ -8,7 +8,6 @@ Refresh the golden files after an intended change with:
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -18,10 +17,10 @@ from core import rundir, slurm
 from core.config import Config, dump, load_config
 from core.errors import EXIT_CODE
 from launcher import cli, jobs
-from launcher.container import Container, PROJECT_ROOT, parse_mount
+from launcher.container import Container, PROJECT_ROOT
 from launcher.render import TaskJob, render_task_sbatch
 from tests.test_commands import TWO_NODES
-from tests.test_container_render import IMAGES, golden_container
+from tests.test_container_render import IMAGES, golden_container, hostile_container, last_step_inside
 from tests.test_render import GOLDEN, HOSTILE, PYTHON, RUN_DIR, TASKS, check_golden, shim_bin, task_config  # noqa: F401
 
 
@@ -64,29 +63,13 @@ def test_a_task_of_no_run_mounts_its_own_folders_and_no_data(tmp_path):
 @pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
 @pytest.mark.parametrize("pattern", HOSTILE)
 def test_hostile_image_mounts_and_paths_stay_inert(tmp_path, shim_bin, pattern, engine):  # noqa: F811
-    marker = tmp_path / "pwned"
-    value = pattern.format(marker=shlex.quote(str(marker)))
-    image = f"/images/{value}.sqsh"
-    mount = parse_mount(f"/src {value}:/dst {value}")
-    box = Container(engine, image, (mount,), f"/work {value}", (), f"/project {value}", f"/tmp {value}")
+    value, box = hostile_container(engine, pattern, tmp_path)
     command = (PYTHON, "-m", "training.evaluate", "predict", "--images", str(tmp_path / f"photos {value}"))
     job = TaskJob("predict", command, tmp_path / f"logs {value}")
     cfg = Config()
     cfg.slurm.job_name = value
-    script = tmp_path / "task.sbatch"
-    script.write_text(render_task_sbatch(jobs.task_slurm(cfg, job, jobs.Request()), job, box))
-    record = tmp_path / "srun-args"
-    env = {"PATH": f"{shim_bin}:{os.environ['PATH']}", "SHIM_RECORD": str(record)}
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert not marker.exists(), "an injected command ran"
-    args = record.read_text().split("\0")[1:-1]  # the last srun: the task's step
-    if engine == "pyxis":
-        assert f"--container-image={image}" in args
-        assert f"--container-mounts={mount.spec()}" in args
-    else:
-        assert args[args.index("--bind") + 1] == mount.spec()
-        assert image in args
+    args = last_step_inside(render_task_sbatch(jobs.task_slurm(cfg, job, jobs.Request()), job, box), box,
+                            tmp_path, shim_bin)
     assert args[-len(command):] == ["python3", *command[1:]]  # the image's interpreter, not the host's
 
 
