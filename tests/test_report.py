@@ -169,7 +169,7 @@ def test_live_curves_drawn_by_a_low_priority_helper_then_finally_by_the_chief(tm
 
     history = tmp_path / rundir.HISTORY
     history.write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
-    live = LiveCurves(tmp_path)
+    live = LiveCurves(tmp_path, min_interval_s=0)
     live.update()
     helper = live._helper
     wait_for(lambda: (tmp_path / "report" / "accuracy.png").is_file())
@@ -183,13 +183,27 @@ def test_live_curves_drawn_by_a_low_priority_helper_then_finally_by_the_chief(tm
     assert not [p for p in (tmp_path / "report").iterdir() if p.name.startswith(".")]  # no temporaries
 
 
+def test_live_curves_skip_updates_within_the_interval_and_still_end_with_every_epoch(tmp_path):
+    """A run whose epochs take seconds starts no helper; its plots are drawn when it ends."""
+    from training.report.curves import LiveCurves
+
+    history = tmp_path / rundir.HISTORY
+    history.write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
+    live = LiveCurves(tmp_path, min_interval_s=3600)
+    live.update()
+    history.write_text(history.read_text() + "2,1.5,0.4,0.8,1.4,0.45,,0.1,800,30\n")
+    live.update()
+    assert live._helper is None and not (tmp_path / "report").exists()
+    assert [p.name for p in live.close()] == ["loss.png", "accuracy.png", "lr.png"]
+
+
 def test_live_curves_without_a_helper_draw_in_the_training_process(tmp_path, monkeypatch):
     from training.report import curves
 
     (tmp_path / rundir.HISTORY).write_text(HISTORY_HEADER + "1,2.1,0.2,0.6,2.0,0.25,,0.1,800,30\n")
     monkeypatch.setattr(curves.sys, "executable", str(tmp_path / "no-such-python"))
     lines = []
-    live = curves.LiveCurves(tmp_path, log=lines.append)
+    live = curves.LiveCurves(tmp_path, log=lines.append, min_interval_s=0)
     live.update()
     assert (tmp_path / "report" / "loss.png").is_file()  # drawn before update() returned
     assert len(lines) == 1 and "cannot start the curve helper" in lines[0]

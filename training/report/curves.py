@@ -1,8 +1,10 @@
-"""Training curves from history.csv and lr.csv, redrawn after every epoch.
+"""Training curves from history.csv and lr.csv, redrawn after an epoch at most once a minute.
 
 While training runs, the chief's `LiveCurves` has a helper process redraw them (`python -m
 training.report.curves --follow RUN_DIR`) at the lowest CPU priority, so drawing never takes
-time from the training steps; the chief draws them once more itself when training ends. The
+time from the training steps; the chief draws them once more itself when training ends. A run
+whose epochs take seconds gets its plots at its end (and every minute or so while it lasts), so
+a short run never starts the helper at all. The
 figures are built with the object-oriented `Figure` API rather than pyplot: pyplot keeps every
 figure in a global registry, which leaks memory in a process that redraws the same plots for
 hundreds of epochs. matplotlib is imported on first use so that the CSV readers here (used by
@@ -17,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from core import rundir
@@ -26,6 +29,7 @@ LR_CSV = rundir.LR_LOG
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # with FIGSIZE: 800 x 500 pixel PNGs
 PLOTS = ("loss.png", "accuracy.png", "lr.png")
+MIN_INTERVAL_S = 60.0  # between live redraws, and from the start of training to the first
 
 
 def _number(text: str | None) -> float | None:
@@ -175,16 +179,24 @@ class LiveCurves:
     by one drawing of the files as they are then. `close()` ends the helper and draws the final
     plots in this process, so they always show every finished epoch.
 
+    An update sooner than `min_interval_s` after the last redraw (or after this object was made,
+    at the start of training) is skipped: the next one after the interval draws every epoch up
+    to it. On a node with few cores even a nice-19 process takes cycles from the training steps,
+    and a PNG rewrite every few seconds tells nobody anything a minute's would not.
+
     Args:
         log: called with one line when the helper cannot run (the plots are then drawn here,
             after each epoch, as before).
+        min_interval_s: the least time between two redraws while training runs.
     """
 
     MAX_STARTS = 3  # a helper that keeps dying is given up for in-process drawing
 
-    def __init__(self, run_dir: str | Path, log=None):
+    def __init__(self, run_dir: str | Path, log=None, min_interval_s: float = MIN_INTERVAL_S):
         self.run_dir = Path(run_dir)
         self.log = log or (lambda line: None)
+        self.min_interval_s = min_interval_s
+        self._next_draw = time.monotonic() + min_interval_s
         self._helper: subprocess.Popen | None = None
         self._starts = 0
         self._in_process = False
@@ -209,7 +221,12 @@ class LiveCurves:
             return None
 
     def update(self) -> None:
-        """Asks for the plots to be redrawn from the CSV files as they are now; returns at once."""
+        """Asks for the plots to be redrawn from the CSV files as they are now; returns at once.
+        Skipped within `min_interval_s` of the last redraw."""
+        now = time.monotonic()
+        if now < self._next_draw:
+            return
+        self._next_draw = now + self.min_interval_s
         if self._in_process:
             write_curves(self.run_dir)
             return
