@@ -20,6 +20,7 @@ from core import rundir
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")
+QUEUE_ALLOWANCE_S = 1800  # how long a job may wait for nodes, on top of a wait's own timeout
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE", "PREEMPTED"}
 
@@ -51,14 +52,33 @@ def epochs_done(run_dir: Path) -> int:
 
 
 def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
+    """Polls `condition` until it holds. `timeout_s` is a hang guard on the job's own time: while
+    the job waits in the queue (other tests' jobs hold the nodes) the guard does not run down, up
+    to QUEUE_ALLOWANCE_S in all. On a timeout the job is cancelled and the failure shows its state
+    and the end of its logs."""
+    last = time.monotonic()
+    deadline, queued_until = last + timeout_s, last + QUEUE_ALLOWANCE_S
     while not condition():
         release_hold(job_id)
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if job_field(job_id, "JobState") == "PENDING" and now < queued_until:
+            deadline += now - last
+        last = now
+        if now > deadline:
+            fields = {f: job_field(job_id, f) for f in ("JobState", "Reason", "Restarts", "NodeList")}
+            logs = "".join(f"\n--- {path} (end)\n{_tail(path)}" for path in
+                           dict.fromkeys((job_field(job_id, "StdOut"), job_field(job_id, "StdErr"))) if path)
             subprocess.run(["scancel", job_id])
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}; job {job_id} is "
-                        f"{job_field(job_id, 'JobState')}")
+            pytest.fail(f"timed out after {timeout_s} s of the job's time waiting for {what}; job {job_id}: "
+                        f"{fields}{logs}")
         time.sleep(2)
+
+
+def _tail(path: str, size: int = 3000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-size:]
+    except OSError as exc:
+        return str(exc)
 
 
 def job_states(job_id: str) -> list[str]:
