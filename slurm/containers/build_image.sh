@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds build/containers/test-image.sqsh: a minimal Debian bookworm with Python and the trainer's
-# packages (setup.cfg's install_requires and [train]), which srun --container-image runs on the local
-# cluster without reaching any registry. A second run with the same inputs does nothing.
+# Builds build/containers/test-image.sqsh: a minimal Debian bookworm with Python, the trainer's
+# packages (setup.cfg's install_requires and [train]) and the host's project Horovod build with the
+# Open MPI libraries it links, which srun --container-image runs on the local cluster without
+# reaching any registry. A second run with the same inputs does nothing.
 #
 # Usage (as root): slurm/containers/build_image.sh
 #
@@ -58,12 +59,40 @@ host_pins() {
     sed -n 's/^tensorflow==/tensorflow-cpu==/p' <<<"$pins"
 }
 
+# The host's Horovod, as training/horovod_build/build.sh installed it (a machine that already had it
+# keeps no wheel, so the installed files are what is copied). `inputs`: its version and the hash of
+# its RECORD, which lists every file's hash, so a rebuild of Horovod rebuilds the image; `files`: its
+# dist-info and package folders; `requires`: what it needs at run time (cloudpickle, psutil, ...).
+horovod() {
+    python3 - "$1" <<'EOF'
+import hashlib, importlib.metadata, sys
+try:
+    dist = importlib.metadata.distribution("horovod")
+except importlib.metadata.PackageNotFoundError:
+    sys.exit("build_image: the host's python3 has no Horovod; build it first: training/horovod_build/build.sh")
+record = next(f for f in dist.files if f.name == "RECORD").locate()
+if sys.argv[1] == "inputs":
+    print("horovod", dist.version, "record", hashlib.sha256(record.read_bytes()).hexdigest())
+elif sys.argv[1] == "files":
+    print(record.parent)
+    for name in dist.read_text("top_level.txt").split():
+        print(dist.locate_file(name))
+else:
+    from packaging.requirements import Requirement  # one of Horovod's own requirements
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            print(req)
+EOF
+}
+
 inputs() {
     echo "suite $SUITE"
     echo "squash ${SQUASH_OPTIONS[*]}"
     echo "script $(sha256sum "$SCRIPT" | cut -d' ' -f1)"
     requirements | sed 's/^/requirement /'
     requirements installed | sed 's/^/host /'
+    horovod inputs
 }
 
 install_tools() {
@@ -84,12 +113,13 @@ unmount_rootfs() {
 }
 
 build_rootfs() {
-    local start=$1 target py_host py_image
+    local start=$1 target py_host py_image files check
     unmount_rootfs
     rm -rf "$ROOTFS"
     mkdir -p "$DEB_CACHE"
     # The rootfs is thrown away if the build stops half-way, so dpkg's fsync per file buys nothing.
-    DPKG_FORCE=unsafe-io debootstrap --variant=minbase --include=python3 --cache-dir="$DEB_CACHE" \
+    # libopenmpi3: the Open MPI runtime Horovod's library links (libmpi.so.40), bookworm's like the host's.
+    DPKG_FORCE=unsafe-io debootstrap --variant=minbase --include=python3,libopenmpi3 --cache-dir="$DEB_CACHE" \
         "$SUITE" "$ROOTFS" >"$WORK_DIR/debootstrap.log" 2>&1 \
         || { tail -n 20 "$WORK_DIR/debootstrap.log" >&2; die "debootstrap failed; log: $WORK_DIR/debootstrap.log"; }
     py_host=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -101,20 +131,28 @@ build_rootfs() {
     echo "build_image: $SUITE with python$py_image after $((SECONDS - start)) s; installing packages"
     {
         python3 -m pip install --target "$target" --no-warn-script-location --root-user-action=ignore \
-            -c <(host_pins) $(requirements | grep -v '^tf-keras') \
+            -c <(host_pins) $(requirements | grep -v '^tf-keras') $(horovod requires) \
         && python3 -m pip install --target "$target" --no-deps --root-user-action=ignore \
             $(requirements | grep '^tf-keras')
     } >"$WORK_DIR/pip.log" 2>&1 || { tail -n 20 "$WORK_DIR/pip.log" >&2; die "pip failed; log: $WORK_DIR/pip.log"; }
     # Console scripts carry the host's interpreter path, and TensorFlow's C++ headers only serve
     # builds of extensions (Horovod), which happen on the host: neither is used inside the image.
     rm -rf "$target/bin" "$target/tensorflow/include"
+    # Horovod from the host, its compiled .pyc too (bytecode is the same in every Python 3.11.x). Its
+    # library carries debug information: most of its 54 MB, which no job reads.
+    mapfile -t files < <(horovod files)
+    cp -a "${files[@]}" "$target/"
+    find "$target/horovod" -name '*.so' -exec strip --strip-debug {} +
     rm -rf "$ROOTFS"/usr/share/{doc,man,info,locale} "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/lib/apt/lists/*
+    check=$(TF_USE_LEGACY_KERAS=1 chroot "$ROOTFS" python3 -c 'import horovod.tensorflow.keras' 2>&1) \
+        || die "the image cannot import horovod.tensorflow.keras: $(printf '%s\n' "$check" | grep . | tail -n 1)"
     inputs >"$ROOTFS$MARKER"
 }
 
 main() {
     local start
     start=$SECONDS
+    horovod inputs >/dev/null   # no Horovod on the host: one line, before any work
     mkdir -p "$WORK_DIR"
     if [[ -s $IMAGE && -s $INPUTS_FILE ]] && cmp -s "$INPUTS_FILE" <(inputs); then
         echo "build_image: $IMAGE is up to date"
