@@ -17,7 +17,9 @@ variables into the slot variables. In the batch script, which SLURM runs on the 
     srun python -m training.backends.horovod_env exec -- python -u -m training.main ...
 
 The server stays a child of the batch shell on purpose: SLURM's process tracking then ends it
-with the job even if the trap never runs.
+with the job even if the trap never runs. Inside a container image the server runs in the image
+as a job step of its own beside the training step (slurm/container.sbatch.j2), which the batch
+script ends with a SIGINT that srun passes on (`srun --disable-status`).
 
 Optional, passed through unchanged when set: HOROVOD_GLOO_IFACE (network interface for Gloo's
 traffic; without it each node uses the address its own hostname resolves to).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -161,6 +164,9 @@ def _allocation_hostnames(env: Mapping[str, str]) -> list[str]:
 
 def serve(port_file: str, tasks_per_node_value: str | None) -> None:
     """Runs Horovod's rendezvous server for this job until killed; writes its port to port_file."""
+    # A job step of its own (in a container) also gets the job's time-limit warning, --signal=USR1,
+    # which SLURM sends to every step: it is for the trainer, and would end the server.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     from horovod.runner.http.http_server import RendezvousServer
 
     hostnames = _allocation_hostnames(os.environ)
@@ -175,8 +181,11 @@ def serve(port_file: str, tasks_per_node_value: str | None) -> None:
     with open(partial, "w") as f:
         f.write(f"{port}\n")
     os.replace(partial, port_file)  # readers never see a half-written port
-    while True:
-        time.sleep(3600)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # the batch script ending the server's step: not an error
+        pass
 
 
 def exec_task(command: list[str]) -> None:
