@@ -7,6 +7,7 @@ Refresh the golden files after an intended change with:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -224,3 +225,46 @@ def test_apptainer_gets_the_tasks_variables_through_its_clean_environment(tmp_pa
     assert done.stdout.splitlines() == ["APPTAINERENV_AWS_PROFILE=p", "APPTAINERENV_LAUNCH_CONTAINER_ENV=" +
                                         box.passed_env(), "APPTAINERENV_SLURM_PROCID=3",
                                         'APPTAINERENV_TF_CONFIG={"task": 1}', "APPTAINERENV_WANDB_API_KEY=k"]
+
+
+# An srun that records each step's words; the rendezvous server writes a port and runs until a
+# SIGINT (a background job of the script: Python, unlike bash, may catch a SIGINT it inherits ignored).
+RENDEZVOUS_SRUN = """#!{python}
+import os, signal, sys, time
+args, record = sys.argv[1:], os.environ["RECORD"]
+def note(text):
+    with open(record, "a") as f:
+        f.write(text + "\\n")
+note(" ".join(args))
+if "serve" in args:
+    signal.signal(signal.SIGINT, lambda *_: (note("server stopped"), sys.exit(0)))
+    with open(args[args.index("--port-file") + 1], "w") as f:
+        f.write("4242\\n")
+    while True:
+        time.sleep(0.1)
+if "training.main" in args:
+    note("trainer meets at " + os.environ["HOROVOD_GLOO_RENDEZVOUS_ADDR"] + ":" + os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"])
+"""
+
+
+@pytest.mark.parametrize("engine", ["pyxis", "apptainer"])
+def test_horovods_rendezvous_server_runs_in_the_image_and_ends_with_the_script(tmp_path, engine):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(RENDEZVOUS_SRUN.format(python=sys.executable))
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    (tmp_path / "scratch").mkdir()
+    box = Container(engine, f"/images/trainer.{engine}", (Mount("/data", "/data"),), "/project", (), "/project",
+                    str(tmp_path / "scratch"))
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(SlurmConfig(job_name="j"), "horovod", tmp_path / "run", PYTHON, 60, container=box))
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "RECORD": str(tmp_path / "record"),
+           "SLURMD_NODENAME": "node1", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_ID": "7"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    check, server, trainer, met, stopped = (tmp_path / "record").read_text().splitlines()
+    assert "import tensorflow" in check  # the server's step reuses the container the check made
+    assert server.startswith("--overlap ") and box.image in server  # shares the CPUs, inside the image
+    assert re.search(r"python3 -m training.backends.horovod_env serve --port-file "
+                     rf"{re.escape(str(tmp_path))}/scratch/launch-horovod-port\.\w{{6}} --tasks-per-node 2\(x2\)$", server), server
+    assert box.image in trainer and met == "trainer meets at node1:4242"
+    assert stopped == "server stopped" and list((tmp_path / "scratch").iterdir()) == []
