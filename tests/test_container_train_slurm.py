@@ -1,5 +1,6 @@
-"""Real training runs inside the test image through Pyxis on the local cluster, on one node and
-on two (MultiWorkerMirrored), each requeued once.
+"""Real training runs inside the test image through Pyxis on the local cluster, on one node, on
+two (MultiWorkerMirrored) and on two with Horovod (its rendezvous server in the image too), each
+requeued once.
 
 Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
 ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+from collections import Counter
 
 import pytest
 
@@ -20,31 +22,36 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 IMAGE = REPO / "build" / "containers" / "test-image.sqsh"
 EPOCHS = 6
+# Each case: its launch arguments, its ranks, and how many of them share a node.
+SHAPES = {
+    "one-node": (("runtime.cpu_devices=2",), 1, 1),  # one process, two replicas
+    "multiworker": (("--nodes", "2", "--backend", "multiworker", "slurm.cpus_per_task=1"), 2, 1),  # one a node
+    "horovod": (("--nodes", "2", "--gpus", "2", "--gpu-type", "a100", "--backend", "horovod",
+                 "slurm.cpus_per_task=1"), 4, 2),  # one a stand-in GPU
+}
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
-def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path, nodes):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path, shape):
     if not IMAGE.is_file():
         pytest.fail(f"no container image at {IMAGE}; build it with slurm/containers/build_image.sh")
     # The demo's cache folder, mounted like any data folder (its default, ~/.cache, is the image's).
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
     cache.mkdir()
-    shape = (("runtime.cpu_devices=2",) if nodes == 1 else  # one process, two replicas
-             ("--nodes", "2", "--backend", "multiworker", "slurm.cpus_per_task=1"))  # a process a node
+    args, ranks, per_node = SHAPES[shape]
     job_id, run_dir = launch(tmp_path, f"container.image={IMAGE}", f"data.data_dir={cache}",
-                             f"train.epochs={EPOCHS}", *shape)
+                             f"train.epochs={EPOCHS}", *args)
     wait(lambda: epochs_done(run_dir) >= 2, job_id, 600, "epoch 2")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 900) == "COMPLETED"
 
-    # Every rank ran on the image's interpreter, not the host's; on two nodes, one rank on each.
-    envs = [json.loads((run_dir / "logs" / f"env-{rank}.json").read_text()) for rank in range(nodes)]
+    # Every rank ran on the image's interpreter, not the host's; on two nodes, as many on each.
+    envs = [json.loads((run_dir / "logs" / f"env-{rank}.json").read_text()) for rank in range(ranks)]
     for env in envs:
         assert env["python"] == "/usr/bin/python3", env
         assert env["SLURM_RESTART_COUNT"] == "1", env
-    if nodes == 2:
-        assert sorted(env["SLURMD_NODENAME"] for env in envs) == ["node1", "node2"], envs
+    assert list(Counter(env["SLURMD_NODENAME"] for env in envs).values()) == [per_node] * (ranks // per_node), envs
     assert listed_state(tmp_path) == "COMPLETED"
     assert status(run_dir)["state"] == "completed"
     assert history_epochs(run_dir) == list(range(1, EPOCHS + 1))  # each epoch exactly once
