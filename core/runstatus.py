@@ -77,16 +77,29 @@ def other_writer(run_dir: str | Path, job_id: str | None) -> str | None:
     return f"job {held_by}" if held_by else f"a run without SLURM on {holder.get('host', '?')}"
 
 
+def earlier_start(status: dict, job_id: str | None) -> bool:
+    """Whether status.json was last written by an earlier start of the run: another job (the one
+    a resume follows), or this job before SLURM restarted it (the trainer stamps the job id and
+    SLURM_RESTART_COUNT with its states). Its end state then says nothing about this start, whose
+    trainer died before writing one: the end state of the start before a requeue is "stopped"."""
+    written_by = str(status.get("job_id") or "")
+    if not job_id or not written_by:
+        return False
+    if written_by != job_id:
+        return True
+    return int(status.get("restarts") or 0) < int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None, requeued: bool = False) -> str | None:
     """After a failed job step: writes the end state the trainer could not, if its status is still live.
 
-    Returns the message written, or None when the trainer had written its own end state (which
-    always knows more than an exit status), the step succeeded, or another job holds the run's
+    Returns the message written, or None when this start's trainer had written its own end state
+    (which always knows more than an exit status), the step succeeded, or another job holds the run's
     writer lock (this one was refused at start and never wrote the run). `requeued`: SLURM is
     requeueing the job, so the run comes back by itself and nobody is asked to resume it.
     """
     status = read_status(run_dir)
-    if exit_code == 0 or (status and status.get("state") not in LIVE_STATES):
+    if exit_code == 0 or (status and status.get("state") not in LIVE_STATES and not earlier_start(status, job_id)):
         return None
     if other_writer(run_dir, job_id):
         return None
@@ -145,8 +158,8 @@ def settle_from_slurm(run_dir: str | Path, job_id: str, slurm_state: str | None)
 def _retried(args: argparse.Namespace, job: str) -> bool:
     """A requeued job's step that died at once is requeued again (core/recovery.py)."""
     status = read_status(args.run_dir)
-    if status.get("state") not in LIVE_STATES:
-        return False  # the trainer said how it ended: that stands
+    if status.get("state") not in LIVE_STATES and not earlier_start(status, job):
+        return False  # this start's trainer said how it ended: that stands
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     max_requeues = int(os.environ.get("LAUNCH_MAX_REQUEUES") or 0)
     if not recovery.should_retry(args.exit_code, args.step_seconds, restarts, int(status.get("continuations", 0)),

@@ -55,6 +55,32 @@ def test_the_trainers_own_word_is_kept(tmp_path, state, exit_code):
     assert status(tmp_path) == {"state": state, "message": "the trainer's own words"}
 
 
+def test_an_end_state_left_by_the_start_before_a_requeue_does_not_speak_for_this_one(tmp_path, monkeypatch):
+    # The trainer before the requeue stopped and wrote "stopped"; the restarted one (restart 1) was
+    # killed before it wrote anything. That is this start's end, and SLURM restarts are retried.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("LAUNCH_MAX_REQUEUES", "3")
+    write(tmp_path, state="stopped", job_id="42", restarts=0, message="stopped by SIGTERM; checkpoint saved")
+    asked = []
+    monkeypatch.setattr(runstatus.recovery, "retry", lambda job, restarts, most, say: asked.append(
+        (job, restarts, most)) or True)
+    assert runstatus.main(["settle", "--run-dir", str(tmp_path), "--exit-code", "137", "--job-id", "42",
+                           "--step-seconds", "2"]) == 0
+    assert asked == [("42", 1, 3)]
+    # Past a quick death (not retried), the kill is written, naming this job.
+    assert "job 42 killed by SIGKILL" in runstatus.settle(tmp_path, 137, "42")
+    assert status(tmp_path)["state"] == "killed"
+    # This start's own word stands; so does another job's, for a job with no id to compare.
+    write(tmp_path, state="stopped", job_id="42", restarts=1, message="the trainer's own words")
+    assert runstatus.settle(tmp_path, 137, "42") is None
+    assert runstatus.main(["settle", "--run-dir", str(tmp_path), "--exit-code", "137", "--job-id", "42",
+                           "--step-seconds", "2"]) == 0 and len(asked) == 1
+    assert runstatus.settle(tmp_path, 137, None) is None
+    # A resume's job whose trainer died at once: the earlier job's "failed" is not its end.
+    write(tmp_path, state="failed", job_id="41", restarts=0, message="job 41's words")
+    assert "job 43 killed by SIGKILL" in runstatus.settle(tmp_path, 137, "43")
+
+
 def hold(run_dir: Path, job_id: str | None) -> None:
     """RUN/.writer.lock as launcher/resume.py's RunLock writes it for `job_id`."""
     (run_dir / rundir.WRITER_LOCK).write_text(json.dumps(

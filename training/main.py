@@ -134,6 +134,13 @@ def run(run_dir: Path, is_chief: bool) -> int:
     return code
 
 
+def _this_start(backend) -> dict:
+    """The job id and restart count an end state is stamped with, so that the batch script's
+    settle tells this start's word from an earlier start's (core/runstatus.earlier_start)."""
+    spec = backend.spec
+    return {"job_id": spec.job_id, "restarts": spec.restart_count} if spec.job_id else {}
+
+
 def _train_and_report(cfg: Config, run_dir: Path, backend) -> tuple[int, dict | None]:
     """Returns the exit code, and the summary when this process is the chief of a completed run."""
     from training.callbacks import write_status  # defers TensorFlow
@@ -153,19 +160,20 @@ def _train_and_report(cfg: Config, run_dir: Path, backend) -> tuple[int, dict | 
                 message = f"stopped by {by}; checkpoint saved"
             requeued = message.startswith("requeued")
             write_status(run_dir, state="requeued" if requeued else "stopped", epoch=result["epoch"],
-                         message=message)
+                         message=message, **_this_start(backend))
             print(f"[train] {message}", flush=True)
             # Unfinished and not coming back by itself: not a success in SLURM's eyes either.
             return (0 if requeued else EXIT_STOPPED), None
         if not backend.is_chief:
             return 0, None
         summary = final_report(cfg, run_dir, result, backend)
-        write_status(run_dir, state="completed", epoch=result["epoch"], message="")
+        write_status(run_dir, state="completed", epoch=result["epoch"], message="", **_this_start(backend))
         return 0, summary
     except Exception as caught:
         err = as_data_error(caught)  # a pipeline check inside TensorFlow names the shard and key
         if backend.is_chief:
-            write_status(run_dir, state="failed", message=f"{type(err).__name__}: {err}"[:500])
+            write_status(run_dir, state="failed", message=f"{type(err).__name__}: {err}"[:500],
+                         **_this_start(backend))
         if err is caught:
             raise
         raise err from None  # the TensorFlow error around it only repeats the message
