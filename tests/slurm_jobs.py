@@ -51,6 +51,15 @@ def epochs_done(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
 
 
+def trainer_restart_count(run_dir: Path, rank: int = 0) -> str | None:
+    """SLURM_RESTART_COUNT of the latest trainer of `rank` to start ("" on a first start), from the
+    environment report it writes once its stop handlers are in; None before any has started."""
+    try:
+        return json.loads((run_dir / "logs" / f"env-{rank}.json").read_text())["SLURM_RESTART_COUNT"] or ""
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
     """Polls `condition` until it holds. `timeout_s` is a hang guard on the job's own time: while
     the job waits in the queue (other tests' jobs hold the nodes) the guard does not run down, up
