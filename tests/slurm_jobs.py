@@ -34,15 +34,21 @@ def launch(run_root: Path, *args: str) -> tuple[str, Path]:
     return job_id, run_dir
 
 
-def job_field(job_id: str, field: str) -> str:
+def job_fields(job_id: str, *fields: str) -> dict[str, str]:
+    """The named fields of `scontrol show job`, read once; "" for a field it does not show."""
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
-    found = re.search(rf"\b{field}=(\S+)", out)
-    return found.group(1) if found else ""
+    return {field: (found.group(1) if (found := re.search(rf"\b{field}=(\S+)", out)) else "") for field in fields}
 
 
-def release_hold(job_id: str) -> None:
-    """Lets a requeued job start now instead of after SLURM's requeue delay."""
-    if job_field(job_id, "JobState") == "PENDING" and job_field(job_id, "Reason") == "BeginTime":
+def job_field(job_id: str, field: str) -> str:
+    return job_fields(job_id, field)[field]
+
+
+def release_hold(job_id: str, fields: dict[str, str] | None = None) -> None:
+    """Lets a requeued job start now instead of after SLURM's requeue delay. `fields`: its
+    JobState and Reason when the caller has just read them."""
+    fields = fields or job_fields(job_id, "JobState", "Reason")
+    if fields["JobState"] == "PENDING" and fields["Reason"] == "BeginTime":
         subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
@@ -51,13 +57,19 @@ def epochs_done(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
 
 
-def trainer_restart_count(run_dir: Path, rank: int = 0) -> str | None:
-    """SLURM_RESTART_COUNT of the latest trainer of `rank` to start ("" on a first start), from the
-    environment report it writes once its stop handlers are in; None before any has started."""
+def trainer_report(run_dir: Path, rank: int = 0) -> dict | None:
+    """logs/env-<rank>.json of the latest trainer of `rank` to start (pid, SLURM_RESTART_COUNT,
+    ...), written once its stop handlers are in; None before any has started."""
     try:
-        return json.loads((run_dir / "logs" / f"env-{rank}.json").read_text())["SLURM_RESTART_COUNT"] or ""
-    except (OSError, ValueError, KeyError):
+        return json.loads((run_dir / "logs" / f"env-{rank}.json").read_text())
+    except (OSError, ValueError):
         return None
+
+
+def trainer_restart_count(run_dir: Path, rank: int = 0) -> str | None:
+    """SLURM_RESTART_COUNT of that trainer ("" on a first start); None before any has started."""
+    report = trainer_report(run_dir, rank)
+    return None if report is None else report.get("SLURM_RESTART_COUNT") or ""
 
 
 def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
@@ -68,15 +80,16 @@ def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
     last = time.monotonic()
     deadline, queued_until = last + timeout_s, last + QUEUE_ALLOWANCE_S
     while not condition():
-        release_hold(job_id)
+        fields = job_fields(job_id, "JobState", "Reason")
+        release_hold(job_id, fields)
         now = time.monotonic()
-        if job_field(job_id, "JobState") == "PENDING" and now < queued_until:
+        if fields["JobState"] == "PENDING" and now < queued_until:
             deadline += now - last
         last = now
         if now > deadline:
-            fields = {f: job_field(job_id, f) for f in ("JobState", "Reason", "Restarts", "NodeList")}
+            fields = job_fields(job_id, "JobState", "Reason", "Restarts", "NodeList", "StdOut", "StdErr")
             logs = "".join(f"\n--- {path} (end)\n{_tail(path)}" for path in
-                           dict.fromkeys((job_field(job_id, "StdOut"), job_field(job_id, "StdErr"))) if path)
+                           dict.fromkeys((fields.pop("StdOut"), fields.pop("StdErr"))) if path)
             subprocess.run(["scancel", job_id])
             pytest.fail(f"timed out after {timeout_s} s of the job's time waiting for {what}; job {job_id}: "
                         f"{fields}{logs}")

@@ -2,7 +2,6 @@
 local cluster, a requeued job whose step is killed at once comes back by itself and completes."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,8 @@ import subprocess
 import pytest
 
 from core import recovery
-from slurm_jobs import epochs_done, history_epochs, job_field, launch, status, wait, wait_final
+from slurm_jobs import (epochs_done, history_epochs, job_field, launch, status, trainer_report, trainer_restart_count,
+                        wait, wait_final)
 
 
 @pytest.mark.parametrize("exit_code, seconds, restarts, continuations, cancelled, retried", [
@@ -33,17 +33,8 @@ def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
-    report = run_dir / "logs" / "env-0.json"
-
-    def restarted_trainer() -> dict | None:
-        try:
-            env = json.loads(report.read_text())
-        except (OSError, ValueError):
-            return None
-        return env if env.get("SLURM_RESTART_COUNT") == "1" else None
-
-    wait(lambda: restarted_trainer() is not None, job_id, 300, "the restarted trainer")
-    os.kill(restarted_trainer()["pid"], signal.SIGKILL)  # as a failed node's leftover step would
+    wait(lambda: trainer_restart_count(run_dir) == "1", job_id, 300, "the restarted trainer")
+    os.kill(trainer_report(run_dir)["pid"], signal.SIGKILL)  # as a failed node's leftover step would
     wait(lambda: job_field(job_id, "Restarts") == "2", job_id, 120, "the automatic requeue")
     assert wait_final(job_id, 600) == "COMPLETED"
     assert history_epochs(run_dir) == [1, 2, 3]
