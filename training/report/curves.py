@@ -4,11 +4,11 @@ While training runs, the chief's `LiveCurves` has a helper process redraw them (
 training.report.curves --follow RUN_DIR`) at the lowest CPU priority, so drawing never takes
 time from the training steps; the chief draws them once more itself when training ends. A run
 whose epochs take seconds gets its plots at its end (and every minute or so while it lasts), so
-a short run never starts the helper at all. The
-figures are built with the object-oriented `Figure` API rather than pyplot: pyplot keeps every
-figure in a global registry, which leaks memory in a process that redraws the same plots for
-hundreds of epochs. matplotlib is imported on first use so that the CSV readers here (used by
-summary.py and the run listing) stay cheap to import.
+a short run never starts the helper at all. The figures are built with the object-oriented
+`Figure` API rather than pyplot: pyplot keeps every figure in a global registry, which leaks
+memory in a process that redraws the same plots for hundreds of epochs. matplotlib is imported
+on first use so that the CSV readers here (used by summary.py and the run listing) stay cheap to
+import.
 """
 from __future__ import annotations
 
