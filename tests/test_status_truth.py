@@ -302,8 +302,10 @@ def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, sl
     trainer = json.loads((run_dir / rundir.LOGS / "env-0.json").read_text())["pid"]
     os.kill(trainer, signal.SIGSTOP)
     try:
-        second = subprocess.run(["sbatch", "--parsable", str(run_dir / rundir.SBATCH)], capture_output=True,
-                                text=True, check=True).stdout.strip().split(";")[0]
+        # A short limit of its own: a two-node job of another test queued meanwhile waits for the
+        # held first job's node, and SLURM's backfill starts only a job that ends before that one.
+        second = subprocess.run(["sbatch", "--parsable", "--time=5", str(run_dir / rundir.SBATCH)],
+                                capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
         assert wait_final(second, 1800) == "FAILED"
     finally:
         with contextlib.suppress(ProcessLookupError):  # a trainer that died is reported below
