@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from core import rundir
 from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 
@@ -233,10 +234,12 @@ def _tiny_text_model(run_dir: Path) -> None:
 
 
 def _tiny_best_model(run_dir: Path) -> None:
-    """A best.h5 of the demo's shape (32x32x3, 10 classes), so eval and predict have a model."""
+    """A best.h5 of the shape of the run's config (10 classes), so eval and predict have a model."""
+    from core.config import load_config
     from training.keras_compat import keras
 
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0),
+    size = load_config(run_dir / rundir.CONFIG).data.image_size
+    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.Rescaling(1 / 255.0),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, "softmax")])
     (run_dir / "checkpoints").mkdir()
     with warnings.catch_warnings():

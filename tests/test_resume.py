@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from core import locks, rundir
+from core.config import load_config
 from slurm_jobs import REPO, history_epochs, launch, wait, wait_final
 
 pytestmark = pytest.mark.xdist_group("resume-run")  # one worker: its module fixture once
@@ -71,7 +72,8 @@ def checkpointed_run(tmp_path) -> Path:
         json.dumps({"epoch": 1, "step": 28, "weights": "latest-000000028.h5", "history": []}))
     (run_dir / rundir.MODEL).mkdir()
     (run_dir / rundir.MODEL / rundir.MODEL_SPEC).write_text(
-        json.dumps({"architecture": "small_cnn", "image_size": 32, "num_classes": 10}))
+        json.dumps({"architecture": "small_cnn", "image_size": load_config(run_dir / rundir.CONFIG).data.image_size,
+                    "num_classes": 10}))
     return run_dir
 
 
