@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slurm
 
 NODES = ("node1", "node2")
 START_HINT = "start it with slurm/local_cluster.sh start"
-UP_STATES = {"idle", "mixed", "allocated", "completing"}
+UP_STATES = {"idle", "mixed", "allocated", "completing", "planned"}  # planned: held by backfill for a queued job
 
 
 def _run(args, timeout=60):

@@ -302,9 +302,11 @@ def test_hand_run_duplicate_sbatch_leaves_the_running_run_untouched(tmp_path, sl
     trainer = json.loads((run_dir / rundir.LOGS / "env-0.json").read_text())["pid"]
     os.kill(trainer, signal.SIGSTOP)
     try:
-        # A short limit of its own: a two-node job of another test queued meanwhile waits for the
-        # held first job's node, and SLURM's backfill starts only a job that ends before that one.
-        second = subprocess.run(["sbatch", "--parsable", "--time=5", str(run_dir / rundir.SBATCH)],
+        # A limit of its own, shorter than the first job's: a two-node job of another test queued
+        # meanwhile waits for the held first job's node, and SLURM's backfill starts only a job that
+        # ends before that one. Longer than the time-limit warning's lead (5 min), which would
+        # otherwise signal the job as it starts.
+        second = subprocess.run(["sbatch", "--parsable", "--time=15", str(run_dir / rundir.SBATCH)],
                                 capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
         assert wait_final(second, 1800) == "FAILED"
     finally:
