@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.chaos]
 SEEDS = [int(s) for s in os.environ.get("CHAOS_SEEDS", "1").split(",")]
 FAULTS = ("kill", "stop", "requeue", "node", "term", "duplicate")
 N_FAULTS = 8
-EPOCHS = 5
+EPOCHS = 8  # the demo's own; 176 steps leave room for eight faults at 1-8 steps apart
 STEPS_PER_EPOCH = 22  # the demo's 1,437 training images in global batches of 64
 LOG_EVERY = 2  # lr.csv gets a row every LOG_EVERY steps: a step trained twice shows up there
 RUN = ("--nodes", "2", "--backend", "multiworker", f"train.epochs={EPOCHS}", "train.checkpoint_every_steps=4",
@@ -200,7 +200,7 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
     if fault == "duplicate":  # a user runs the run's script by hand while its job runs
         # The run's worker is held meanwhile, so the run is still there when the duplicate starts.
         # The run's worker is held meanwhile, so the run is still there, at the same step, when the
-        # duplicate starts and ends (the run trains its 110 steps in about a minute; the duplicate
+        # duplicate starts and ends (the run trains its 176 steps in about a minute; the duplicate
         # lives some 20 s). Held well within runtime.worker_timeout_s: a worker stalled longer
         # ends the run by design, which is not the fault under test.
         os.kill(victim["pid"], signal.SIGSTOP)
