@@ -13,8 +13,8 @@ Both run the same epochs of the same steps; the first epoch (tracing) is exclude
 alternate project, bare, bare, project, project, bare; every later epoch is a sample (nine per
 side by default) and the fastest of each side is compared; the ratio of the medians is reported
 beside it. Before each run the page cache is written back (`os.sync`), so files a benchmark
-before this one left dirty are not flushed during one side's epochs. An epoch clock (epoch begin and end, the end of training; nothing per step)
-splits each epoch into its steps (training and validation) and the work done between epochs
+before this one left dirty are not flushed during one side's epochs. An epoch clock (epoch
+begin and end, the end of training; nothing per step) splits each epoch into its steps (training and validation) and the work done between epochs
 (checkpoints, plots), so the fixed per-epoch cost can be told apart from any per-step cost.
 Figure: project steps/s / bare steps/s, goal >= 0.97; reported: steps per CPU-second of the
 process, for whole epochs and inside epochs only. When the goal is missed, one more project run under cProfile says

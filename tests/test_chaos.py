@@ -198,7 +198,6 @@ def strike(fault: str, rng: random.Random, run_dir: Path, job_id: str, log: list
         until(lambda: node_up(node), f"{node} back")
         return job_id
     if fault == "duplicate":  # a user runs the run's script by hand while its job runs
-        # The run's worker is held meanwhile, so the run is still there when the duplicate starts.
         # The run's worker is held meanwhile, so the run is still there, at the same step, when the
         # duplicate starts and ends (the run trains its 176 steps in about a minute; the duplicate
         # lives some 20 s). Held well within runtime.worker_timeout_s: a worker stalled longer

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from core import rundir
+from core.config import load_config
 from s3_server import client_env, s3_endpoint  # noqa: F401 (fixture)
 from slurm_jobs import wait_final
 
@@ -235,7 +236,6 @@ def _tiny_text_model(run_dir: Path) -> None:
 
 def _tiny_best_model(run_dir: Path) -> None:
     """A best.h5 of the shape of the run's config (10 classes), so eval and predict have a model."""
-    from core.config import load_config
     from training.keras_compat import keras
 
     size = load_config(run_dir / rundir.CONFIG).data.image_size

@@ -71,9 +71,9 @@ def checkpointed_run(tmp_path) -> Path:
     (run_dir / rundir.CHECKPOINTS / rundir.LATEST).write_text(
         json.dumps({"epoch": 1, "step": 28, "weights": "latest-000000028.h5", "history": []}))
     (run_dir / rundir.MODEL).mkdir()
+    size = load_config(run_dir / rundir.CONFIG).data.image_size
     (run_dir / rundir.MODEL / rundir.MODEL_SPEC).write_text(
-        json.dumps({"architecture": "small_cnn", "image_size": load_config(run_dir / rundir.CONFIG).data.image_size,
-                    "num_classes": 10}))
+        json.dumps({"architecture": "small_cnn", "image_size": size, "num_classes": 10}))
     return run_dir
 
 
