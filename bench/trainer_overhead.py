@@ -1,24 +1,26 @@
 """Trainer overhead: the project's training loop against a bare `model.fit` of the same model.
 
-    python -m bench.trainer_overhead [--steps-per-epoch 15] [--epochs 4] [--rounds 3]
+    python -m bench.trainer_overhead [--steps-per-epoch 15] [--epochs 4] [--rounds 4]
 
-project: `training.loop.train` as a job runs it (the mirrored backend, on this one CPU device a
-    OneDeviceStrategy; the run recorder with its checkpoints, history, status, LR log and live
-    curves; TensorBoard; the stop and step-checkpoint votes), on synthetic data, writing into a
-    temporary run directory. The live curves are drawn by a helper process at nice 19: its CPU
-    time is not in the process's, and is reported per run as `helper_cpu_s`.
+project: `training.loop.train` as a job runs it (the mirrored backend, on this one CPU device
+    TensorFlow's default strategy, as a bare fit; the run recorder with its checkpoints, history,
+    status, LR log and live curves; TensorBoard; the stop and step-checkpoint votes), on
+    synthetic data, writing into a temporary run directory. The live curves are drawn by a helper
+    process at nice 19: its CPU time is not in the process's, and is reported per run as
+    `helper_cpu_s`.
 bare: the same model (`training.models.build_model`), optimizer, loss, metrics, synthetic
     dataset, batch and validation steps, trained with `model.fit` and no callbacks.
 Both run the same epochs of the same steps; the first epoch (tracing) is excluded. Runs
-alternate project, bare, bare, project, project, bare; every later epoch is a sample (nine per
-side by default) and the fastest of each side is compared; the ratio of the medians is reported
-beside it. Before each run the page cache is written back (`os.sync`), so files a benchmark
-before this one left dirty are not flushed during one side's epochs. An epoch clock (epoch
-begin and end, the end of training; nothing per step) splits each epoch into its steps (training and validation) and the work done between epochs
-(checkpoints, plots), so the fixed per-epoch cost can be told apart from any per-step cost.
+alternate project, bare, bare, project, project, bare, bare, project; every later epoch is a
+sample (twelve per side by default) and the fastest of each side is compared; the ratio of the
+medians is reported beside it. Before each run the page cache is written back (`os.sync`), so
+files a benchmark before this one left dirty are not flushed during one side's epochs. An epoch
+clock (epoch begin and end, the end of training; nothing per step) splits each epoch into its
+steps (training and validation) and the work done between epochs (checkpoints, plots), so the
+fixed per-epoch cost can be told apart from any per-step cost.
 Figure: project steps/s / bare steps/s, goal >= 0.97; reported: steps per CPU-second of the
-process, for whole epochs and inside epochs only. When the goal is missed, one more project run under cProfile says
-which callbacks the time went to.
+process, for whole epochs and inside epochs only. When the goal is missed, one more project run
+under cProfile says which callbacks the time went to.
 """
 from __future__ import annotations
 
@@ -256,7 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-steps", type=int, default=1, help="per epoch, both runs (default 1)")
     parser.add_argument("--log-every-steps", type=int, default=10,
                         help="TensorBoard and LR log cadence of the project run (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="project/bare pairs (default 3)")
+    parser.add_argument("--rounds", type=int, default=4, help="project/bare pairs (default 4)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is excluded")

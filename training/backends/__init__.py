@@ -26,8 +26,8 @@ def _use_logical_cpus(count: int) -> None:
 
 
 class MirroredBackend(Backend):
-    """One process, all GPUs of the node (or logical CPU devices when none); OneDeviceStrategy
-    when that is a single device."""
+    """One process, all GPUs of the node (or logical CPU devices when none); TensorFlow's default
+    strategy when that is a single device."""
 
     name = "mirrored"
 
@@ -42,9 +42,11 @@ class MirroredBackend(Backend):
         gpus = tf.config.list_logical_devices("GPU")
         devices = gpus or tf.config.list_logical_devices("CPU")
         if len(devices) == 1:
-            # Nothing to mirror: MirroredStrategy over one device still runs its replica machinery,
-            # which cost 10 % or more of a small model's steps on 2 CPU cores (bench/README.md).
-            self.strategy = tf.distribute.OneDeviceStrategy(devices[0].name)
+            # Nothing to mirror: TensorFlow's default strategy, as a bare fit runs. A strategy over
+            # one device still runs replica machinery around every step and a distributed dataset
+            # (MirroredStrategy cost 10 % or more of a small model's steps on 2 CPU cores,
+            # OneDeviceStrategy 3-9 %: bench/README.md).
+            self.strategy = tf.distribute.get_strategy()
         elif gpus:
             self.strategy = tf.distribute.MirroredStrategy()
         else:
