@@ -17,6 +17,7 @@ import pytest
 
 from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
                         status, trainer_restart_count, wait, wait_final)
+from test_launch_slurm import check_job_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -76,11 +77,14 @@ def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
 def test_multiworker_run_survives_a_killed_worker_and_two_requeues(tmp_path):
     # One two-node run for three faults: a worker killed after epoch 1 ends the job fast (a first
     # start's death is not retried: core/recovery.py); the resumed job is requeued twice, each
-    # time after an epoch of its own, and completes.
+    # time after an epoch of its own, and completes. It is also the suite's multiworker run: launch
+    # returns at once, one task per node, the demo's bar reached with identical replicas.
     epochs, timeout_s = 5, 20
+    started = time.monotonic()
     job_id, run_dir = launch(tmp_path, "--nodes", "2", "--gpus", "2", "--gpu-type", "a100",
                              "--backend", "multiworker", f"train.epochs={epochs}",
                              f"runtime.worker_timeout_s={timeout_s}")
+    assert time.monotonic() - started < 15, "launch waited for the job instead of returning"
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
     worker = json.loads((run_dir / "logs" / "env-1.json").read_text())
     os.kill(worker["pid"], signal.SIGKILL)
@@ -112,6 +116,7 @@ def test_multiworker_run_survives_a_killed_worker_and_two_requeues(tmp_path):
     assert status(run_dir)["state"] == "completed"
     assert status(run_dir)["restarts"] == 2
     final_weights_load(run_dir)
+    check_job_results(run_dir, {"node1", "node2"})
 
 
 def test_checkpoint_write_killed_leaves_the_previous_one_loadable(tmp_path):
