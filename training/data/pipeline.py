@@ -317,7 +317,11 @@ def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, i
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
 
+    # The functions given to tf.data below are written with TensorFlow's own control flow
+    # (tf.cond, tf.switch_case), so autograph has nothing to convert in them: converting them
+    # anyway cost about 1.5 CPU-s at every start of every rank.
     if labels is None:
+        @tf.autograph.experimental.do_not_convert
         def shard(path, size, expected):
             return shards.read_shard(path, size, expected, num_classes, data.label_offset, TFRECORD_READ_BUFFER)
 
@@ -331,6 +335,7 @@ def _from_files(data: DataConfig, split: str, training: bool, batch_size: int, i
         def read(path, label):  # the file list is already shuffled whole; no example shuffle needed
             return tf.io.read_file(path), label
 
+    @tf.autograph.experimental.do_not_convert
     def load(position, element):
         encoded, label = read(*element)
         # Stateless crops keyed by (seed, position): map threads share no random state.
