@@ -296,9 +296,9 @@ def show(args: argparse.Namespace) -> int:
                 print(f"sweep {_printable(sweep.name)}: launch runs --sweep {_printable(str(sweep))}",
                       file=sys.stderr)
     if args.json:  # with what produced each run (core/provenance.py), read for --json only
-        # One run a line. Not json.dumps(indent=...), whose pure-Python encoder, and not
-        # dataclasses.asdict, whose deep copy of flat fields, were half the time of a listing of
-        # 10,000 runs (bench/runs_scale.py).
+        # One run a line, through json's C encoder (indent= falls back to the pure-Python one),
+        # and vars rather than dataclasses.asdict (a deep copy of flat fields): those two were half
+        # the time of listing 10,000 runs (bench/runs_scale.py).
         rows = (json.dumps({**vars(r), "provenance": provenance.read(r.run_dir) or None}) for r in runs)
         print("[\n" + ",\n".join(rows) + "\n]" if runs else "[]")
         return 0
