@@ -6,9 +6,12 @@ business, not the trainer's.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +104,34 @@ def _tail(path: str, size: int = 3000) -> str:
         return Path(path).read_text(errors="replace")[-size:]
     except OSError as exc:
         return str(exc)
+
+
+def process_state(pid: int) -> tuple[str, int]:
+    """(state letter, pending signal mask) of a process of this machine; ("", 0) once it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except (OSError, ValueError):
+        return "", 0
+    return fields["State"].split()[0], int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+
+
+def signal_while_held(job_id: str, run_dir: Path, signame: str = "USR1") -> None:
+    """Sends SIGNAME to the job's processes (`scancel --signal`) while its rank-0 trainer is held
+    (SIGSTOP) early in the run, then lets it go: the signal lands mid-training on any machine,
+    not after a fast run has already ended."""
+    env = run_dir / rundir.LOGS / "env-0.json"  # written by the trainer once its stop handlers are in
+    wait(env.is_file, job_id, 300, "the trainer to start")
+    trainer = json.loads(env.read_text())["pid"]
+    mask = 1 << (getattr(signal, f"SIG{signame}") - 1)
+    os.kill(trainer, signal.SIGSTOP)
+    try:
+        wait(lambda: process_state(trainer)[0] in ("T", ""), job_id, 60, "the trainer to stop")
+        subprocess.run(["scancel", f"--signal={signame}", job_id], check=True)
+        wait(lambda: (state := process_state(trainer))[0] != "T" or state[1] & mask, job_id, 60,
+             f"SIG{signame} to reach the trainer")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGCONT)
 
 
 def job_states(job_id: str) -> list[str]:

@@ -2,11 +2,10 @@
 the chief continues the run through a new job in the same run directory."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from slurm_jobs import epochs_done, final_weights_load, history_epochs, job_field, launch, status, wait, wait_final
+from slurm_jobs import (final_weights_load, history_epochs, job_field, launch, signal_while_held, status, wait,
+                        wait_final)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -15,9 +14,9 @@ def test_a_run_that_cannot_be_requeued_continues_in_a_dependent_job(slurm_cluste
     job_id, run_dir = launch(tmp_path, "train.epochs=4", "train.steps_per_epoch=8", "train.validation_steps=2",
                              'slurm.extra=["--no-requeue"]')
     assert job_field(job_id, "Requeue") == "0"
-    wait(lambda: epochs_done(run_dir) >= 1, job_id, 600, "epoch 1")
-    # The time-limit warning, now: the chief saves, SLURM refuses the requeue, a continuation follows.
-    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    # The time-limit warning, sent while the trainer is held early on, so it lands mid-training at
+    # any speed: the chief saves, SLURM refuses the requeue, a continuation follows.
+    signal_while_held(job_id, run_dir, "USR1")
     wait(lambda: len((run_dir / "jobs.txt").read_text().split()) == 2, job_id, 120, "the continuation job")
     follower = (run_dir / "jobs.txt").read_text().split()[-1]
     assert job_field(follower, "Dependency") in (f"afterany:{job_id}(unfulfilled)", "(null)")

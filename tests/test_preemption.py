@@ -16,19 +16,10 @@ from pathlib import Path
 import pytest
 
 from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        status, trainer_restart_count, wait, wait_final)
+                        process_state, status, trainer_restart_count, wait, wait_final)
 from test_launch_slurm import check_job_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def process_state(pid: int) -> tuple[str, int]:
-    """(state letter, pending signal mask) of a process of this machine; ("", 0) once it is gone."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    except (OSError, ValueError):
-        return "", 0
-    return fields["State"].split()[0], int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
 
 
 def hold_until_signalled(job_id: str, run_dir: Path, lead_s: int) -> None:
