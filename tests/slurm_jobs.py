@@ -96,7 +96,11 @@ def wait(condition, job_id: str, timeout_s: float, what: str) -> None:
             subprocess.run(["scancel", job_id])
             pytest.fail(f"timed out after {timeout_s} s of the job's time waiting for {what}; job {job_id}: "
                         f"{fields}{logs}")
-        time.sleep(2)
+        # The condition is read often (a fast machine runs an epoch in about a second), the job
+        # itself every 2 s.
+        polled = time.monotonic()
+        while time.monotonic() - polled < 2 and not condition():
+            time.sleep(0.2)
 
 
 def _tail(path: str, size: int = 3000) -> str:
@@ -132,6 +136,38 @@ def signal_while_held(job_id: str, run_dir: Path, signame: str = "USR1") -> None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(trainer, signal.SIGCONT)
+
+
+def trainers(run_dir: Path) -> list[int]:
+    """PIDs of the run's trainer processes alive on this machine, one per rank that reported
+    (logs/env-N.json, rewritten by every start)."""
+    pids = []
+    for env in sorted((run_dir / rundir.LOGS).glob("env-*.json")):
+        try:
+            pid = json.loads(env.read_text())["pid"]
+            if b"training.main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except (OSError, ValueError, KeyError):  # ended, or a report being written
+            continue
+    return pids
+
+
+@contextlib.contextmanager
+def trainers_held(run_dir: Path, job_id: str):
+    """Keeps every trainer of the run stopped (SIGSTOP) inside the block, so what the test does
+    there (a requeue, a cancel, a kill) lands mid-training on any machine, not after a fast run
+    has already ended; SIGCONT after. Fails when no trainer is running any more."""
+    pids = trainers(run_dir)
+    assert pids, f"no trainer of {run_dir} is running: the run ended before the test could act"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait(lambda: all(process_state(pid)[0] in ("T", "") for pid in pids), job_id, 60, "the trainers to stop")
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def job_states(job_id: str) -> list[str]:

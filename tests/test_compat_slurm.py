@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, wait, wait_final
+from slurm_jobs import (DEMO, REPO, epochs_done, history_epochs, job_field, status, trainers_held, wait,
+                        wait_final)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -27,7 +28,8 @@ def test_a_script_written_before_the_move_requeues_and_completes(tmp_path):
     job_id = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
                             check=True, cwd=REPO).stdout.strip().split(";")[0]
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 600) == "COMPLETED"
     assert history_epochs(run_dir) == [1, 2, 3]  # each epoch once, across the requeue

@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 
 from core import rundir
-from slurm_jobs import REPO, epochs_done, history_epochs, job_field, launch, listed_state, status, wait, wait_final
+from slurm_jobs import (REPO, epochs_done, history_epochs, job_field, launch, listed_state, status, trainers_held,
+                        wait, wait_final)
 from test_step_checkpoints import tensorboard_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -42,7 +43,8 @@ def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path,
     job_id, run_dir = launch(tmp_path, f"container.image={IMAGE}", f"data.data_dir={cache}",
                              f"train.epochs={EPOCHS}", *args)
     wait(lambda: epochs_done(run_dir) >= 2, job_id, 600, "epoch 2")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 900) == "COMPLETED"
 

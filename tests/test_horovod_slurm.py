@@ -10,7 +10,7 @@ import pytest
 
 from core import rundir
 from slurm_jobs import (epochs_done, final_weights_load, history_epochs, job_field, launch, status,
-                             wait, wait_final)
+                        trainers_held, wait, wait_final)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.horovod, pytest.mark.slow]
 EPOCHS = 5
@@ -20,7 +20,8 @@ def test_four_ranks_on_two_nodes_train_identically_and_survive_a_requeue(tmp_pat
     job_id, run_dir = launch(tmp_path, "--nodes", "2", "--gpus", "2", "--gpu-type", "a100",
                              "--backend", "horovod", "slurm.cpus_per_task=1", f"train.epochs={EPOCHS}")
     wait(lambda: epochs_done(run_dir) >= 2, job_id, 600, "epoch 2")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 900) == "COMPLETED"
 

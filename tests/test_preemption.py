@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        process_state, status, trainer_restart_count, wait, wait_final)
+                        process_state, status, trainer_restart_count, trainers_held, wait, wait_final)
 from test_launch_slurm import check_job_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -78,7 +78,8 @@ def test_multiworker_run_survives_a_killed_worker_and_two_requeues(tmp_path):
     assert time.monotonic() - started < 15, "launch waited for the job instead of returning"
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
     worker = json.loads((run_dir / "logs" / "env-1.json").read_text())
-    os.kill(worker["pid"], signal.SIGKILL)
+    with trainers_held(run_dir, job_id):
+        os.kill(worker["pid"], signal.SIGKILL)
     killed = time.monotonic()
     assert wait_final(job_id, 120) == "FAILED"
     assert time.monotonic() - killed < timeout_s + 15  # bounded, not until the time limit
@@ -94,8 +95,9 @@ def test_multiworker_run_survives_a_killed_worker_and_two_requeues(tmp_path):
     for restart in (1, 2):
         before = epochs_done(run_dir)  # the start before has ended: its last epoch is in
         wait(lambda: epochs_done(run_dir) > before, job_id, 400, f"an epoch after {before}")
-        assert listed_state(tmp_path) == "RUNNING"
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        with trainers_held(run_dir, job_id):
+            assert listed_state(tmp_path) == "RUNNING"
+            subprocess.run(["scontrol", "requeue", job_id], check=True)
         wait(lambda: job_field(job_id, "Restarts") == str(restart), job_id, 60, "the requeue")
         # The requeued start may still finish the epoch it is in (it stops at its next vote);
         # SLURM starts the next one only once it has ended.

@@ -10,7 +10,7 @@ import pytest
 
 from core import recovery
 from slurm_jobs import (epochs_done, history_epochs, job_field, launch, status, trainer_report, trainer_restart_count,
-                        wait, wait_final)
+                        trainers_held, wait, wait_final)
 
 
 @pytest.mark.parametrize("exit_code, seconds, restarts, continuations, cancelled, retried", [
@@ -31,7 +31,8 @@ def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restart
 def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
     job_id, run_dir = launch(tmp_path, "train.epochs=3", "slurm.max_requeues=3")
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     wait(lambda: trainer_restart_count(run_dir) == "1", job_id, 300, "the restarted trainer")
     os.kill(trainer_report(run_dir)["pid"], signal.SIGKILL)  # as a failed node's leftover step would

@@ -15,7 +15,7 @@ import pytest
 
 from core import storage
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
-from slurm_jobs import REPO, history_epochs, launch, status, wait, wait_final
+from slurm_jobs import REPO, history_epochs, launch, status, trainers_held, wait, wait_final
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 EPOCHS = 4
@@ -49,13 +49,15 @@ def test_bucket_data_and_mirror_survive_requeue_and_the_loss_of_the_run_dir(s3, 
     # Requeued after its first mirrored checkpoint: the same node stages nothing again.
     wait(lambda: mirror_has(f"{url}/checkpoints/latest.json"), job_id, 400, "a mirrored checkpoint")
     assert f"{objects} of {objects} objects downloaded" in out.read_text()
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: f"0 of {objects} objects downloaded" in out.read_text(), job_id, 300, "the requeued job's staging")
 
     # Cancelled after its next epoch: it stops with a checkpoint, which reaches the mirror.
     wait(lambda: len(history_epochs(run_dir)) >= 2 if (run_dir / "history.csv").is_file() else False,
          job_id, 400, "epoch 2")
-    subprocess.run(["scancel", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scancel", job_id], check=True)
     assert wait_final(job_id, 120) != "COMPLETED"
     mirrored = json.loads(storage.read_bytes(f"{url}/checkpoints/latest.json"))
     assert storage.is_file(f"{url}/checkpoints/{mirrored['weights']}")

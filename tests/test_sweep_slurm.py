@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from core.runstatus import read_status
-from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, wait, wait_final
+from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, trainers_held, wait, wait_final
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TINY = ("train.steps_per_epoch=8", "train.validation_steps=2")  # about 5 s an epoch on 2 shared cores
@@ -62,7 +62,8 @@ def test_grid_sweep_is_one_array_and_a_requeued_task_resumes_alone(slurm_cluster
 
     task2 = f"{array}_2"
     wait(lambda: epochs_done(runs[2]) >= 1, task2, 600, "task 2's first epoch")
-    subprocess.run(["scontrol", "requeue", task2], check=True)
+    with trainers_held(runs[2], task2):
+        subprocess.run(["scontrol", "requeue", task2], check=True)
     finished = {i: files(runs[i]) for i in (0, 1, 3)
                 if read_status(runs[i]).get("state") == "completed"}  # (SLURM ran 0 and 1 first)
     wait(lambda: job_field(task2, "Restarts") == "1", task2, 60, "the requeue")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_jobs import epochs_done, history_epochs, job_field, wait, wait_final
+from slurm_jobs import epochs_done, history_epochs, job_field, trainers_held, wait, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "sentiment_demo.yaml")
@@ -100,7 +100,8 @@ def test_sentiment_demo_as_a_two_node_job_requeued_keeps_its_vocabulary(slurm_cl
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 6 * 60, "epoch 1")
     vocabulary = run_dir / "model" / "tokenizer.json"
     before = sha256(vocabulary), vocabulary.stat().st_mtime_ns
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    with trainers_held(run_dir, job_id):
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 9 * 60) == "COMPLETED", (run_dir / "logs" / f"slurm-{job_id}.err").read_text()[-3000:]
     check_two_node_run(run_dir, "multiworker")
