@@ -16,6 +16,7 @@ import pytest
 from core import storage
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
 from slurm_jobs import REPO, history_epochs, launch, status, trainers_held, wait, wait_final
+from test_text_training import LIGHT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 EPOCHS = 4
@@ -108,7 +109,7 @@ def test_text_demo_trains_from_a_bucket_and_mirrors_its_tokenizer(s3, tmp_path, 
     mirror = f"{s3}/runs"
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "sentiment_demo.yaml"),
                            "--run-root", str(tmp_path), "data.source=tfrecord", f"data.data_dir={s3}/sentiment",
-                           f"storage.mirror={mirror}", "train.epochs=1"],
+                           f"storage.mirror={mirror}", "train.epochs=1", *LIGHT],
                           capture_output=True, text=True, timeout=180, cwd=REPO)
     assert done.returncode == 0, done.stderr
     job = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
