@@ -1,6 +1,8 @@
 """Real training runs inside the test image through Pyxis on the local cluster, on one node, on
 two (MultiWorkerMirrored) and on two with Horovod (its rendezvous server in the image too), each
-requeued once.
+requeued once. The Horovod case is also the suite's four-rank Horovod run through `launch`: one
+rank per stand-in GPU, block ranks over the nodes, each rank its own shards, identical weights at
+the end (the host's Horovod path trains in tests/test_text_training.py and test_horovod_env.py).
 
 Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
 ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
@@ -15,8 +17,8 @@ from collections import Counter
 import pytest
 
 from core import rundir
-from slurm_jobs import (REPO, epochs_done, history_epochs, job_field, launch, listed_state, status, trainers_held,
-                        wait, wait_final)
+from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
+                        status, trainers_held, wait, wait_final)
 from test_step_checkpoints import tensorboard_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -60,3 +62,13 @@ def test_demo_trains_inside_the_image_through_a_requeue(slurm_cluster, tmp_path,
     with open(run_dir / rundir.HISTORY) as fh:
         assert float(list(csv.DictReader(fh))[-1]["val_accuracy"]) >= 0.9  # the demo's target
     assert tensorboard_steps(run_dir / "tensorboard" / "train", "epoch_loss") == list(range(EPOCHS))
+    assert status(run_dir)["restarts"] == 1
+    final_weights_load(run_dir)
+    if ranks > 1:
+        reports = [json.loads((run_dir / rundir.LOGS / f"rank-{rank}.json").read_text()) for rank in range(ranks)]
+        assert {r["world_size"] for r in reports} == {ranks}
+        nodes = [r["node"] for r in reports]
+        assert nodes == [env["SLURMD_NODENAME"] for env in envs] and nodes == sorted(nodes)  # block ranks
+        assert len({r["trainable_weights_sha256"] for r in reports}) == 1, "ranks ended with different weights"
+        shards = [set(r["train_shards"]) for r in reports]
+        assert all(shards) and sum(map(len, shards)) == len(set().union(*shards)), "ranks shared shards"
