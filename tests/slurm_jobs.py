@@ -47,12 +47,37 @@ def job_field(job_id: str, field: str) -> str:
     return job_fields(job_id, field)[field]
 
 
+_held_since: dict[str, float] = {}
+
+
+def _on_a_node(raw_job_id: str) -> bool:
+    """A process of the job's last start (its slurmstepd) is still on a node: every node of the
+    local cluster is this machine."""
+    tag = f"slurmstepd: [{raw_job_id}.".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(tag):
+                return True
+        except OSError:  # ended meanwhile
+            continue
+    return False
+
+
 def release_hold(job_id: str, fields: dict[str, str] | None = None) -> None:
-    """Lets a requeued job start now instead of after SLURM's requeue delay. `fields`: its
-    JobState and Reason when the caller has just read them."""
+    """Lets a requeued job start now instead of after SLURM's requeue delay, once its last start
+    has left the node and two seconds after the hold was first seen. Sooner, slurmd may still
+    count the new start's credential as revoked (it compares whole seconds with the time of the
+    requeue) and SLURM fails the job: "Job credential revoked". `fields`: its JobState and Reason
+    when the caller has just read them."""
     fields = fields or job_fields(job_id, "JobState", "Reason")
-    if fields["JobState"] == "PENDING" and fields["Reason"] == "BeginTime":
-        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    if fields["JobState"] != "PENDING" or fields["Reason"] != "BeginTime":
+        _held_since.pop(job_id, None)
+        return
+    seen = _held_since.setdefault(job_id, time.monotonic())
+    if time.monotonic() - seen < 2 or _on_a_node(job_fields(job_id, "JobId")["JobId"]):
+        return
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    _held_since.pop(job_id, None)
 
 
 def epochs_done(run_dir: Path) -> int:

@@ -1,16 +1,21 @@
 """Recovery without a person (core/recovery.py): which failed steps are retried, and, on the
-local cluster, a requeued job whose step is killed at once comes back by itself and completes."""
+local cluster, a requeued job whose step is killed at once comes back by itself and completes.
+
+That job runs a batch script written before the shared modules moved to core/ (it calls `python
+-m launcher.runstatus settle`, which decides the automatic requeue): module paths that scripts
+already in the queue call stay valid."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from core import recovery
-from slurm_jobs import (epochs_done, history_epochs, job_field, launch, status, trainer_report, trainer_restart_count,
-                        trainers_held, wait, wait_final)
+from slurm_jobs import (DEMO, REPO, epochs_done, history_epochs, job_field, status, trainer_report,
+                        trainer_restart_count, trainers_held, wait, wait_final)
 
 
 @pytest.mark.parametrize("exit_code, seconds, restarts, continuations, cancelled, retried", [
@@ -29,7 +34,17 @@ def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restart
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
-    job_id, run_dir = launch(tmp_path, "train.epochs=3", "slurm.max_requeues=3")
+    script = tmp_path / "old.sbatch"
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(tmp_path / "runs"),
+                           "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    assert " -m core.runstatus settle " in text
+    script.write_text(text.replace(" -m core.runstatus settle ", " -m launcher.runstatus settle "))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    job_id = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                            check=True, cwd=REPO).stdout.strip().split(";")[0]
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
     with trainers_held(run_dir, job_id):
         subprocess.run(["scontrol", "requeue", job_id], check=True)
@@ -43,3 +58,4 @@ def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path
     err = (run_dir / "logs" / f"slurm-{job_id}.err").read_text()
     assert "requeued again: the restarted job's step died in its first seconds" in err
     assert "launch --resume" not in err  # nobody is asked to do what SLURM is doing
+    assert "No module named" not in err
