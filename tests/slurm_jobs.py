@@ -144,25 +144,6 @@ def process_state(pid: int) -> tuple[str, int]:
     return fields["State"].split()[0], int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
 
 
-def signal_while_held(job_id: str, run_dir: Path, signame: str = "USR1") -> None:
-    """Sends SIGNAME to the job's processes (`scancel --signal`) while its rank-0 trainer is held
-    (SIGSTOP) early in the run, then lets it go: the signal lands mid-training on any machine,
-    not after a fast run has already ended."""
-    env = run_dir / rundir.LOGS / "env-0.json"  # written by the trainer once its stop handlers are in
-    wait(env.is_file, job_id, 300, "the trainer to start")
-    trainer = json.loads(env.read_text())["pid"]
-    mask = 1 << (getattr(signal, f"SIG{signame}") - 1)
-    os.kill(trainer, signal.SIGSTOP)
-    try:
-        wait(lambda: process_state(trainer)[0] in ("T", ""), job_id, 60, "the trainer to stop")
-        subprocess.run(["scancel", f"--signal={signame}", job_id], check=True)
-        wait(lambda: (state := process_state(trainer))[0] != "T" or state[1] & mask, job_id, 60,
-             f"SIG{signame} to reach the trainer")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(trainer, signal.SIGCONT)
-
-
 def trainers(run_dir: Path) -> list[int]:
     """PIDs of the run's trainer processes alive on this machine, one per rank that reported
     (logs/env-N.json, rewritten by every start)."""
@@ -193,6 +174,23 @@ def trainers_held(run_dir: Path, job_id: str):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def signal_pending(pids: list[int], signum: int) -> bool:
+    """Every one of these stopped processes has `signum` pending (one let go, or gone, counts)."""
+    mask = 1 << (signum - 1)
+    return all((state := process_state(pid))[0] != "T" or state[1] & mask for pid in pids)
+
+
+def signal_while_held(job_id: str, run_dir: Path, signame: str = "USR1") -> None:
+    """Sends SIGNAME to the job's processes (`scancel --signal`) while its trainers are held early
+    in the run, then lets them go: the signal lands mid-training on any machine, not after a fast
+    run has already ended."""
+    wait(lambda: trainers(run_dir), job_id, 300, "the trainer to start")  # its stop handlers are in
+    with trainers_held(run_dir, job_id) as pids:
+        subprocess.run(["scancel", f"--signal={signame}", job_id], check=True)
+        wait(lambda: signal_pending(pids, getattr(signal, f"SIG{signame}")), job_id, 60,
+             f"SIG{signame} to reach the trainers")
 
 
 def job_states(job_id: str) -> list[str]:

@@ -2,7 +2,6 @@
 hangs, one run directory per run."""
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        process_state, status, trainer_restart_count, trainers_held, wait, wait_final)
+                        signal_pending, status, trainer_restart_count, trainers, trainers_held, wait, wait_final)
 from test_launch_slurm import check_job_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -26,20 +25,12 @@ def hold_until_signalled(job_id: str, run_dir: Path, lead_s: int) -> None:
     """Keeps the job's trainer stopped (SIGSTOP) until SLURM's time-limit warning, SIGUSR1, is
     pending for it: the run cannot finish before the signal lands, however fast the machine.
     A trainer that starts only after the warning was due is not held."""
-    env = run_dir / "logs" / "env-0.json"  # written by the trainer once its stop handlers are in
-    wait(env.is_file, job_id, 300, "the trainer to start")
-    trainer = json.loads(env.read_text())["pid"]
+    wait(lambda: trainers(run_dir), job_id, 300, "the trainer to start")  # its stop handlers are in
     warning_at = datetime.datetime.fromisoformat(job_field(job_id, "EndTime")).timestamp() - lead_s
-    usr1 = 1 << (signal.SIGUSR1 - 1)
-    os.kill(trainer, signal.SIGSTOP)
-    try:
-        wait(lambda: process_state(trainer)[0] in ("T", ""), job_id, 60, "the trainer to stop")
-        if time.time() < warning_at:  # SLURM sends it at that time or later, so it will be pending
-            wait(lambda: (state := process_state(trainer))[0] != "T" or state[1] & usr1, job_id, 400,
-                 "the time-limit signal")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(trainer, signal.SIGCONT)
+    if time.time() >= warning_at:
+        return
+    with trainers_held(run_dir, job_id) as pids:  # SLURM signals at the warning time or later
+        wait(lambda: signal_pending(pids, signal.SIGUSR1), job_id, 400, "the time-limit signal")
 
 
 def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
