@@ -59,6 +59,30 @@ host_pins() {
     sed -n 's/^tensorflow==/tensorflow-cpu==/p' <<<"$pins"
 }
 
+# NAME==VERSION lines with each name as pip writes it in messages (lower case, "-" between words).
+canonical() {
+    awk -F'==' '{ name = tolower($1); gsub(/[-_.]+/, "-", name); print name "==" $2 }'
+}
+
+# pip install into $1 of the rest, constrained by $WORK_DIR/pins.txt. A host package whose version
+# the package index does not offer (installed from elsewhere) loses its pin, said on stderr, and the
+# image gets the index's release of it; any other failure is pip's.
+install_pinned() {
+    local target=$1 tries unpinned
+    shift
+    for tries in 1 2 3 4 5 6 7 8; do
+        python3 -m pip install --target "$target" --no-warn-script-location --root-user-action=ignore \
+            -c "$WORK_DIR/pins.txt" "$@" >"$WORK_DIR/pip-try.log" 2>&1 && { cat "$WORK_DIR/pip-try.log"; return 0; }
+        cat "$WORK_DIR/pip-try.log"
+        unpinned=$(sed -n 's/.*The user requested (constraint) \([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' "$WORK_DIR/pip-try.log" \
+            | head -n 1 | canonical)
+        [[ -n $unpinned ]] && grep -qxF "$unpinned" "$WORK_DIR/pins.txt" || return 1
+        echo "build_image: the host's $unpinned is not in the package index; the image gets the index's" >&2
+        grep -vxF "$unpinned" "$WORK_DIR/pins.txt" >"$WORK_DIR/pins.next" && mv "$WORK_DIR/pins.next" "$WORK_DIR/pins.txt"
+    done
+    return 1
+}
+
 # The host's Horovod, as training/horovod_build/build.sh installed it (a machine that already had it
 # keeps no wheel, so the installed files are what is copied). `inputs`: its version and the hash of
 # its RECORD, which lists every file's hash, so a rebuild of Horovod rebuilds the image; `files`: its
@@ -129,12 +153,13 @@ build_rootfs() {
     # dist-packages under /usr/local is on the sys.path of Debian's python3 and belongs to no package.
     target=$ROOTFS/usr/local/lib/python$py_image/dist-packages
     echo "build_image: $SUITE with python$py_image after $((SECONDS - start)) s; installing packages"
+    host_pins | canonical >"$WORK_DIR/pins.txt"
     {
-        python3 -m pip install --target "$target" --no-warn-script-location --root-user-action=ignore \
-            -c <(host_pins) $(requirements | grep -v '^tf-keras') $(horovod requires) \
+        install_pinned "$target" $(requirements | grep -v '^tf-keras') $(horovod requires) \
         && python3 -m pip install --target "$target" --no-deps --root-user-action=ignore \
             $(requirements | grep '^tf-keras')
     } >"$WORK_DIR/pip.log" 2>&1 || { tail -n 20 "$WORK_DIR/pip.log" >&2; die "pip failed; log: $WORK_DIR/pip.log"; }
+    grep "^build_image: the host's" "$WORK_DIR/pip.log" >&2 || true  # pins the index did not offer
     # Console scripts carry the host's interpreter path, and TensorFlow's C++ headers only serve
     # builds of extensions (Horovod), which happen on the host: neither is used inside the image.
     rm -rf "$target/bin" "$target/tensorflow/include"
