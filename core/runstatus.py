@@ -90,6 +90,20 @@ def earlier_start(status: dict, job_id: str | None) -> bool:
     return int(status.get("restarts") or 0) < int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
+def completed_before_restart(run_dir: str | Path, job_id: str | None) -> str | None:
+    """What a restarted job says when its own earlier start had completed the run (SLURM requeued
+    it in its last moments: a preemption or `scontrol requeue` during the final report or exit);
+    None otherwise. The restart has nothing to do and is no failure: a run completed by another
+    job stays refused (core/locks.writer_lock), since a hand-run sbatch would rewrite it."""
+    status = read_status(run_dir)
+    if status.get("state") != "completed" or str(status.get("job_id") or "") != (job_id or "-"):
+        return None
+    if not earlier_start(status, job_id):
+        return None
+    return (f"job {job_id} was requeued after its start {int(status.get('restarts') or 0)} had completed "
+            f"the run; nothing left to do")
+
+
 def settle(run_dir: str | Path, exit_code: int, job_id: str | None = None, requeued: bool = False) -> str | None:
     """After a failed job step: writes the end state the trainer could not, if its status is still live.
 

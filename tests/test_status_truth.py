@@ -81,6 +81,27 @@ def test_an_end_state_left_by_the_start_before_a_requeue_does_not_speak_for_this
     assert "job 43 killed by SIGKILL" in runstatus.settle(tmp_path, 137, "43")
 
 
+def test_a_restart_after_its_own_job_completed_the_run_ends_quietly(tmp_path, monkeypatch):
+    # SLURM requeued job 42 as its trainer exited (a preemption during the final report or exit):
+    # the restart, on every rank, finds the run completed by the job's start before it.
+    write(tmp_path / "run", state="completed", epoch=4, job_id="42", restarts=0, message="")
+    env = {**os.environ, "SLURM_JOB_ID": "42", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "training.main", "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=REPO)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout == "[train] job 42 was requeued after its start 0 had completed the run; nothing left to do\n"
+    assert status(tmp_path / "run")["state"] == "completed"
+    # Anything else is no such restart: not this job's completion, not an earlier start, not completed.
+    for env_restarts, fields in (("1", dict(job_id="41", restarts=0)), ("0", dict(job_id="42", restarts=0)),
+                                 ("1", dict(job_id="42", restarts=1))):
+        write(tmp_path, state="completed", **fields)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", env_restarts)
+        assert runstatus.completed_before_restart(tmp_path, "42") is None, (env_restarts, fields)
+    write(tmp_path, state="stopped", job_id="42", restarts=0)
+    assert runstatus.completed_before_restart(tmp_path, "42") is None
+
+
 def hold(run_dir: Path, job_id: str | None) -> None:
     """RUN/.writer.lock as launcher/resume.py's RunLock writes it for `job_id`."""
     (run_dir / rundir.WRITER_LOCK).write_text(json.dumps(

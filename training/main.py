@@ -16,7 +16,7 @@ from typing import Mapping
 from core import rundir, slurm
 from core.config import Config, ConfigError, load_run_config
 from core.locks import writer_lock
-from core.runstatus import read_status, write_status
+from core.runstatus import completed_before_restart, read_status, write_status
 from training import evaluate, provenance, signals
 from training.backends import BackendError, create_backend
 from training.cluster import cluster_from_env
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = cluster_from_env(os.environ)  # the chief holds the run's writer lock for the job
+        if done := completed_before_restart(args.run_dir.resolve(), spec.job_id):
+            print(f"[train] {done}", flush=True)  # every rank reads it, so none waits for the chief
+            return 0
         with writer_lock(args.run_dir.resolve(), spec.job_id, spec.is_chief):
             return run(args.run_dir.resolve(), spec.is_chief)
     except user_errors() as err:
