@@ -199,27 +199,6 @@ def tensorboard_steps(folder: Path, tag: str) -> list[int]:
     return sorted(steps)
 
 
-@pytest.mark.slow
-def test_two_workers_agree_on_time_checkpoints_and_only_the_chief_writes(tmp_path):
-    """MultiWorkerMirrored saves collectively: a worker that saved at another step than the chief
-    would hang the job. A tiny minutes value makes the chief call for a checkpoint at almost
-    every agreement point."""
-    run_root = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--cluster", "local", "--run-root",
-           str(run_root), "--nodes", "2", "--backend", "multiworker", "train.epochs=2",
-           "train.checkpoint_every_minutes=0.0001", "runtime.worker_timeout_s=30"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run_dir,) = list(run_root.iterdir())
-    saves = [(int(epoch), int(step)) for _, epoch, step in SAVED.findall(done.stdout)]
-    assert {epoch for epoch, _ in saves} == {1, 2}, done.stdout[-3000:]
-    with open(run_dir / "history.csv") as fh:
-        assert [int(line.split(",")[0]) for line in fh.read().splitlines()[1:]] == [1, 2]
-    names = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    assert {"best.h5", "latest.json"} <= names and len(names) <= 4, names
-    assert not [p for p in run_dir.rglob("*") if "workertemp" in p.name or p.name.startswith("ckpt-worker")]
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_trainer_killed_under_slurm_resumes_at_its_step_checkpoint(tmp_path, slurm_cluster):

@@ -1,6 +1,6 @@
 """The sentiment demo end to end: real human-written snippets to >= 70% validation accuracy,
-a summary with the seed's text fields, predict on obvious sentences, a resume that keeps the
-vocabulary, and the same run as a real two-node SLURM job."""
+a summary with the seed's text fields, predict on obvious sentences, and the same run as real
+two-node SLURM jobs, one requeued, which keeps its vocabulary."""
 from __future__ import annotations
 
 import csv
@@ -20,11 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "sentiment_demo.yaml")
 BAR = 0.70
 EPOCHS = 1  # the shipped demo runs 2; 1 already clears the bar (0.79 measured) and saves CI time
-# The demo's data and tokenizer with a lighter GRU: one direction over 32 tokens does half the
-# bidirectional model's work per epoch (13 vs 23 s on 2 idle cores) and still clears the bar after
-# one epoch, 0.77 at a global batch of 128 as on two workers (measured 2026-12-06). The
-# bidirectional path is tests/test_text.py's.
-LIGHT = ("text.bidirectional=false", "text.sequence_length=32")
+# The demo's data and tokenizer with a lighter GRU: one direction of 32 units over 32 tokens does
+# a third of the shipped bidirectional model's work per epoch and still clears the bar after one
+# epoch (0.78 on 2 idle cores, 6 s per epoch against 8 s with 64 units; measured 2026-12-06).
+# The bidirectional path is tests/test_text.py's.
+LIGHT = ("text.bidirectional=false", "text.sequence_length=32", "text.hidden_dim=32", "text.embedding_dim=32")
 SEED_FIELDS = {"task_type", "accuracy", "model_parameters", "tokenizer_path", "model_path", "plot_path",
                "classes", "created"}
 PARAMETERS = {"model_name", "input_dim", "embedding_dim", "hidden_dim", "output_dim", "number_of_layers",
@@ -56,7 +56,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_sentiment_demo_trains_predicts_and_resumes_with_the_same_vocabulary(tmp_path):
+def test_sentiment_demo_trains_and_predicts(tmp_path):
     launch("--config", CONFIG, "--cluster", "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}", *LIGHT)
     (run_dir,) = tmp_path.iterdir()
     check_summary(run_dir)
@@ -77,13 +77,7 @@ def test_sentiment_demo_trains_predicts_and_resumes_with_the_same_vocabulary(tmp
     assert done.returncode == 0, done.stderr
     record = json.loads((run_dir / "report" / "eval-val.json").read_text())
     assert record["accuracy"] >= BAR and record["examples"] == 1835
-
-    vocabulary = run_dir / "model" / "tokenizer.json"
-    before = sha256(vocabulary), vocabulary.stat().st_mtime_ns
-    launch("--resume", str(run_dir), "--cluster", "local", f"train.epochs={EPOCHS + 1}")
-    # Reloaded, not adapted and written again (adapting is deterministic: the hash alone would not tell).
-    assert (sha256(vocabulary), vocabulary.stat().st_mtime_ns) == before
-    assert history_epochs(run_dir) == list(range(1, EPOCHS + 2))  # each epoch once
+    # A restarted run reloads its vocabulary: the two-node job below, requeued, proves it.
 
 
 def check_two_node_run(run_dir: Path, backend: str) -> None:

@@ -63,10 +63,33 @@ def run_config(run_dir: Path):
     return from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
 
+def _relabel_as_imagenet(src: Path, dst: Path) -> None:
+    """Copies demo shards with 1-based labels and no labels.json, as the standard ImageNet
+    conversion scripts write them."""
+    from training.keras_compat import tf
+
+    dst.mkdir()
+    for shard in sorted(src.glob("*-of-*")):
+        with tf.io.TFRecordWriter(str(dst / shard.name)) as writer:
+            for record in tf.data.TFRecordDataset(str(shard)):
+                example = tf.train.Example.FromString(record.numpy())
+                label = example.features.feature["image/class/label"].int64_list.value
+                label[0] += 1
+                writer.write(example.SerializeToString())
+
+
 @pytest.fixture(scope="module")
 def mirrored_run(tmp_path_factory):
-    """MirroredStrategy over two logical CPU devices."""
-    return launch_local(tmp_path_factory.mktemp("mirrored"), "runtime.cpu_devices=2")
+    """MirroredStrategy over two logical CPU devices, on the demo's images as ImageNet's
+    conversion scripts write shards: labels 1 to 10 (`data.label_offset`), no labels.json."""
+    from core.config import DataConfig
+    from training.data.pipeline import resolve_data_dir
+
+    root = tmp_path_factory.mktemp("mirrored")
+    shards = root / "imagenet-style"
+    _relabel_as_imagenet(Path(resolve_data_dir(DataConfig(source="demo"))), shards)
+    return launch_local(root / "runs", "runtime.cpu_devices=2", "data.source=tfrecord", f"data.data_dir={shards}",
+                        "data.num_classes=10", "data.label_offset=1", "data.val_split=validation")
 
 
 def test_mirrored_over_two_cpu_devices_reaches_the_bar(mirrored_run):
@@ -155,11 +178,16 @@ def test_tensorboard_has_train_and_validation_curves(mirrored_run):
 def test_multiworker_two_processes_stop_on_a_workers_sigterm_then_reach_the_bar(tmp_path):
     # SIGTERM to the second worker as soon as it reports, right after its strategy started, when
     # TensorFlow's coordination service used to have swallowed it: both stop at their vote, save,
-    # and the resumed run reaches the bar.
+    # and the resumed run reaches the bar. A tiny checkpoint interval in minutes makes the chief
+    # call for a step checkpoint at almost every agreement point: MultiWorkerMirrored saves
+    # collectively, and a worker that saved at another step than the chief would hang the job.
     import signal
 
+    from test_step_checkpoints import SAVED
+
     cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"), "--cluster",
-           "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}", "--nodes", "2", "--backend", "multiworker"]
+           "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}", "--nodes", "2", "--backend", "multiworker",
+           "train.checkpoint_every_minutes=0.0001"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not (reports := list(tmp_path.glob("*/logs/env-1.json"))):
@@ -177,40 +205,17 @@ def test_multiworker_two_processes_stop_on_a_workers_sigterm_then_reach_the_bar(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     rows = history(run_dir)
-    assert len(rows) == EPOCHS
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     assert float(rows[-1]["val_accuracy"]) >= ACCURACY_BAR, rows[-1]
     assert "2 replicas over 2 process(es)" in (run_dir / "logs" / "local-0.out").read_text()
+    # Every whole epoch of the resumed run (epoch 1 was cut by the stop) has an agreement point.
+    saved_in = {int(epoch) for _, epoch, _ in SAVED.findall(done.stdout)}
+    assert set(range(2, EPOCHS + 1)) <= saved_in, done.stdout[-3000:]
     # Only the chief writes into the run directory: no second set of files, no worker leftovers.
     names = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert {"best.h5", "latest.json"} <= names and len(names) <= 4, names
-    assert not [p for p in run_dir.rglob("*") if "workertemp" in p.name]
+    assert not [p for p in run_dir.rglob("*") if "workertemp" in p.name or p.name.startswith("ckpt-worker")]
     assert evaluate(run_dir / "checkpoints" / "best.h5", run_config(run_dir).data) >= ACCURACY_BAR
-
-
-def _relabel_as_imagenet(src: Path, dst: Path) -> None:
-    """Copies demo shards with 1-based labels and no labels.json, as the standard ImageNet
-    conversion scripts write them."""
-    from training.keras_compat import tf
-
-    dst.mkdir()
-    for shard in sorted(src.glob("*-of-*")):
-        with tf.io.TFRecordWriter(str(dst / shard.name)) as writer:
-            for record in tf.data.TFRecordDataset(str(shard)):
-                example = tf.train.Example.FromString(record.numpy())
-                label = example.features.feature["image/class/label"].int64_list.value
-                label[0] += 1
-                writer.write(example.SerializeToString())
-
-
-def test_imagenet_style_one_based_labels_train_with_label_offset(tmp_path):
-    from core.config import DataConfig
-    from training.data.pipeline import resolve_data_dir
-
-    shards = tmp_path / "imagenet-style"
-    _relabel_as_imagenet(Path(resolve_data_dir(DataConfig(source="demo"))), shards)
-    run_dir = launch_local(tmp_path / "runs", "data.source=tfrecord", f"data.data_dir={shards}",
-                           "data.num_classes=10", "data.label_offset=1", "data.val_split=validation")
-    assert float(history(run_dir)[-1]["val_accuracy"]) >= ACCURACY_BAR
 
 
 def test_report_holds_pictures_and_a_complete_summary_that_evaluate_agrees_with(mirrored_run):
