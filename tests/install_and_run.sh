@@ -35,9 +35,8 @@ slurm/containers/build_image.sh
 
 echo "== test suite"
 # Three tests at a time on two cores: much of a real-job test is waiting on SLURM (a requeue, a
-# time-limit warning), and a third worker fills those waits (12.6 minutes against 13.6 with two on
-# an idle 2-core machine, 2026-12-06). A module whose tests share one expensive fixture stays on
-# one worker (pytest.mark.xdist_group).
+# time-limit warning), and a third worker fills those waits (docs/testing.md has the figures). A
+# module whose tests share one expensive fixture stays on one worker (pytest.mark.xdist_group).
 python3 -m pytest -ra -n 3 --dist loadgroup "$@"
 
 # The chaos test takes a node down, so it runs alone, after the rest (tests/test_chaos.py); only
