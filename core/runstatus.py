@@ -96,9 +96,8 @@ def completed_before_restart(run_dir: str | Path, job_id: str | None) -> str | N
     None otherwise. The restart has nothing to do and is no failure: a run completed by another
     job stays refused (core/locks.writer_lock), since a hand-run sbatch would rewrite it."""
     status = read_status(run_dir)
-    if status.get("state") != "completed" or str(status.get("job_id") or "") != (job_id or "-"):
-        return None
-    if not earlier_start(status, job_id):
+    own = job_id and str(status.get("job_id") or "") == job_id  # a job without an id has no restarts
+    if status.get("state") != "completed" or not own or not earlier_start(status, job_id):
         return None
     return (f"job {job_id} was requeued after its start {int(status.get('restarts') or 0)} had completed "
             f"the run; nothing left to do")

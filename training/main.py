@@ -188,14 +188,14 @@ def user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.main", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, type=Path, help="run directory made by launch")
-    args = parser.parse_args(argv)
+    run_dir = parser.parse_args(argv).run_dir.resolve()
     try:
         spec = cluster_from_env(os.environ)  # the chief holds the run's writer lock for the job
-        if done := completed_before_restart(args.run_dir.resolve(), spec.job_id):
+        if done := completed_before_restart(run_dir, spec.job_id):
             print(f"[train] {done}", flush=True)  # every rank reads it, so none waits for the chief
             return 0
-        with writer_lock(args.run_dir.resolve(), spec.job_id, spec.is_chief):
-            return run(args.run_dir.resolve(), spec.is_chief)
+        with writer_lock(run_dir, spec.job_id, spec.is_chief):
+            return run(run_dir, spec.is_chief)
     except user_errors() as err:
         # Problems a user can fix get one line; anything else keeps its traceback.
         print(f"training: error: {err}", file=sys.stderr, flush=True)
