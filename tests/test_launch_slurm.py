@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -123,20 +122,6 @@ def test_every_gpu_style_and_backend_passes_sbatch_test_only(slurm_cluster, laun
                      1 if backend == "mirrored" else 2, "--gpus", LOCAL_GPUS, "--gpu-type", "a100",
                      "--gpu-style", style, "--job-name", "it's a \"test\" $(x)",
                      f"slurm.cpus_per_task={cpus}")
-
-
-def test_emitted_script_submitted_by_hand_runs(slurm_cluster, launch_cli, run_root, tmp_path):
-    target = tmp_path / "by hand.sbatch"
-    done = launch_cli("--emit-sbatch", target, "--run-root", run_root, "train.epochs=1")
-    assert done.returncode == 0, done.stderr
-    assert f"sbatch {shlex.quote(str(target))}" in done.stdout
-    (run_dir,) = run_root.iterdir()
-    submitted_by_hand = subprocess.run(["sbatch", "--parsable", str(target)], capture_output=True,
-                                       text=True, cwd=tmp_path, timeout=30)
-    assert submitted_by_hand.returncode == 0, submitted_by_hand.stderr
-    job_id = submitted_by_hand.stdout.strip().split(";")[0]
-    wait_for_job(job_id, run_dir, timeout_s=10 * 60)
-    assert (run_dir / "logs" / "env-0.json").is_file()
 
 
 def test_hostile_job_name_and_run_root_survive_real_sbatch(slurm_cluster, launch_cli, tmp_path):

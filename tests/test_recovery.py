@@ -1,12 +1,14 @@
 """Recovery without a person (core/recovery.py): which failed steps are retried, and, on the
 local cluster, a requeued job whose step is killed at once comes back by itself and completes.
 
-That job runs a batch script written before the shared modules moved to core/ (it calls `python
--m launcher.runstatus settle`, which decides the automatic requeue): module paths that scripts
-already in the queue call stay valid."""
+That job runs a script from `launch --emit-sbatch`, submitted by hand from another folder, as
+written before the shared modules moved to core/ (it calls `python -m launcher.runstatus settle`,
+which decides the automatic requeue): module paths that scripts already in the queue call stay
+valid."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,17 +36,18 @@ def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restart
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
-    script = tmp_path / "old.sbatch"
+    script = tmp_path / "by hand.sbatch"
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(tmp_path / "runs"),
                            "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
+    assert f"sbatch {shlex.quote(str(script))}" in done.stdout  # the hint, quoted for the shell
     text = script.read_text()
     assert " -m core.runstatus settle " in text
     script.write_text(text.replace(" -m core.runstatus settle ", " -m launcher.runstatus settle "))
     (run_dir,) = (tmp_path / "runs").iterdir()
     job_id = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
-                            check=True, cwd=REPO).stdout.strip().split(";")[0]
+                            check=True, cwd=tmp_path).stdout.strip().split(";")[0]
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 400, "epoch 1")
     with trainers_held(run_dir, job_id):
         subprocess.run(["scontrol", "requeue", job_id], check=True)
