@@ -16,7 +16,6 @@ import pytest
 from core import storage
 from s3_server import SECRET, s3, s3_endpoint  # noqa: F401 (fixtures)
 from slurm_jobs import REPO, epochs_done, history_epochs, launch, status, trainers_held, wait, wait_final
-from test_text_training import LIGHT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 EPOCHS = 4
@@ -91,29 +90,3 @@ def test_bucket_data_and_mirror_survive_requeue_and_the_loss_of_the_run_dir(s3, 
         assert SECRET.encode() not in path.read_bytes(), path
     for key in storage.filesystem().find(s3[5:]):
         assert SECRET.encode() not in storage.read_bytes(f"s3://{key}"), key
-
-
-def test_text_demo_trains_from_a_bucket_and_mirrors_its_tokenizer(s3, tmp_path, slurm_cluster):
-    from training.data.demo import cache_root
-    from training.data.sentiment_demo import prepare_sentiment_demo
-
-    folder = prepare_sentiment_demo(cache_root())
-    for path in (p for p in folder.iterdir() if p.is_file()):
-        storage.upload(str(path), f"{s3}/sentiment/{path.name}")
-    mirror = f"{s3}/runs"
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "sentiment_demo.yaml"),
-                           "--run-root", str(tmp_path), "data.source=tfrecord", f"data.data_dir={s3}/sentiment",
-                           f"storage.mirror={mirror}", "train.epochs=1", *LIGHT],
-                          capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    job = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert wait_final(job, 900) == "COMPLETED", (run_dir / "logs" / f"slurm-{job}.out").read_text()[-3000:]
-    url = f"{mirror}/{run_dir.name}"
-    summary = json.loads(storage.read_bytes(f"{url}/report/summary.json"))
-    assert summary["task_type"] == "text" and summary["accuracy"] >= 0.7, summary
-    tokenizer = storage.read_bytes(f"{url}/{summary['tokenizer_path']}")
-    assert tokenizer == (run_dir / summary["tokenizer_path"]).read_bytes()
-    assert storage.is_file(f"{url}/checkpoints/best.h5")
-    index = json.loads(storage.read_bytes(f"{mirror}/runs.json"))
-    assert [(e["run"], e["task_type"], e["state"]) for e in index] == [(run_dir.name, "text", "completed")]

@@ -1,6 +1,7 @@
 """The sentiment demo end to end: real human-written snippets to >= 70% validation accuracy,
 a summary with the seed's text fields, predict on obvious sentences, and the same run as a real
-two-node Horovod job on SLURM, requeued, which keeps its vocabulary."""
+two-node Horovod job on SLURM with its shards in a bucket and its run mirrored to one, requeued,
+which keeps its vocabulary."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from core import storage
+from s3_server import s3, s3_endpoint  # noqa: F401 (fixtures)
 from slurm_jobs import epochs_done, history_epochs, job_field, trainers_held, wait, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,11 +83,12 @@ def test_sentiment_demo_trains_and_predicts(tmp_path):
     # A restarted run reloads its vocabulary: the two-node job below, requeued, proves it.
 
 
-def check_two_node_run(run_dir: Path, backend: str) -> None:
+def check_two_node_run(run_dir: Path, backend: str) -> dict:
     summary = check_summary(run_dir)
     assert summary["backend"] == backend and summary["nodes"] == 2
     shards = [json.loads((run_dir / "logs" / f"rank-{r}.json").read_text())["train_shards"] for r in (0, 1)]
     assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])  # each worker its own shards
+    return summary
 
 
 def submit(tmp_path: Path, *args: str) -> tuple[str, Path]:
@@ -96,11 +100,20 @@ def submit(tmp_path: Path, *args: str) -> tuple[str, Path]:
 
 @pytest.mark.slurm
 @pytest.mark.horovod
-def test_sentiment_demo_as_a_two_node_horovod_job_requeued_keeps_its_vocabulary(slurm_cluster, tmp_path):
+def test_sentiment_demo_from_a_bucket_as_a_two_node_horovod_job_requeued_keeps_its_vocabulary(
+        slurm_cluster, s3, tmp_path):
     # Horovod: the host's only Horovod run through launch (the image's is
     # tests/test_container_train_slurm.py's); two-node MultiWorkerMirrored runs of the same
-    # trainer are tests/test_preemption.py's and the chaos test's.
-    job_id, run_dir = submit(tmp_path, "--backend", "horovod", f"train.epochs={EPOCHS + 1}")
+    # trainer are tests/test_preemption.py's and the chaos test's. The shards are read from a
+    # bucket (staged on each node, at each start) and the run is mirrored to one, tokenizer included.
+    from training.data.demo import cache_root
+    from training.data.sentiment_demo import prepare_sentiment_demo
+
+    for path in (p for p in prepare_sentiment_demo(cache_root()).iterdir() if p.is_file()):
+        storage.upload(str(path), f"{s3}/sentiment/{path.name}")
+    mirror = f"{s3}/runs"
+    job_id, run_dir = submit(tmp_path, "--backend", "horovod", f"train.epochs={EPOCHS + 1}", "data.source=tfrecord",
+                             f"data.data_dir={s3}/sentiment", f"storage.mirror={mirror}")
     wait(lambda: epochs_done(run_dir) >= 1, job_id, 6 * 60, "epoch 1")
     vocabulary = run_dir / "model" / "tokenizer.json"
     before = sha256(vocabulary), vocabulary.stat().st_mtime_ns
@@ -108,7 +121,15 @@ def test_sentiment_demo_as_a_two_node_horovod_job_requeued_keeps_its_vocabulary(
         subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 9 * 60) == "COMPLETED", (run_dir / "logs" / f"slurm-{job_id}.err").read_text()[-3000:]
-    check_two_node_run(run_dir, "horovod")
+    summary = check_two_node_run(run_dir, "horovod")
     # Loaded, not adapted and written again (adapting is deterministic, so the hash alone would not tell).
     assert (sha256(vocabulary), vocabulary.stat().st_mtime_ns) == before
     assert history_epochs(run_dir) == list(range(1, EPOCHS + 2))  # each epoch once
+
+    url = f"{mirror}/{run_dir.name}"
+    mirrored = json.loads(storage.read_bytes(f"{url}/report/summary.json"))
+    assert (mirrored["task_type"], mirrored["accuracy"]) == ("text", summary["accuracy"]), mirrored
+    assert storage.read_bytes(f"{url}/{summary['tokenizer_path']}") == vocabulary.read_bytes()
+    assert storage.is_file(f"{url}/checkpoints/best.h5")
+    index = json.loads(storage.read_bytes(f"{mirror}/runs.json"))
+    assert [(e["run"], e["task_type"], e["state"]) for e in index] == [(run_dir.name, "text", "completed")]
