@@ -226,6 +226,13 @@ def listed_state(run_root: Path) -> str:
     return run["state"]
 
 
+def pyxis_containers(job_id: str) -> list[str]:
+    """The containers enroot keeps for this job on this machine (every node of the local cluster):
+    Pyxis keeps a named container after its job unless the job's script removes it."""
+    listed = subprocess.run(["enroot", "list"], capture_output=True, text=True, check=True).stdout.split()
+    return [name for name in listed if name == f"pyxis_launch-{job_id}"]
+
+
 def final_weights_load(run_dir: Path) -> None:
     from training.keras_compat import keras
     from training.models import custom_objects

@@ -97,6 +97,9 @@ def last_step_inside(script_text: str, box: Container, tmp_path: Path, shim_bin:
     if box.engine == "pyxis":
         assert f"--container-image={box.image}" in args
         assert f"--container-mounts={mount.spec()}" in args
+        # At its end, the script removes its named container (unpacked on every node) once per node.
+        cleanup = Path(f"{record}.cleanup").read_text().split("\0")[1:-1]
+        assert "--ntasks-per-node=1" in cleanup and cleanup[-4:] == ["enroot", "remove", "--force", "pyxis_launch-0"]
     else:
         assert args[args.index("--bind") + 1] == mount.spec()
         assert box.image in args
@@ -261,7 +264,11 @@ def test_horovods_rendezvous_server_runs_in_the_image_and_ends_with_the_script(t
            "SLURMD_NODENAME": "node1", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_ID": "7"}
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    check, server, trainer, met, stopped = (tmp_path / "record").read_text().splitlines()
+    check, server, trainer, met, stopped, *cleanup = (tmp_path / "record").read_text().splitlines()
+    # Then Pyxis' named container goes, on every node (Apptainer keeps none).
+    assert cleanup == ([] if engine == "apptainer" else
+                       ["--overlap --quiet --ntasks=1 --ntasks-per-node=1 --cpus-per-task=8 enroot remove --force "
+                        "pyxis_launch-7"])
     assert "import tensorflow" in check  # the server's step reuses the container the check made
     assert server.startswith("--overlap ") and box.image in server  # shares the CPUs, inside the image
     assert re.search(r"python3 -m training.backends.horovod_env serve --port-file "

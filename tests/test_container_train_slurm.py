@@ -20,7 +20,7 @@ import pytest
 
 from core import rundir
 from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        status, trainers_held, wait, wait_final)
+                        pyxis_containers, status, trainers_held, wait, wait_final)
 from test_step_checkpoints import tensorboard_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -55,6 +55,7 @@ def test_demo_trains_inside_the_image(slurm_cluster, tmp_path, shape):
             subprocess.run(["scontrol", "requeue", job_id], check=True)
         wait(lambda: job_field(job_id, "Restarts") == "1", job_id, 60, "the requeue")
     assert wait_final(job_id, 900) == "COMPLETED"
+    assert pyxis_containers(job_id) == [], "the job left its unpacked image on the nodes"
 
     # Every rank ran on the image's interpreter, not the host's; on two nodes, as many on each.
     envs = [json.loads((run_dir / "logs" / f"env-{rank}.json").read_text()) for rank in range(ranks)]

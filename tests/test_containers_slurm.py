@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Config, dump
-from slurm_jobs import wait_final
+from slurm_jobs import pyxis_containers, wait_final
 
 pytestmark = pytest.mark.slurm
 
@@ -87,6 +87,7 @@ def test_launch_gpucheck_runs_inside_the_image(image, tmp_path, launch_cli):
     assert re.match(r"gpucheck node[12] rank 0 \| .*\| verdict OK: ", line), said
     assert verdict.startswith(f"gpucheck job {job_id} on 1 node(s), 0 GPU(s) each: OK on all 1 node(s)"), said
     assert wait_final(job_id, timeout_s=60) == "COMPLETED", said
+    assert pyxis_containers(job_id) == [], "the job left its unpacked image on the node"
     # The image's interpreter ran the check: on the host, the job would run launch's own (sys.executable).
     (report,) = (tmp_path / "logs").glob("gpucheck-*.json")
     facts = json.loads(report.read_text())

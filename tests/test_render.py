@@ -194,11 +194,13 @@ HOSTILE = [
 
 @pytest.fixture
 def shim_bin(tmp_path: Path) -> Path:
-    """A PATH folder whose `srun` records its arguments and LAUNCH_RUN_DIR instead of running."""
+    """A PATH folder whose `srun` records its arguments and LAUNCH_RUN_DIR instead of running: the
+    last step's in SHIM_RECORD, a container image's removal at the end in SHIM_RECORD.cleanup."""
     folder = tmp_path / "bin"
     folder.mkdir()
     srun = folder / "srun"
-    srun.write_text('#!/bin/bash\nprintf "%s\\0" "$LAUNCH_RUN_DIR" "$@" > "$SHIM_RECORD"\n')
+    srun.write_text('#!/bin/bash\nout=$SHIM_RECORD\nfor arg; do [[ $arg == enroot ]] && out=$SHIM_RECORD.cleanup; done\n'
+                    'printf "%s\\0" "$LAUNCH_RUN_DIR" "$@" > "$out"\n')
     srun.chmod(0o755)
     return folder
 
