@@ -213,8 +213,12 @@ start_cluster() {
     # -c: start from empty job and node state, so a stale job or a drained node never blocks start.
     # A daemon that fails to start is reported with its log below rather than by set -e.
     slurmctld -c -f "$CONF_DIR/slurm.conf" || echo "local_cluster: slurmctld failed to start" >&2
+    # Both nodes are this host. SLURMD_NODENAME in each slurmd's environment, which its
+    # slurmstepds and the enroot they run for Pyxis inherit, gives each node its own enroot state
+    # (slurm/containers/build_pyxis.sh), as node-local disks would: a two-node job's steps then
+    # do not unpack one container into the same folder at once.
     for node in "${NODES[@]}"; do
-        slurmd -f "$CONF_DIR/slurm.conf" -N "$node" || echo "local_cluster: slurmd $node failed" >&2
+        SLURMD_NODENAME=$node slurmd -f "$CONF_DIR/slurm.conf" -N "$node" || echo "local_cluster: slurmd $node failed" >&2
     done
     for _ in $(seq "$START_TIMEOUT_S"); do
         if nodes_in_state idle; then echo "local_cluster: up"; sinfo -N -o "%N %T %G %f"; return; fi

@@ -227,10 +227,14 @@ def listed_state(run_root: Path) -> str:
 
 
 def pyxis_containers(job_id: str) -> list[str]:
-    """The containers enroot keeps for this job on this machine (every node of the local cluster):
-    Pyxis keeps a named container after its job unless the job's script removes it."""
-    listed = subprocess.run(["enroot", "list"], capture_output=True, text=True, check=True).stdout.split()
-    return [name for name in listed if name == f"pyxis_launch-{job_id}"]
+    """"NODE:NAME" of each container enroot keeps for this job on the local cluster's nodes (each
+    its own folder: slurm/containers/build_pyxis.sh): Pyxis keeps a named container after its
+    job unless the job's script removes it."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()
+    return [f"{node}:{name}" for node in dict.fromkeys(nodes)
+            for name in subprocess.run(["enroot", "list"], capture_output=True, text=True, check=True,
+                                       env={**os.environ, "SLURMD_NODENAME": node}).stdout.split()
+            if name == f"pyxis_launch-{job_id}"]
 
 
 def final_weights_load(run_dir: Path) -> None:

@@ -88,7 +88,9 @@ build_enroot() {
 }
 
 # enroot's state goes under this checkout's build/ rather than root's home and /run. A folder per
-# user id, in parents anyone may write to (like /tmp), since jobs run as their submitter.
+# user id, in parents anyone may write to (like /tmp), since jobs run as their submitter; the
+# containers and their running state a folder per node too (SLURMD_NODENAME, which
+# slurm/local_cluster.sh gives each slurmd), as each node of a real cluster has its own disk.
 configure_enroot() {
     local state=$WORK_DIR/enroot kind
     for kind in runtime cache data; do
@@ -98,9 +100,9 @@ configure_enroot() {
     mkdir -p "$ENROOT_CONF_DIR/enroot.conf.d"
     write_if_changed "$ENROOT_CONF_DIR/enroot.conf.d/local-cluster.conf" <<EOF
 # Written by slurm/containers/build_pyxis.sh: enroot's state lives in that checkout's build/.
-ENROOT_RUNTIME_PATH $(printf %q "$state/runtime")/\${UID}
+ENROOT_RUNTIME_PATH $(printf %q "$state/runtime")/\${SLURMD_NODENAME:-host}-\${UID}
 ENROOT_CACHE_PATH $(printf %q "$state/cache")/\${UID}
-ENROOT_DATA_PATH $(printf %q "$state/data")/\${UID}
+ENROOT_DATA_PATH $(printf %q "$state/data")/\${SLURMD_NODENAME:-host}-\${UID}
 EOF
     # SLURM runs the cluster's TaskProlog inside the container, after Pyxis has entered it: without
     # the SLURM config folder in every container, each container step fails before its command.
