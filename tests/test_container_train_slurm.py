@@ -2,9 +2,10 @@
 two (MultiWorkerMirrored) and on two with Horovod (its rendezvous server in the image too). The
 one-node run is requeued once: a restart makes its container afresh on the node and resumes from
 the checkpoint on the mounted run directory, the same for every shape (the host's multi-rank
-requeues: tests/test_preemption.py and tests/test_text_training.py). The Horovod case is also the suite's four-rank Horovod run through `launch`: one
-rank per stand-in GPU, block ranks over the nodes, each rank its own shards, identical weights at
-the end (the host's Horovod path trains in tests/test_text_training.py and test_horovod_env.py).
+requeues: tests/test_preemption.py and tests/test_text_training.py). The Horovod case is also
+the suite's four-rank Horovod run through `launch`: one rank per stand-in GPU, block ranks over
+the nodes, each rank its own shards, identical weights at the end (the host's Horovod path
+trains in tests/test_text_training.py and test_horovod_env.py).
 
 Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
 ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
