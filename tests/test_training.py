@@ -7,6 +7,7 @@ tests/test_launch_slurm.py.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,7 +109,7 @@ def test_a_local_run_ends_with_one_result_line_and_no_tensorflow_chatter(mirrore
 
     done = OUTPUT[mirrored_run]
     said = done.stdout.splitlines()
-    assert said[-1].startswith("[train] result: val accuracy best 0."), said[-5:]
+    assert re.match(r"\[train\] result: val accuracy best [01]\.\d{4} \(epoch \d\)", said[-1]), said[-5:]
     assert f"; target 0.9 reached; {EPOCHS} of {EPOCHS} epochs in " in said[-1]
     assert said[-1].endswith(f"; report {mirrored_run}/report/summary.json")
     assert sum(line.startswith("[train] result: ") for line in said) == 1
