@@ -17,6 +17,7 @@ CONF_DIR=/etc/slurm              # the Debian build of every SLURM command reads
 STATE_DIR=/var/lib/slurm-local
 LOG_DIR=/var/log/slurm-local
 RUN_DIR=/run/slurm-local
+NODE_DISK=$STATE_DIR/disk       # each node's own folder here: see start_cluster
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_PIDFILE=/run/munge/munged.pid
 MUNGE_OURS=$STATE_DIR/munged-started-here   # stop only kills a munged that start launched
@@ -213,12 +214,18 @@ start_cluster() {
     # -c: start from empty job and node state, so a stale job or a drained node never blocks start.
     # A daemon that fails to start is reported with its log below rather than by set -e.
     slurmctld -c -f "$CONF_DIR/slurm.conf" || echo "local_cluster: slurmctld failed to start" >&2
-    # Both nodes are this host. SLURMD_NODENAME in each slurmd's environment, which its
-    # slurmstepds and the enroot they run for Pyxis inherit, gives each node its own enroot state
-    # (slurm/containers/build_pyxis.sh), as node-local disks would: a two-node job's steps then
-    # do not unpack one container into the same folder at once.
+    # Both nodes are this host. Each slurmd runs in a mount namespace of its own, where its own
+    # folder (disks/NODE) is mounted at NODE_DISK, as each node of a real cluster has its own local
+    # disk: what the node keeps there (enroot's containers, slurm/containers/build_pyxis.sh) is
+    # that node's alone, so a two-node job's steps never unpack one container into the same folder.
+    # Its slurmstepds, the enroot Pyxis runs and the job's tasks inherit the namespace.
+    mkdir -p "$NODE_DISK"
     for node in "${NODES[@]}"; do
-        SLURMD_NODENAME=$node slurmd -f "$CONF_DIR/slurm.conf" -N "$node" || echo "local_cluster: slurmd $node failed" >&2
+        mkdir -p "$STATE_DIR/disks/$node"
+        chmod 1777 "$STATE_DIR/disks/$node"   # like /tmp: jobs run as their submitter
+        unshare --mount --propagation slave -- sh -c 'mount --bind "$1" "$2" && exec slurmd -f "$3" -N "$4"' \
+            sh "$STATE_DIR/disks/$node" "$NODE_DISK" "$CONF_DIR/slurm.conf" "$node" \
+            || echo "local_cluster: slurmd $node failed" >&2
     done
     for _ in $(seq "$START_TIMEOUT_S"); do
         if nodes_in_state idle; then echo "local_cluster: up"; sinfo -N -o "%N %T %G %f"; return; fi
@@ -229,12 +236,13 @@ start_cluster() {
     die "nodes not idle after $START_TIMEOUT_S s; logs above, all under $LOG_DIR"
 }
 
-[[ $EUID -eq 0 ]] || [[ ${1:-} == status ]] || die "run as root (it starts daemons and writes /etc)"
+[[ $EUID -eq 0 ]] || [[ ${1:-} == status || ${1:-} == node-disk ]] || die "run as root (it starts daemons and writes /etc)"
 case ${1:-} in
     start) start_cluster ;;
     stop) stop_cluster; echo "local_cluster: stopped" ;;
     status)
         scontrol ping >/dev/null 2>&1 || die "not running; start it with slurm/local_cluster.sh start"
         sinfo -N -o "%N %T %G %f" ;;
-    *) die "usage: $0 start|stop|status" ;;
+    node-disk) echo "$NODE_DISK" ;;   # where a job's step finds its node's own folder
+    *) die "usage: $0 start|stop|status|node-disk" ;;
 esac

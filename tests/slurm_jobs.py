@@ -227,14 +227,18 @@ def listed_state(run_root: Path) -> str:
 
 
 def pyxis_containers(job_id: str) -> list[str]:
-    """"NODE:NAME" of each container enroot keeps for this job on the local cluster's nodes (each
-    its own folder: slurm/containers/build_pyxis.sh): Pyxis keeps a named container after its
-    job unless the job's script removes it."""
+    """"NODE:NAME" of each container enroot keeps for this job on the local cluster's nodes, as
+    enroot on that node sees them (each slurmd has its own disk in its mount namespace:
+    slurm/local_cluster.sh): Pyxis keeps a named container after its job unless the job's script
+    removes it."""
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()
-    return [f"{node}:{name}" for node in dict.fromkeys(nodes)
-            for name in subprocess.run(["enroot", "list"], capture_output=True, text=True, check=True,
-                                       env={**os.environ, "SLURMD_NODENAME": node}).stdout.split()
-            if name == f"pyxis_launch-{job_id}"]
+    kept = []
+    for node in dict.fromkeys(nodes):
+        slurmd = Path(f"/run/slurm-local/slurmd-{node}.pid").read_text().strip()
+        listed = subprocess.run(["nsenter", f"--mount=/proc/{slurmd}/ns/mnt", "enroot", "list"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        kept += [f"{node}:{name}" for name in listed if name == f"pyxis_launch-{job_id}"]
+    return kept
 
 
 def final_weights_load(run_dir: Path) -> None:

@@ -5,8 +5,8 @@
 # Usage (as root): slurm/containers/build_pyxis.sh
 #
 # Sources: the release tarballs in third_party/containers/ (see its README), checked against the
-# sha256 sums below. Builds happen under build/containers/src/; enroot keeps its containers and
-# runtime files under build/containers/enroot/. Installed: enroot in /usr/local (config in
+# sha256 sums below. Builds happen under build/containers/src/; enroot keeps its image cache under
+# build/containers/enroot/ and the containers it unpacks on each node's own disk. Installed: enroot in /usr/local (config in
 # /etc/enroot), the Pyxis plugin in /usr/local/lib/slurm, enabled in /etc/slurm/plugstack.conf.d/.
 # srun and each job step load that plugin stack afresh, so running daemons need no restart.
 # A second run rebuilds nothing and installs nothing unless something changed.
@@ -87,22 +87,21 @@ build_enroot() {
     fi
 }
 
-# enroot's state goes under this checkout's build/ rather than root's home and /run. A folder per
-# user id, in parents anyone may write to (like /tmp), since jobs run as their submitter; the
-# containers and their running state a folder per node too (SLURMD_NODENAME, which
-# slurm/local_cluster.sh gives each slurmd), as each node of a real cluster has its own disk.
+# enroot's image cache goes under this checkout's build/ rather than root's home; the containers
+# it unpacks and their running state on each node's own disk (`slurm/local_cluster.sh node-disk`:
+# the same path, a different folder on each node). A folder per user id, in parents anyone may
+# write to (like /tmp), since jobs run as their submitter.
 configure_enroot() {
-    local state=$WORK_DIR/enroot kind
-    for kind in runtime cache data; do
-        mkdir -p "$state/$kind"
-        chmod 1777 "$state/$kind"
-    done
+    local state=$WORK_DIR/enroot node_disk
+    node_disk=$(slurm/local_cluster.sh node-disk)
+    mkdir -p "$state/cache"
+    chmod 1777 "$state/cache"
     mkdir -p "$ENROOT_CONF_DIR/enroot.conf.d"
     write_if_changed "$ENROOT_CONF_DIR/enroot.conf.d/local-cluster.conf" <<EOF
-# Written by slurm/containers/build_pyxis.sh: enroot's state lives in that checkout's build/.
-ENROOT_RUNTIME_PATH $(printf %q "$state/runtime")/\${SLURMD_NODENAME:-host}-\${UID}
+# Written by slurm/containers/build_pyxis.sh: the image cache in that checkout's build/, containers on each node's disk.
+ENROOT_RUNTIME_PATH $(printf %q "$node_disk")/enroot-runtime-\${UID}
 ENROOT_CACHE_PATH $(printf %q "$state/cache")/\${UID}
-ENROOT_DATA_PATH $(printf %q "$state/data")/\${SLURMD_NODENAME:-host}-\${UID}
+ENROOT_DATA_PATH $(printf %q "$node_disk")/enroot-data-\${UID}
 EOF
     # SLURM runs the cluster's TaskProlog inside the container, after Pyxis has entered it: without
     # the SLURM config folder in every container, each container step fails before its command.
