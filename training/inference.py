@@ -35,3 +35,13 @@ def load_model(path: Path):
     except ImportError:  # a model of only built-in layers still loads
         custom = {}
     return keras.models.load_model(path, custom_objects=custom, compile=False)
+
+
+def text_classifier(model, layer):
+    """The model over raw texts: one traced function (a 1-D string tensor in, the model's outputs
+    out, the tokenizer layer inside), traced once for any batch size. Per batch it costs one call,
+    where an eager tokenizer call and Keras' predict_on_batch set-up cost several times the model."""
+    from training.keras_compat import tf  # defers TensorFlow
+
+    return tf.function(lambda texts: model(layer(texts), training=False),
+                       input_signature=[tf.TensorSpec([None], tf.string)])

@@ -21,7 +21,7 @@ from core import rundir
 from core.fsutil import atomic_write_text
 from training.data import DataError
 from training.data.text_sources import decode
-from training.inference import EvaluateError, checkpoint_path, load_config, load_model
+from training.inference import EvaluateError, checkpoint_path, load_config, load_model, text_classifier
 
 
 def _spec(run_dir: Path) -> dict:
@@ -55,10 +55,11 @@ def predict_texts(run_dir: str | Path, texts: list[str], checkpoint: str = "best
     from training.report.predictions import probabilities  # defers NumPy
 
     model, layer, names = load_text_model(run_dir, checkpoint)
+    classify = text_classifier(model, layer)
     rows = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
-        probs = probabilities(np.asarray(model.predict_on_batch(layer(tf.constant(chunk)))))
+        probs = probabilities(np.asarray(classify(tf.constant(chunk))))
         for text, p in zip(chunk, probs):
             best = int(p.argmax())
             rows.append({"text": text, "label": names[best], "probability": float(p[best]),
@@ -77,7 +78,8 @@ def evaluate_text(run_dir: str | Path, checkpoint: str = "best", split: str = "v
     data = text_dataset(load_config(run_dir).data, split, False).batch(batch_size)
     if max_batches is not None:
         data = data.take(max_batches)
-    return write_text_report(run_dir, model, layer, data, names, prefix=f"eval-{split}-", checkpoint=checkpoint)
+    return write_text_report(run_dir, text_classifier(model, layer), data, names, prefix=f"eval-{split}-",
+                             checkpoint=checkpoint)
 
 
 def read_texts(path: str | Path, text_column: str = "text") -> list[str]:

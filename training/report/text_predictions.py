@@ -31,9 +31,10 @@ def _rows(title: str, items: list[dict]) -> str:
             f"<th>text</th></tr>\n{body}</table>\n")
 
 
-def write_text_report(run_dir: str | Path, model: Any, vectorize, dataset: Iterable, class_names: list[str],
+def write_text_report(run_dir: str | Path, classify, dataset: Iterable, class_names: list[str],
                       *, prefix: str = "", checkpoint: str = "") -> dict[str, Any]:
-    """Runs `model` over `dataset` ((texts [B], labels [B]) batches) and writes under report/:
+    """Runs `classify` (raw texts to the model's outputs: training.inference.text_classifier) over
+    `dataset` ((texts [B], labels [B]) batches) and writes under report/:
     <prefix>texts.html (most confident correct and incorrect texts), <prefix>confusion.png and
     <prefix>predictions.json (the same record the image report writes, which summary.json reads).
 
@@ -51,7 +52,7 @@ def write_text_report(run_dir: str | Path, model: Any, vectorize, dataset: Itera
     top_k_hits = 0
     for texts, labels in dataset:
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        probs = probabilities(np.asarray(model.predict_on_batch(vectorize(texts))))
+        probs = probabilities(np.asarray(classify(texts)))
         pred = probs.argmax(axis=1)
         np.add.at(confusion, (labels, pred), 1)
         top_k_hits += int((np.argsort(-probs, axis=1)[:, :k] == labels[:, None]).any(axis=1).sum())

@@ -79,11 +79,13 @@ class TextTask(Task):
 
     def final_report(self, run_dir: Path, model, plan, checkpoint: str) -> dict:
         from training.data.text_pipeline import text_dataset  # defers TensorFlow
+        from training.inference import text_classifier  # defers TensorFlow
         from training.report.text_predictions import write_text_report  # defers NumPy
         from training.text_models import model_parameters  # defers TensorFlow
 
         val = text_dataset(self.cfg.data, "val", False).batch(plan.global_batch_size)
-        result = write_text_report(run_dir, model, self.vectorize, val, list(plan.class_names), checkpoint=checkpoint)
+        result = write_text_report(run_dir, text_classifier(model, self.vectorize), val, list(plan.class_names),
+                                   checkpoint=checkpoint)
         files = result["files"]
         return {"task": "text_classification", "task_type": "text", "accuracy": result["accuracy"],
                 "model_parameters": model_parameters(self.cfg.model, self.cfg.text, self.vocab_size, plan.num_classes),
