@@ -104,8 +104,8 @@ def test_multiworker_run_survives_a_killed_worker_and_a_requeue(tmp_path):
 
 
 def test_checkpoint_write_killed_leaves_the_previous_one_loadable(tmp_path):
-    """kill -9 in the middle of HDF5 checkpoint writes, many times; the committed checkpoint
-    always loads and names an existing file."""
+    """kill -9 in the middle of HDF5 checkpoint writes, at three points of a writer saving
+    without pause; the committed checkpoint always loads and names an existing file."""
     writer = tmp_path / "writer.py"
     writer.write_text(
         "import sys\n"
@@ -126,7 +126,7 @@ def test_checkpoint_write_killed_leaves_the_previous_one_loadable(tmp_path):
         "    manager.save_latest(model, {'epoch': step, 'step': step, 'history': []})\n")
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for delay in (0.05, 0.3, 0.7, 1.1, 1.6):
+    for delay in (0.05, 0.7, 1.6):
         proc = subprocess.Popen([sys.executable, str(writer), str(run_dir)], stdout=subprocess.PIPE,
                                 env=env, text=True)
         assert proc.stdout.readline().strip() == "ready"

@@ -186,8 +186,9 @@ def test_multiworker_two_processes_stop_on_a_workers_sigterm_then_reach_the_bar(
 
     from test_step_checkpoints import SAVED
 
+    epochs = 3  # two processes clear the bar in three (0.97 measured)
     cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"), "--cluster",
-           "local", "--run-root", str(tmp_path), f"train.epochs={EPOCHS}", "--nodes", "2", "--backend", "multiworker",
+           "local", "--run-root", str(tmp_path), f"train.epochs={epochs}", "--nodes", "2", "--backend", "multiworker",
            "train.checkpoint_every_minutes=0.0001"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
@@ -206,12 +207,12 @@ def test_multiworker_two_processes_stop_on_a_workers_sigterm_then_reach_the_bar(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     rows = history(run_dir)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
     assert float(rows[-1]["val_accuracy"]) >= ACCURACY_BAR, rows[-1]
     assert "2 replicas over 2 process(es)" in (run_dir / "logs" / "local-0.out").read_text()
     # Every whole epoch of the resumed run (epoch 1 was cut by the stop) has an agreement point.
     saved_in = {int(epoch) for _, epoch, _ in SAVED.findall(done.stdout)}
-    assert set(range(2, EPOCHS + 1)) <= saved_in, done.stdout[-3000:]
+    assert set(range(2, epochs + 1)) <= saved_in, done.stdout[-3000:]
     # Only the chief writes into the run directory: no second set of files, no worker leftovers.
     names = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert {"best.h5", "latest.json"} <= names and len(names) <= 4, names
@@ -240,42 +241,3 @@ def test_report_holds_pictures_and_a_complete_summary_that_evaluate_agrees_with(
     recomputed = json.loads((report / "eval-val.json").read_text())
     assert recomputed["examples"] == 360
     assert summary["eval"]["accuracy"] == pytest.approx(recomputed["accuracy"])
-
-
-def test_stop_signal_mid_epoch_saves_and_resume_finishes_the_run(tmp_path):
-    """Without SLURM a stop request cannot requeue: the trainer saves a resumable checkpoint where
-    the workers' vote lands (mid-epoch, or an epoch's end), exits 75, and `launch --resume`
-    finishes the run."""
-    import signal
-    import time
-
-    run_root = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "launcher.cli", "--config", str(REPO / "configs" / "demo.yaml"),
-           "--cluster", "local", "--run-root", str(run_root), "train.epochs=3"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # The signal goes as soon as epoch 1's row is in history.csv (written, atomically, at the
-    # epoch's end): the trainer acts on it at its next stop check (every 10 steps), inside epoch 2
-    # of 22 steps, as long as it comes before the trainer's last check in that epoch, some 18 steps
-    # later. Polled often: a fast machine runs an epoch in about a second.
-    deadline = time.monotonic() + 300
-    while not list(run_root.glob("*/history.csv")) or len(next(run_root.glob("*/history.csv"))
-                                                          .read_text().splitlines()) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None, "epoch 1 never finished"
-        time.sleep(0.02)
-    (run_dir,) = list(run_root.iterdir())
-    trainer = json.loads((run_dir / "logs" / "env-0.json").read_text())["pid"]
-    os.kill(trainer, signal.SIGUSR1)
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 75, output[-3000:]
-    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-    # The vote that sees the signal is read at the next check, at most 20 steps later.
-    assert latest["step"] > latest["steps_per_epoch"], latest
-    assert latest["partial_epoch"] == bool(latest["step"] % latest["steps_per_epoch"])
-    assert "stop requested: saved a resumable checkpoint" in output
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
-
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--resume", str(run_dir), "--cluster",
-                           "local"], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [int(r["epoch"]) for r in history(run_dir)] == [1, 2, 3]
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
