@@ -6,6 +6,7 @@ Imported on login nodes and must stay free of TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import sys
 import types
@@ -88,13 +89,21 @@ def _set_task(cfg: Config, value: Any, source: str, given: dict | None = None) -
         given[("task", "")] = source
 
 
+@functools.cache
+def _hints(section_type: type, extras: bool = False) -> dict[str, Any]:
+    """A schema section's field types (with their Range and Choice declarations when `extras`):
+    evaluated once per process, since the schema's annotations are strings
+    (`from __future__ import annotations`) and a config sets hundreds of keys."""
+    return typing.get_type_hints(section_type, include_extras=extras)
+
+
 def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: dict | None = None) -> None:
     sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "task"}
     if section not in sections:
         raise ConfigError(f"unknown section '{section}' in {source}; valid sections: "
                           f"{', '.join(sections)}{did_you_mean(section, sections)}")
     sec = getattr(cfg, section)
-    hints = typing.get_type_hints(type(sec))
+    hints = _hints(type(sec))
     if key not in hints:
         raise ConfigError(f"unknown key '{section}.{key}' in {source}; valid keys of '{section}': "
                           f"{', '.join(hints)}{_closest_key(section, key)}")
@@ -117,7 +126,7 @@ def _set(cfg: Config, section: str, key: str, value: Any, source: str, given: di
 def _dotted_keys() -> list[str]:
     """Every `section.key` of the schema."""
     return [f"{f.name}.{key}" for f in dataclasses.fields(Config) if f.name != "task"
-            for key in typing.get_type_hints(f.default_factory)]
+            for key in _hints(f.default_factory)]
 
 
 def _closest_key(section: str, key: str) -> str:
@@ -132,7 +141,7 @@ def _closest_key(section: str, key: str) -> str:
 
 def _declared(section_type: type, key: str, kind: type) -> list:
     """The Range bounds or Choice lists declared on a field's annotation."""
-    hint = typing.get_type_hints(section_type, include_extras=True)[key]
+    hint = _hints(section_type, True)[key]
     if typing.get_origin(hint) is not Annotated:
         return []
     return [meta for meta in typing.get_args(hint)[1:] if isinstance(meta, kind)]
@@ -186,7 +195,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def _is_text_field(section: str, key: str) -> bool:
     sec = {f.name: f for f in dataclasses.fields(Config)}.get(section)
-    hint = typing.get_type_hints(sec.default_factory).get(key) if sec else None
+    hint = _hints(sec.default_factory).get(key) if sec else None
     return hint is str or hint == (str | None)
 
 
