@@ -151,6 +151,16 @@ daemons_alive() {
     for node in "${NODES[@]}"; do live_pid "$RUN_DIR/slurmd-$node.pid" >/dev/null || return 1; done
 }
 
+# Each slurmd in a mount namespace of its own, where NODE_DISK is its own folder (start_cluster).
+# A cluster started before that shares one folder between the nodes, and is restarted.
+own_disks() {
+    local node pid
+    for node in "${NODES[@]}"; do
+        pid=$(live_pid "$RUN_DIR/slurmd-$node.pid") || return 1
+        [[ $(readlink "/proc/$pid/ns/mnt") != "$(readlink /proc/self/ns/mnt)" ]] || return 1
+    done
+}
+
 stop_pidfile() {   # stop_pidfile PIDFILE NAME: SIGTERM, then SIGKILL after 10 s.
     local pid
     pid=$(live_pid "$1") || { rm -f "$1"; return 0; }
@@ -197,7 +207,7 @@ start_cluster() {
     local node log dropped=""
     install_packages
     # Busy with other users' jobs still counts as up.
-    if daemons_alive && nodes_in_state 'idle|mixed|allocated|completing'; then
+    if daemons_alive && own_disks && nodes_in_state 'idle|mixed|allocated|completing'; then
         echo "local_cluster: already running"; sinfo; return
     fi
     # A controller that answers has its jobs cancelled (and named) by stop_cluster; one that is
