@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core import rundir
 from training.data.records import skipped_line, write_skipped
+from training.inference import text_classifier
 from training.tasks import Task
 
 
@@ -79,7 +80,6 @@ class TextTask(Task):
 
     def final_report(self, run_dir: Path, model, plan, checkpoint: str) -> dict:
         from training.data.text_pipeline import text_dataset  # defers TensorFlow
-        from training.inference import text_classifier  # defers TensorFlow
         from training.report.text_predictions import write_text_report  # defers NumPy
         from training.text_models import model_parameters  # defers TensorFlow
 
