@@ -4,8 +4,8 @@ one-node run is requeued once: a restart makes its container afresh on the node 
 the checkpoint on the mounted run directory, the same for every shape (the host's multi-rank
 requeues: tests/test_preemption.py and tests/test_text_training.py). The Horovod case is also
 the suite's four-rank Horovod run through `launch`: one rank per stand-in GPU, block ranks over
-the nodes, each rank its own shards, identical weights at the end (the host's Horovod path
-trains in tests/test_text_training.py and test_horovod_env.py).
+the nodes and its own local rank on each (the GPU it takes), each rank its own shards, identical
+weights at the end (the host's Horovod path trains in tests/test_text_training.py).
 
 Needs the cluster, Pyxis and the test image (tests/install_and_run.sh builds them):
 ``slurm/containers/build_pyxis.sh`` and ``slurm/containers/build_image.sh``.
@@ -77,6 +77,7 @@ def test_demo_trains_inside_the_image(slurm_cluster, tmp_path, shape):
         assert {r["world_size"] for r in reports} == {ranks}
         nodes = [r["node"] for r in reports]
         assert nodes == [env["SLURMD_NODENAME"] for env in envs] and nodes == sorted(nodes)  # block ranks
+        assert [r["local_rank"] for r in reports] == list(range(per_node)) * (ranks // per_node)  # its GPU
         assert len({r["trainable_weights_sha256"] for r in reports}) == 1, "ranks ended with different weights"
         shards = [set(r["train_shards"]) for r in reports]
         assert all(shards) and sum(map(len, shards)) == len(set().union(*shards)), "ranks shared shards"

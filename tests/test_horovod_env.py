@@ -1,21 +1,17 @@
 """SLURM task variables -> Horovod Gloo settings (training/backends/horovod_env.py).
 
-The unit tests use hand-written env dicts of the kind `srun` sets; the last test runs the real
-thing: a batch job on the local cluster whose 4 tasks over 2 nodes train together.
+The tests use hand-written env dicts of the kind `srun` sets, and Horovod's own host assignment.
+The real thing, four ranks over two nodes through `launch` with the rendezvous server this module
+serves, is the Horovod shape of tests/test_container_train_slurm.py (the host's, two nodes a rank
+each: tests/test_text_training.py).
 """
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from training.backends.horovod_env import (HorovodEnvError, horovod_env_from_slurm, slot_plan,
                                            tasks_per_node)
 
-REPO = Path(__file__).resolve().parent.parent
 HOSTS = ["node1", "node2"]
 
 
@@ -113,46 +109,3 @@ def test_slot_plan_equals_horovodrun_host_assignment():
         fields = ("hostname", "rank", "local_rank", "cross_rank", "size", "local_size", "cross_size")
         assert ([tuple(getattr(s, f) for f in fields) for s in slot_plan(names, counts)]
                 == [tuple(getattr(s, f) for f in fields) for s in theirs])
-
-
-BATCH_SCRIPT = """\
-#!/bin/bash
-set -euo pipefail
-port_file=$(mktemp -d)/horovod_rendezvous_port
-{python} -m training.backends.horovod_env serve --port-file "$port_file" &
-server=$!
-trap 'kill $server' EXIT
-until [[ -s $port_file ]]; do kill -0 "$server"; sleep 0.2; done
-export HOROVOD_GLOO_RENDEZVOUS_ADDR=$SLURMD_NODENAME
-export HOROVOD_GLOO_RENDEZVOUS_PORT=$(<"$port_file")
-srun --kill-on-bad-exit=1 {python} -m training.backends.horovod_env exec -- \\
-    {python} {script} {out_dir}
-"""
-
-
-@pytest.mark.slurm
-@pytest.mark.horovod
-@pytest.mark.slow
-def test_srun_tasks_on_two_nodes_train_as_one_horovod_job(slurm_cluster, tmp_path):
-    horovod_hosts_module()
-    out_dir, script, log = tmp_path / "ranks", tmp_path / "job.sh", tmp_path / "job.out"
-    script.write_text(BATCH_SCRIPT.format(python=sys.executable, script=REPO / "tests/helpers/hvd_tiny_fit.py",
-                                          out_dir=out_dir))
-    job_name = f"hvd-gloo-{tmp_path.name}"  # unique, so a hung job can be cancelled by name
-    command = ["sbatch", "--wait", f"--job-name={job_name}", "--nodes=2", "--ntasks-per-node=2",
-               "--time=10", f"--output={log}", f"--chdir={REPO}", "--export=ALL,TF_CPP_MIN_LOG_LEVEL=2",
-               str(script)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        subprocess.run(["scancel", f"--name={job_name}"])
-        pytest.fail(f"job {job_name} did not finish in 10 minutes; log {log}")
-    assert done.returncode == 0, f"job failed ({done.stderr.strip()}):\n{log.read_text()[-4000:]}"
-
-    results = [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(4)]
-    assert [(r["rank"], r["size"], r["local_rank"], r["local_size"]) for r in results] == [
-        (0, 4, 0, 2), (1, 4, 1, 2), (2, 4, 0, 2), (3, 4, 1, 2)]
-    assert all(r["learning_rate"] == pytest.approx(0.2) for r in results)  # 0.05 x 4 ranks
-    assert len({r["initial_kernel_sum"] for r in results}) == 4  # four different starts...
-    assert all(r["weights"] == results[0]["weights"] for r in results)  # ...one end
-    assert results[0]["final_accuracy"] >= 0.9

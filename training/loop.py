@@ -63,14 +63,16 @@ def _tensorboard(cfg: Config, run_dir: Path, backend: Backend, recorder: RunReco
 
 
 def _write_rank_report(the_task, run_dir: Path, backend: Backend, model: keras.Model) -> None:
-    """Every process: which shards it read and a digest of its final weights, in logs/. Replicas
-    that drifted apart, or two ranks that read the same files, show up here."""
+    """Every process: where it ran, which shards it read and a digest of its final weights, in
+    logs/. Replicas that drifted apart, two ranks that read the same files or took the same GPU
+    of a node show up here."""
     # Trainable weights only: gradients are all-reduced, so these must agree bit for bit, while
     # batch-norm moving statistics follow each rank's own batches under Horovod.
     digest = hashlib.sha256()
     for variable in model.trainable_weights:  # under MultiWorker a collective read: all call it
         digest.update(variable.numpy().tobytes())
     report = {"rank": backend.rank, "world_size": backend.world_size, "node": backend.spec.node_name,
+              "local_rank": backend.spec.local_rank,  # which of the node's GPUs it took
               "train_shards": the_task.shard_files(backend.input_context()),
               "trainable_weights_sha256": digest.hexdigest()}
     atomic_write_text(run_dir / rundir.LOGS / f"rank-{backend.rank}.json", json.dumps(report, indent=1))
