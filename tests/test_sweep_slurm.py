@@ -1,5 +1,6 @@
 """Sweeps on the real local SLURM cluster: one job array, one run directory per point, a requeued
-task that resumes alone, and a resume that resubmits only the unfinished points.
+task that resumes alone, a cancelled sweep whose resume trains only its unfinished point, and
+the array a resume plans (the unfinished points' own task ids).
 
 Accounting is off on the local cluster (sacct answers nothing), so the array's tasks are read
 from squeue and scontrol, which show the same ids.
@@ -90,9 +91,10 @@ def test_grid_sweep_is_one_array_and_a_requeued_task_resumes_alone(slurm_cluster
     assert (sweep_dir / "compare.png").stat().st_size > 0
 
 
-def test_a_cancelled_sweep_shows_each_point_as_it_ended(slurm_cluster, tmp_path):
+def test_a_cancelled_sweep_shows_each_point_as_it_ended_and_resumes_only_the_unfinished_one(slurm_cluster, tmp_path):
     # One point at a time: point 0 (one epoch) completes, then the array is cancelled while point 1
-    # trains. The completed point stays COMPLETED, and the cancelled one is not left "running".
+    # trains. The completed point stays COMPLETED, and the cancelled one is not left "running";
+    # `launch --resume SWEEP` then trains point 1 alone, from its checkpoint, to the end.
     array = submitted_array(launch("--config", DEMO, "--run-root", str(tmp_path), "--sweep", "train.epochs=1,20",
                                    "--max-parallel", "1", *TINY))
     (sweep_dir,) = tmp_path.iterdir()
@@ -112,8 +114,17 @@ def test_a_cancelled_sweep_shows_each_point_as_it_ended(slurm_cluster, tmp_path)
     # the local cluster), settled by the batch shell or by the listing once SLURM said CANCELLED.
     assert status(runs[1])["state"] in ("stopped", "killed"), status(runs[1])
 
+    finished = files(runs[0])
+    epochs = epochs_done(runs[1]) + 1  # the one it was cancelled in, not the 20 it was given
+    resumed = submitted_array(launch("--resume", str(sweep_dir), f"train.epochs={epochs}"))
+    assert {task for _, task in queued_tasks(resumed)} <= {"1"}
+    assert wait_final(f"{resumed}_1", 600) == "COMPLETED"
+    assert history_epochs(runs[1]) == list(range(1, epochs + 1))  # each epoch once
+    assert status(runs[1])["state"] == "completed" and status(runs[1])["job_id"] == f"{resumed}_1"
+    assert files(runs[0]) == finished  # untouched
 
-def test_resume_resubmits_only_the_unfinished_points(slurm_cluster, tmp_path):
+
+def test_resume_plans_only_the_unfinished_points_keeping_their_task_ids(tmp_path):
     emitted = tmp_path / "array.sbatch"
     root = tmp_path / "runs"
     done = launch("--config", DEMO, "--run-root", str(root), "--sweep", "optimizer.lr=0.001,0.002,0.003,0.004",
@@ -126,11 +137,5 @@ def test_resume_resubmits_only_the_unfinished_points(slurm_cluster, tmp_path):
     preview = launch("--resume", str(sweep_dir), "--max-parallel", "2", "--dry-run")
     assert preview.returncode == 0, preview.stderr
     assert "#SBATCH --array=1,3%2" in preview.stdout
-
-    array = submitted_array(launch("--resume", str(sweep_dir), "--max-parallel", "2"))
-    assert {task for _, task in queued_tasks(array)} <= {"1", "3"}
-    for i in (1, 3):
-        assert wait_final(f"{array}_{i}", 600) == "COMPLETED"
-        assert history_epochs(runs[i]) == [1]
     for i in (0, 2):
         assert sorted(p.name for p in runs[i].iterdir()) == ["config.yaml", "status.json"]  # untouched
