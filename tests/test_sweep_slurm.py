@@ -51,7 +51,9 @@ def files(run_dir: Path) -> tuple[str, str]:
 def test_grid_sweep_is_one_array_and_a_requeued_task_resumes_alone(slurm_cluster, tmp_path):
     # A grid of two axes (two values by one: the product and the point names are
     # tests/test_sweep.py's), one task at a time, so point 0 has completed when point 1 is requeued.
-    epochs = 3
+    # Eight of these short epochs: after its first, task 1 still trains for seconds on an idle
+    # machine (with three, it had finished before the test's hold could land).
+    epochs = 8
     array = submitted_array(launch("--config", DEMO, "--run-root", str(tmp_path), "--sweep",
                                    "optimizer.lr=0.003,0.01", "--sweep", "model.dropout=0.2",
                                    "--max-parallel", "1", f"train.epochs={epochs}", *TINY))
