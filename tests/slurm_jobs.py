@@ -29,7 +29,12 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 
 def launch(run_root: Path, *args: str) -> tuple[str, Path]:
-    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(run_root), *args]
+    """Submits the demo with `args`; each task asks for one CPU (unless `args` say otherwise), not
+    the demo's two, so two jobs share a node of the local cluster: a test that holds its job for
+    a minute (the time-limit warning, a stopped trainer) leaves the node to the others' jobs, and
+    the machine is not left idle with every test waiting on the queue."""
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(run_root),
+           "slurm.cpus_per_task=1", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)

@@ -115,7 +115,7 @@ def test_convert_here_writes_shards(launch_cli, tmp_path):
 @pytest.mark.slurm
 def test_cancel_ends_the_runs_job_and_says_how_the_run_stands(launch_cli, run_root, slurm_cluster):
     started = launch_cli("--config", "configs/demo.yaml", "--run-root", run_root, "--time", "10",
-                         "train.epochs=50")
+                         "train.epochs=50", "slurm.cpus_per_task=1")
     assert started.returncode == 0, started.stderr
     job = re.search(r"submitted job (\d+)", started.stdout).group(1)
     (run_dir,) = run_root.iterdir()

@@ -38,7 +38,7 @@ def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restart
 def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
     script = tmp_path / "by hand.sbatch"
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(tmp_path / "runs"),
-                           "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3"],
+                           "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3", "slurm.cpus_per_task=1"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"sbatch {shlex.quote(str(script))}" in done.stdout  # the hint, quoted for the shell

@@ -92,7 +92,7 @@ def check_two_node_run(run_dir: Path, backend: str) -> dict:
 
 
 def submit(tmp_path: Path, *args: str) -> tuple[str, Path]:
-    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "slurm.cpus_per_task=2", *LIGHT,
+    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "slurm.cpus_per_task=1", *LIGHT,
                   *args)
     (run_dir,) = tmp_path.iterdir()
     return re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1), run_dir
