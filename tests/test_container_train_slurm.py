@@ -31,7 +31,10 @@ IMAGE = REPO / "build" / "containers" / "test-image.sqsh"
 # demo reaches its 0.9 bar by epoch 3 in every shape, 4 replicas included; the requeued run has
 # one more, so that the requeue after epoch 2 leaves it epochs to train.
 SHAPES = {
-    "one-node": (("runtime.cpu_devices=2",), 1, 1, 4),  # one process, two replicas
+    # One process, two replicas, on node1 for both starts: a requeued start that lands on another
+    # node leaves the first node's unpacked image behind (noted; the container template's trap
+    # cannot reach a node the job has left).
+    "one-node": (("runtime.cpu_devices=2", 'slurm.extra=["--nodelist=node1"]'), 1, 1, 4),
     "multiworker": (("--nodes", "2", "--backend", "multiworker", "slurm.cpus_per_task=1"), 2, 1, 3),  # one a node
     "horovod": (("--nodes", "2", "--gpus", "2", "--gpu-type", "a100", "--backend", "horovod",
                  "slurm.cpus_per_task=1"), 4, 2, 3),  # one a stand-in GPU
