@@ -23,18 +23,19 @@ from core import rundir
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "configs" / "demo.yaml")
+# What the tests' jobs ask for instead of the demo's two CPUs a task: with one, two jobs share a
+# node of the local cluster (2 CPUs each), so a test that holds its job for a minute (the
+# time-limit warning, a stopped trainer) leaves the node to the other tests' jobs, and the
+# machine is not left idle with every test waiting on the queue.
+ONE_CPU = "slurm.cpus_per_task=1"
 QUEUE_ALLOWANCE_S = 1800  # how long a job may wait for nodes, on top of a wait's own timeout
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE", "PREEMPTED"}
 
 
 def launch(run_root: Path, *args: str) -> tuple[str, Path]:
-    """Submits the demo with `args`; each task asks for one CPU (unless `args` say otherwise), not
-    the demo's two, so two jobs share a node of the local cluster: a test that holds its job for
-    a minute (the time-limit warning, a stopped trainer) leaves the node to the others' jobs, and
-    the machine is not left idle with every test waiting on the queue."""
-    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(run_root),
-           "slurm.cpus_per_task=1", *args]
+    """Submits the demo with `args`; each task asks for one CPU (ONE_CPU) unless `args` say otherwise."""
+    cmd = [sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(run_root), ONE_CPU, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1)

@@ -14,6 +14,7 @@ from PIL import Image
 from core import rundir
 from core.config import Config, dump
 from core.errors import EXIT_CODE
+from slurm_jobs import ONE_CPU
 
 REPO = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("train", "config", "eval", "predict", "gpucheck", "convert", "runs", "cancel", "resume")
@@ -115,7 +116,7 @@ def test_convert_here_writes_shards(launch_cli, tmp_path):
 @pytest.mark.slurm
 def test_cancel_ends_the_runs_job_and_says_how_the_run_stands(launch_cli, run_root, slurm_cluster):
     started = launch_cli("--config", "configs/demo.yaml", "--run-root", run_root, "--time", "10",
-                         "train.epochs=50", "slurm.cpus_per_task=1")
+                         "train.epochs=50", ONE_CPU)
     assert started.returncode == 0, started.stderr
     job = re.search(r"submitted job (\d+)", started.stdout).group(1)
     (run_dir,) = run_root.iterdir()

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from core import recovery
-from slurm_jobs import (DEMO, REPO, epochs_done, history_epochs, job_field, status, trainer_report,
+from slurm_jobs import (DEMO, ONE_CPU, REPO, epochs_done, history_epochs, job_field, status, trainer_report,
                         trainer_restart_count, trainers_held, wait, wait_final)
 
 
@@ -38,7 +38,7 @@ def test_only_a_requeued_jobs_quick_death_is_retried(exit_code, seconds, restart
 def test_a_requeued_job_killed_at_start_is_requeued_again_and_completes(tmp_path):
     script = tmp_path / "by hand.sbatch"
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "--config", DEMO, "--run-root", str(tmp_path / "runs"),
-                           "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3", "slurm.cpus_per_task=1"],
+                           "--emit-sbatch", str(script), "train.epochs=3", "slurm.max_requeues=3", ONE_CPU],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"sbatch {shlex.quote(str(script))}" in done.stdout  # the hint, quoted for the shell

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from core.runstatus import read_status
-from slurm_jobs import DEMO, REPO, epochs_done, history_epochs, job_field, status, trainers_held, wait, wait_final
+from slurm_jobs import (DEMO, ONE_CPU, REPO, epochs_done, history_epochs, job_field, status, trainers_held, wait,
+                        wait_final)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-TINY = ("train.steps_per_epoch=8", "train.validation_steps=2",  # about 5 s an epoch on 2 shared cores
-        "slurm.cpus_per_task=1")  # a task beside another test's job on a node
+TINY = ("train.steps_per_epoch=8", "train.validation_steps=2", ONE_CPU)  # about 5 s an epoch on 2 shared cores
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import pytest
 
 from core import storage
 from s3_server import s3, s3_endpoint  # noqa: F401 (fixtures)
-from slurm_jobs import epochs_done, history_epochs, job_field, trainers_held, wait, wait_final
+from slurm_jobs import ONE_CPU, epochs_done, history_epochs, job_field, trainers_held, wait, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "sentiment_demo.yaml")
@@ -92,7 +92,7 @@ def check_two_node_run(run_dir: Path, backend: str) -> dict:
 
 
 def submit(tmp_path: Path, *args: str) -> tuple[str, Path]:
-    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", "slurm.cpus_per_task=1", *LIGHT,
+    done = launch("--config", CONFIG, "--run-root", str(tmp_path), "--nodes", "2", ONE_CPU, *LIGHT,
                   *args)
     (run_dir,) = tmp_path.iterdir()
     return re.search(r"^submitted job (\d+)", done.stdout, re.M).group(1), run_dir
