@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from slurm_jobs import node_is_up
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_NODES = ("node1", "node2")
 START_HINT = "start it with: slurm/local_cluster.sh start"
-# Up, though possibly running someone else's job: our jobs will queue behind it.
-UP_STATES = {"idle", "mixed", "allocated", "completing"}
 
 
 def node_states() -> dict[str, str]:
@@ -40,7 +40,7 @@ def slurm_cluster() -> dict[str, str]:
         states = node_states()
     if all(states.get(node) == "idle" for node in CLUSTER_NODES):
         return states
-    if all(states.get(node) in UP_STATES for node in CLUSTER_NODES):
+    if all(node_is_up(states.get(node)) for node in CLUSTER_NODES):  # our jobs will queue
         warnings.warn(f"local cluster is busy ({states}); test jobs will queue")
         return states
     pytest.fail(f"local SLURM cluster is not up: sinfo -N shows {states or 'nothing'}; {START_HINT}")

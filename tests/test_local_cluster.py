@@ -9,12 +9,12 @@ import time
 
 import pytest
 
+from slurm_jobs import node_is_up
+
 pytestmark = pytest.mark.slurm
 
 NODES = ("node1", "node2")
 START_HINT = "start it with slurm/local_cluster.sh start"
-# planned, or a state ending "-" ("mixed-"): held by backfill for a queued job
-UP_STATES = {"idle", "mixed", "allocated", "completing", "planned"}
 
 
 def _run(args, timeout=60):
@@ -41,7 +41,7 @@ def test_both_nodes_up_with_two_a100():
     # Up, possibly running another test's job (the suite runs tests side by side).
     nodes = _node_lines()
     assert {n: gres for n, (_, gres) in nodes.items()} == {n: "gpu:a100:2" for n in NODES}, f"sinfo -N shows {nodes}"
-    assert all(state.removesuffix("-") in UP_STATES for state, _ in nodes.values()), f"sinfo -N shows {nodes}"
+    assert all(node_is_up(state) for state, _ in nodes.values()), f"sinfo -N shows {nodes}"
 
 
 def test_two_node_job_runs_one_task_per_node_with_both_gpus(tmp_path):
