@@ -53,12 +53,17 @@ def test_everything_else_is_kept(line):
     assert not chatter_pattern().match(line)
 
 
-def test_loading_tensorflow_says_nothing_unless_asked():
+def test_loading_tensorflow_says_nothing_unless_asked_and_leaves_garbage_collection_on():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    code = "import sys; import training.keras_compat; print('loaded', file=sys.stderr)"
+    code = ("import gc, sys; import training.keras_compat; print('loaded', file=sys.stderr); "
+            "print(gc.isenabled(), gc.get_freeze_count())")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stderr == "loaded\n", done.stderr
+    # Loading runs with the collector off (training/keras_compat.py); left off, a long run's
+    # cyclic garbage would never be freed. What loading made is frozen out of its way.
+    enabled, frozen = done.stdout.split()
+    assert enabled == "True" and int(frozen) > 100_000, done.stdout
 
 
 def test_tensorflow_env_is_set_before_it_loads():
