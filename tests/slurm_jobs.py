@@ -28,6 +28,11 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 # time-limit warning, a stopped trainer) leaves the node to the other tests' jobs, and the
 # machine is not left idle with every test waiting on the queue.
 ONE_CPU = "slurm.cpus_per_task=1"
+# The tests on one worker (an xdist group), one after another: a job that takes every CPU of the
+# cluster (the four-rank container run) waits for any other job to end, and the time-limit test
+# holds one CPU for a minute by design (its trainer waits for SLURM's warning). Side by side, the
+# big job waited 40 s and the machine sat idle.
+WHOLE_CLUSTER = pytest.mark.xdist_group("whole-cluster")
 # Node states (`sinfo -N`) of a node that is up, possibly running or planned for another test's
 # job (the suite runs tests side by side); a trailing "-" ("mixed-") is backfill's plan too.
 UP_STATES = {"idle", "mixed", "allocated", "completing", "planned"}

@@ -20,8 +20,8 @@ from collections import Counter
 import pytest
 
 from core import rundir
-from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        pyxis_containers, status, trainers_held, wait, wait_final)
+from slurm_jobs import (REPO, WHOLE_CLUSTER, epochs_done, final_weights_load, history_epochs, job_field, launch,
+                        listed_state, pyxis_containers, status, trainers_held, wait, wait_final)
 from test_step_checkpoints import tensorboard_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -42,7 +42,8 @@ SHAPES = {
 REQUEUED = "one-node"
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", [pytest.param(shape, marks=[WHOLE_CLUSTER] if shape == "horovod" else [])
+                                   for shape in SHAPES])  # the Horovod case takes every CPU of the cluster
 def test_demo_trains_inside_the_image(slurm_cluster, tmp_path, shape):
     if not IMAGE.is_file():
         pytest.fail(f"no container image at {IMAGE}; build it with slurm/containers/build_image.sh")

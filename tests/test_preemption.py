@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm_jobs import (REPO, epochs_done, final_weights_load, history_epochs, job_field, launch, listed_state,
-                        signal_pending, status, trainer_restart_count, trainers, trainers_held, wait, wait_final)
+from slurm_jobs import (REPO, WHOLE_CLUSTER, epochs_done, final_weights_load, history_epochs, job_field, launch,
+                        listed_state, signal_pending, status, trainer_restart_count, trainers, trainers_held, wait,
+                        wait_final)
 from test_launch_slurm import check_job_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -33,6 +34,7 @@ def hold_until_signalled(job_id: str, run_dir: Path, lead_s: int) -> None:
         wait(lambda: signal_pending(pids, signal.SIGUSR1), job_id, 400, "the time-limit signal")
 
 
+@WHOLE_CLUSTER  # holds a CPU for a minute: never beside the job that needs them all
 def test_time_limit_signal_checkpoints_requeues_and_completes(tmp_path):
     # A 3-minute limit with the warning 120 s before it: the signal lands about a minute in. The
     # trainer's first round is held until then, so it lands mid-training on any machine; once the
