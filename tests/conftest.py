@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from slurm_jobs import node_is_up
+from training.data.demo import CACHE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_NODES = ("node1", "node2")
 # The demo sets (digits, movie-review snippets) are built on first use in their cache folder
 # (training/data/demo.py): for the suite, one in the checkout's build/, not the user's ~/.cache.
 # The tests' processes and jobs get it from this environment (sbatch passes it on).
-os.environ.setdefault("LAUNCH_DATA_CACHE", str(REPO / "build" / "data-cache"))
+os.environ.setdefault(CACHE_ENV, str(REPO / "build" / "data-cache"))
 START_HINT = "start it with: slurm/local_cluster.sh start"
 
 
