@@ -36,13 +36,13 @@ WHOLE_CLUSTER = pytest.mark.xdist_group("whole-cluster")
 # Node states (`sinfo -N`) of a node that is up, possibly running or planned for another test's
 # job (the suite runs tests side by side); a trailing "-" ("mixed-") is backfill's plan too.
 UP_STATES = {"idle", "mixed", "allocated", "completing", "planned"}
+QUEUE_ALLOWANCE_S = 1800  # how long a job may wait for nodes, on top of a wait's own timeout
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE", "PREEMPTED"}
 
 
 def node_is_up(state: str | None) -> bool:
     return (state or "").removesuffix("-") in UP_STATES
-QUEUE_ALLOWANCE_S = 1800  # how long a job may wait for nodes, on top of a wait's own timeout
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-         "DEADLINE", "PREEMPTED"}
 
 
 def launch(run_root: Path, *args: str) -> tuple[str, Path]:

@@ -85,8 +85,8 @@ _preload_cuda_wheels()
 # times while they load, again while Keras traces its functions, and once more at exit. So they
 # load with the collector off, and what they made is then frozen out of its reach (gc.freeze).
 # Measured on 2 cores, five and four runs each: the import 3.0 -> 2.2 CPU-s; a 3-epoch local demo
-# trainer 10.1 -> 8.8 CPU-s (the rest of the saving while tracing and at exit). Left uncollected: the
-# ~1,500 cycles the import itself leaves (a few hundred KB).
+# trainer 10.1 -> 8.8 CPU-s (the rest of the saving while tracing and at exit). Left uncollected:
+# the ~1,500 cycles the import itself leaves (a few hundred KB).
 _collecting = gc.isenabled()
 gc.disable()
 try:
